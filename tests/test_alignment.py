@@ -1,0 +1,155 @@
+"""Shuffled baseline, precision@k (NN and CSLS) and centering against independent computations."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tli_core.alignment import (center, csls_scores, curve, derangement, indistinguishable_layers, layer_metrics,
+                                scan, suggest_layers)
+from tli_core.embeddings import Embeddings
+from tli_core.errors import TLIError
+
+
+def unit(rows):
+    a = np.asarray(rows, dtype=np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+# Four Swahili words and their English translations in 3-d. Pair 0 and 1 retrieve correctly,
+# pair 2 is closest to English 3, pair 3 is closest to English 2 (a swap).
+SRC = unit([[1, 0, 0], [0, 1, 0], [0, 0.2, 1], [0.35, 0.3, 1]])
+TGT = unit([[0.9, 0.1, 0], [0.1, 1, 0], [0.3, 0.3, 1], [0, 0.25, 1]])
+
+
+def naive_metrics(src, tgt, perm, ks=(1, 5), k_csls=10):
+    n = len(src)
+    sims = [[float(np.dot(src[i], tgt[j])) for j in range(n)] for i in range(n)]
+    true = [sims[i][i] for i in range(n)]
+    shuf = [float(np.dot(src[i], tgt[perm[i]])) for i in range(n)]
+    k = min(k_csls, n)
+    r_src = [np.mean(sorted(sims[i], reverse=True)[:k]) for i in range(n)]
+    r_tgt = [np.mean(sorted([sims[i][j] for i in range(n)], reverse=True)[:k]) for j in range(n)]
+    csls = [[2 * sims[i][j] - r_src[i] - r_tgt[j] for j in range(n)] for i in range(n)]
+    out = {"true_mean": np.mean(true), "true_std": np.std(true, ddof=1), "shuffled_mean": np.mean(shuf),
+           "shuffled_std": np.std(shuf, ddof=1)}
+    for kk in ks:
+        # rank = how many other targets score at least as high as the true one
+        out[f"p{kk}_nn"] = np.mean([sum(sims[i][j] >= sims[i][i] for j in range(n) if j != i) < kk
+                                    for i in range(n)])
+        out[f"p{kk}_csls"] = np.mean([sum(csls[i][j] >= csls[i][i] for j in range(n) if j != i) < kk
+                                      for i in range(n)])
+        out[f"chance_p{kk}"] = min(kk, n) / n
+    return out
+
+
+def test_derangement_has_no_fixed_point_and_is_seeded():
+    for n in (2, 3, 10, 623):
+        p = derangement(n, seed=7)
+        assert sorted(p) == list(range(n))
+        assert not np.any(p == np.arange(n))
+        assert np.array_equal(p, derangement(n, seed=7))
+    assert not np.array_equal(derangement(50, 1), derangement(50, 2))
+    with pytest.raises(TLIError):
+        derangement(1)
+
+
+def test_hand_made_example_matches_independent_computation():
+    perm = derangement(4, seed=0)
+    got = layer_metrics(torch.tensor(SRC, dtype=torch.float32), torch.tensor(TGT, dtype=torch.float32), perm)
+    want = naive_metrics(SRC, TGT, perm)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert got["p1_nn"] == 0.5  # pairs 0 and 1 retrieve; 2 and 3 are swapped
+    assert got["p5_nn"] == 1.0
+    assert got["gap"] == pytest.approx(want["true_mean"] - want["shuffled_mean"], abs=1e-6)
+
+
+def test_random_example_matches_independent_computation():
+    rng = np.random.default_rng(3)
+    src = unit(rng.normal(size=(30, 8)))
+    tgt = unit(src + 0.8 * rng.normal(size=(30, 8)))
+    perm = derangement(30, seed=5)
+    got = layer_metrics(torch.tensor(src, dtype=torch.float32), torch.tensor(tgt, dtype=torch.float32), perm)
+    for key, value in naive_metrics(src, tgt, perm).items():
+        assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_csls_matches_definition():
+    rng = np.random.default_rng(0)
+    sims = torch.tensor(rng.uniform(-1, 1, size=(12, 12)), dtype=torch.float64)
+    got = csls_scores(sims, k=3).numpy()
+    s = sims.numpy()
+    for i in range(12):
+        for j in range(12):
+            r_s = np.sort(s[i])[::-1][:3].mean()
+            r_t = np.sort(s[:, j])[::-1][:3].mean()
+            assert got[i, j] == pytest.approx(2 * s[i, j] - r_s - r_t)
+
+
+def test_identical_vectors_never_count_as_retrieval_hits():
+    same = torch.ones(5, 4) / 2.0  # every word identical: a degenerate, "massive activation" layer
+    m = layer_metrics(same, same, derangement(5))
+    assert m["true_mean"] == pytest.approx(1.0) and m["shuffled_mean"] == pytest.approx(1.0)
+    assert m["gap"] == pytest.approx(0.0, abs=1e-6)
+    assert m["p1_nn"] == 0.0 and m["p1_csls"] == 0.0
+
+
+def test_joint_centering_removes_a_shared_massive_direction():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(20, 16))
+    big = np.zeros(16)
+    big[0] = 500.0  # one massive dimension shared by every word
+    src = unit(base + big)
+    tgt = unit(base + 0.3 * rng.normal(size=(20, 16)) + big)
+    raw = layer_metrics(torch.tensor(src), torch.tensor(tgt), derangement(20))
+    cen = layer_metrics(torch.tensor(src), torch.tensor(tgt), derangement(20), centering="joint")
+    assert raw["shuffled_mean"] > 0.99 and raw["true_mean"] > 0.99
+    assert cen["shuffled_mean"] < 0.5 < cen["true_mean"]
+    s, t = center(torch.tensor(src), torch.tensor(tgt), "joint")
+    mu = np.concatenate([src, tgt]).mean(0)
+    ref = unit(src - mu)
+    np.testing.assert_allclose(s.numpy(), ref, atol=1e-10)
+
+
+def test_language_centering_subtracts_each_languages_mean():
+    rng = np.random.default_rng(2)
+    src, tgt = unit(rng.normal(size=(6, 4))), unit(rng.normal(size=(6, 4)))
+    s, t = center(torch.tensor(src), torch.tensor(tgt), "language")
+    np.testing.assert_allclose(s.numpy(), unit(src - src.mean(0)), atol=1e-10)
+    np.testing.assert_allclose(t.numpy(), unit(tgt - tgt.mean(0)), atol=1e-10)
+    with pytest.raises(TLIError):
+        center(torch.tensor(src), torch.tensor(tgt), "median")
+
+
+def _emb(vectors, n_layers):
+    v = torch.tensor(np.stack(vectors), dtype=torch.float32)
+    return Embeddings(v, list(range(len(vectors))), [f"w{i}" for i in range(v.shape[1])], n_layers, "mean")
+
+
+def test_curve_and_layer_suggestions():
+    rng = np.random.default_rng(4)
+    noise = [0.05, 5.0, 0.3]  # layer 1 is noise, layer 2 is aligned with a moderate offset
+    src = [unit(rng.normal(size=(10, 8))) for _ in noise]
+    tgt = [unit(s + n * rng.normal(size=(10, 8))) for s, n in zip(src, noise)]
+    c = curve(_emb(src, 2), _emb(tgt, 2))
+    assert list(c["layer"]) == [0, 1, 2]
+    assert list(c["layer_name"]) == ["embeddings", "block 1", "block 2 + final norm"]
+    sugg = suggest_layers(c)
+    assert sugg["raw_peak"] == 2 and sugg["gap_peak"] == 2  # layer 0 is never suggested
+    assert 1 in indistinguishable_layers(c, min_gap=0.3)
+
+
+def test_scan_on_the_tiny_model(tiny, pairs_df, control_df):
+    res = scan(tiny.model, tiny.tokenizer, {"trained": pairs_df, "control": control_df})
+    n = tiny.facts.num_layers
+    assert len(res.curve) == 2 * (n + 1)
+    assert set(res.curve["set"]) == {"trained", "control"}
+    assert list(res.pairs.columns[:3]) == ["swahili", "english", "set"]
+    assert [c for c in res.pairs.columns if c.startswith("layer_")] == [f"layer_{k}" for k in range(n + 1)]
+    # the curve's mean is the mean of the per-pair table
+    trained = res.pairs[res.pairs["set"] == "trained"]
+    for k in range(n + 1):
+        row = res.curve[(res.curve["set"] == "trained") & (res.curve["layer"] == k)].iloc[0]
+        assert row["true_mean"] == pytest.approx(trained[f"layer_{k}"].mean(), abs=1e-6)
+        assert row["chance_p1"] == pytest.approx(1 / len(pairs_df))

@@ -1,0 +1,140 @@
+"""The engine's vectorised, batched, early-exit embeddings against a plain per-word loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from tli_core.embeddings import (POOLINGS, bytes_per_word, choose_batch_size, decoder_parts, embed,
+                                 pooled_hidden_states, make_batch, tokenise)
+from tli_core.errors import TLIError
+
+WORDS = ["maji", "water", "kitabu", "book", "habari za asubuhi", "good morning", "a", "mbwa"]
+
+
+def reference_embedding(model, tokenizer, word, layer, pooling):
+    """The paper's way, one word at a time: full forward, hidden_states[layer], masked mean."""
+    enc = tokenizer(word, return_tensors="pt", return_special_tokens_mask=True)
+    special = enc.pop("special_tokens_mask")[0]
+    with torch.no_grad():
+        hs = model(**enc, output_hidden_states=True).hidden_states[layer][0].double()
+    if pooling == "mean":
+        v = hs.mean(0)
+    elif pooling == "mean_words":
+        v = hs[special == 0].mean(0)
+    else:
+        v = hs[-1]
+    return (v / v.norm()).numpy()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_batched_pooling_matches_per_word_loop(tiny, pooling):
+    n = tiny.facts.num_layers
+    emb = embed(tiny.model, tiny.tokenizer, WORDS, pooling=pooling, batch_size=3)
+    assert emb.vectors.shape == (n + 1, len(WORDS), tiny.facts.hidden_size)
+    assert emb.layers == list(range(n + 1))
+    for layer in range(n + 1):
+        for i, w in enumerate(WORDS):
+            ref = reference_embedding(tiny.model, tiny.tokenizer, w, layer, pooling)
+            np.testing.assert_allclose(emb.at(layer)[i].numpy(), ref, atol=1e-5)
+
+
+def test_cosines_match_per_word_loop(tiny):
+    emb = embed(tiny.model, tiny.tokenizer, WORDS)
+    for layer in (0, 2, tiny.facts.num_layers):
+        v = emb.at(layer).numpy()
+        for a, b in [(0, 1), (2, 3), (4, 5)]:
+            ra = reference_embedding(tiny.model, tiny.tokenizer, WORDS[a], layer, "mean")
+            rb = reference_embedding(tiny.model, tiny.tokenizer, WORDS[b], layer, "mean")
+            assert float(v[a] @ v[b]) == pytest.approx(float(ra @ rb), abs=1e-5)
+
+
+def test_vectors_are_unit_length_float32(tiny):
+    emb = embed(tiny.model, tiny.tokenizer, WORDS)
+    assert emb.vectors.dtype == torch.float32
+    np.testing.assert_allclose(emb.vectors.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_batched_equals_unbatched(tiny):
+    one = embed(tiny.model, tiny.tokenizer, WORDS, batch_size=1)
+    many = embed(tiny.model, tiny.tokenizer, WORDS, batch_size=len(WORDS))
+    torch.testing.assert_close(one.vectors, many.vectors, atol=1e-5, rtol=0)
+
+
+def test_order_is_the_input_order(tiny):
+    fwd = embed(tiny.model, tiny.tokenizer, WORDS, layers=[2])
+    rev = embed(tiny.model, tiny.tokenizer, WORDS[::-1], layers=[2])
+    torch.testing.assert_close(fwd.at(2), rev.at(2).flip(0), atol=1e-6, rtol=0)
+
+
+def test_subset_of_layers_equals_all_layers(tiny):
+    full = embed(tiny.model, tiny.tokenizer, WORDS)
+    part = embed(tiny.model, tiny.tokenizer, WORDS, layers=[1, -1])
+    assert part.layers == [1, tiny.facts.num_layers]
+    torch.testing.assert_close(part.at(1), full.at(1))
+    torch.testing.assert_close(part.at(-1), full.at(tiny.facts.num_layers))
+
+
+def test_early_exit_runs_only_the_blocks_it_needs(tiny):
+    _, blocks, _ = decoder_parts(tiny.model)
+    ran = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(blocks)]
+    try:
+        embed(tiny.model, tiny.tokenizer, WORDS[:2], layers=[2])
+    finally:
+        for h in handles:
+            h.remove()
+    assert sorted(set(ran)) == [0, 1]  # blocks 1 and 2 (0-based modules 0, 1) and nothing deeper
+
+
+def test_layer_zero_is_the_embedding_table(tiny):
+    emb = embed(tiny.model, tiny.tokenizer, ["b"], layers=[0], pooling="last")
+    row = tiny.model.get_input_embeddings().weight[tiny.tokenizer.convert_tokens_to_ids("b")]
+    np.testing.assert_allclose(emb.at(0)[0].numpy(), (row / row.norm()).detach().numpy(), atol=1e-6)
+
+
+def test_gradients_flow_through_early_exit(tiny_model_dir):
+    from tli_core.models import ModelSpec, load_model
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    w = lm.model.model.layers[0].self_attn.q_proj.weight
+    w.requires_grad_(True)
+    tok = tokenise(lm.tokenizer, WORDS[:2])
+    ids, mask, weights = make_batch(tok, [0, 1], lm.tokenizer.pad_token_id, "mean")
+    out = pooled_hidden_states(lm.model, ids, mask, weights, [1])
+    (out[1][0] @ out[1][1]).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_progress_reports_every_word(tiny):
+    seen = []
+    embed(tiny.model, tiny.tokenizer, WORDS, batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (len(WORDS), len(WORDS))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_bad_input_is_refused(tiny):
+    with pytest.raises(TLIError, match="outside"):
+        embed(tiny.model, tiny.tokenizer, WORDS, layers=[tiny.facts.num_layers + 1])
+    with pytest.raises(TLIError, match="pooling"):
+        embed(tiny.model, tiny.tokenizer, WORDS, pooling="max")
+    with pytest.raises(TLIError, match="no words"):
+        embed(tiny.model, tiny.tokenizer, [])
+
+
+def test_batch_size_chooser_respects_the_budget(tiny):
+    seq, kept = 12, tiny.facts.num_layers + 1
+    per_word = bytes_per_word(tiny.model.config, seq, kept, 4)
+    for budget in (per_word - 1, per_word, 10 * per_word + 5, 10**9):
+        bs = choose_batch_size(tiny.model, seq, kept, budget=budget, cap=10**6)
+        assert bs >= 1
+        assert bs == 1 or bs * per_word <= budget
+    assert choose_batch_size(tiny.model, seq, kept, budget=10 * per_word + 5, cap=10**6) == 10
+    assert choose_batch_size(tiny.model, seq, kept, budget=10**12, cap=64) == 64
+
+
+def test_bos_is_marked_special_and_left_out_by_mean_words(tiny):
+    tok = tokenise(tiny.tokenizer, ["maji"])
+    assert tok.input_ids[0][0] == tiny.tokenizer.bos_token_id and tok.special[0] == [1, 0, 0, 0, 0]
+    mean = embed(tiny.model, tiny.tokenizer, ["maji"], layers=[1], pooling="mean").at(1)
+    words = embed(tiny.model, tiny.tokenizer, ["maji"], layers=[1], pooling="mean_words").at(1)
+    assert not torch.allclose(mean, words)

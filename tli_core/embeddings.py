@@ -1,0 +1,284 @@
+"""Word embeddings from every layer in one batched forward pass.
+
+``embed(model, tokenizer, words)`` returns L2-normalised float32 vectors
+``[layers x words x dim]`` for every hidden state (0 = input embeddings ... L = final output
+after the norm), pooled on the device as each layer is produced, so no stack of full hidden
+states is ever kept. The same forward (``pooled_hidden_states``) serves training with
+gradients; asked only for layers up to k, it stops after decoder block k (early exit).
+
+Pooling modes:
+  ``mean``        mean over all attention-masked tokens, BOS included (the paper's);
+  ``mean_words``  BOS/other special tokens stay in the input as context but are left out
+                  of the average;
+  ``last``        the last attended token.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import TLIError
+from .models import resolve_layer
+
+POOLINGS = ("mean", "mean_words", "last")
+ProgressFn = Callable[[int, int], None]
+
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+class _EarlyExit(Exception):
+    """Raised from a hook once the deepest requested layer is captured."""
+
+
+@dataclass
+class Embeddings:
+    """Pooled, L2-normalised embeddings: ``vectors[i]`` is layer ``layers[i]``."""
+
+    vectors: torch.Tensor  # [len(layers), n_words, dim], float32
+    layers: list[int]
+    words: list[str]
+    num_layers: int  # decoder blocks L of the model (hidden states 0..L)
+    pooling: str
+
+    def at(self, layer: int) -> torch.Tensor:
+        """Vectors of one layer, [n_words, dim]."""
+        k = resolve_layer(layer, self.num_layers)
+        if k not in self.layers:
+            raise TLIError(f"layer {k} was not computed (have {self.layers[0]}..{self.layers[-1]})")
+        return self.vectors[self.layers.index(k)]
+
+
+# --------------------------------------------------------------------------- model anatomy
+
+def decoder_parts(model) -> tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.Module]:
+    """(decoder module, its list of blocks, its final norm) for a causal LM, PEFT-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", base)
+    blocks = getattr(decoder, "layers", None)
+    norm = getattr(decoder, "norm", None)
+    if not isinstance(blocks, torch.nn.ModuleList) or norm is None:
+        raise TLIError(f"unsupported architecture {type(base).__name__}: TLI Studio needs a decoder with "
+                       f"`.layers` and a final `.norm` (Llama, Mistral, Qwen2, Gemma, Phi-3 ... all have them)")
+    return decoder, blocks, norm
+
+
+def num_layers(model) -> int:
+    return len(decoder_parts(model)[1])
+
+
+def input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def model_lock(model) -> threading.RLock:
+    """One forward at a time per model: hooks are installed on shared modules."""
+    decoder = decoder_parts(model)[0]
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(decoder, threading.RLock())
+
+
+# --------------------------------------------------------------------------- the forward
+
+def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         pool_weights: torch.Tensor, layers: Sequence[int],
+                         drop_dims: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+    """Run the decoder and return ``{layer: [batch, dim] L2-normalised float32}``.
+
+    ``pool_weights`` is [batch, tokens]: each row sums to 1 over the tokens to average.
+    The forward stops after the deepest requested layer (early exit): blocks beyond it never
+    run, so layer k costs k blocks, and gradients flow only into blocks 1..k.
+    Call under ``torch.inference_mode()`` for analysis, or with grad enabled for training.
+    """
+    decoder, blocks, norm = decoder_parts(model)
+    n = len(blocks)
+    wanted = sorted({resolve_layer(k, n) for k in layers})
+    deepest = wanted[-1]
+    out: dict[int, torch.Tensor] = {}
+
+    def capture(k: int, hidden: torch.Tensor) -> None:
+        w = pool_weights.to(device=hidden.device, dtype=torch.float32)
+        v = torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1)  # weighted mean, no [B,T,D] product
+        if drop_dims:
+            v = v.index_fill(1, torch.as_tensor(list(drop_dims), device=v.device), 0.0)
+        out[k] = F.normalize(v, dim=-1)
+        if k == deepest and deepest < n:
+            raise _EarlyExit
+
+    def pre_first(module, args, kwargs):
+        capture(0, args[0] if args else kwargs["hidden_states"])
+
+    def after_block(k):
+        def hook(module, args, output):
+            capture(k, output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    handles = []
+    if 0 in wanted:
+        handles.append(blocks[0].register_forward_pre_hook(pre_first, with_kwargs=True))
+    for k in wanted:
+        if 0 < k < n:
+            handles.append(blocks[k - 1].register_forward_hook(after_block(k)))
+    if n in wanted:
+        handles.append(norm.register_forward_hook(after_block(n)))
+    try:
+        with model_lock(model):
+            decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _EarlyExit:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+# --------------------------------------------------------------------------- tokenising
+
+@dataclass
+class Tokenised:
+    input_ids: list[list[int]]
+    special: list[list[int]]  # 1 where the token is special (BOS, EOS ...)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+def tokenise(tokenizer, words: Sequence[str]) -> Tokenised:
+    """Tokenise single words/phrases the paper's way (tokenizer defaults: Llama-3 adds BOS)."""
+    enc = tokenizer(list(words), add_special_tokens=True, return_special_tokens_mask=True)
+    ids, special = enc["input_ids"], enc["special_tokens_mask"]
+    for w, x in zip(words, ids):
+        if not x:
+            raise TLIError(f"the tokenizer produced no tokens for {w!r}")
+    return Tokenised(ids, special)
+
+
+def pool_weight_row(special: list[int], pooling: str) -> list[float]:
+    """Averaging weights over one word's tokens (unpadded)."""
+    n = len(special)
+    if pooling == "mean":
+        keep = [1.0] * n
+    elif pooling == "mean_words":
+        keep = [0.0 if s else 1.0 for s in special]
+        if not any(keep):  # a word made only of special tokens: fall back to all
+            keep = [1.0] * n
+    elif pooling == "last":
+        keep = [0.0] * (n - 1) + [1.0]
+    else:
+        raise TLIError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    total = sum(keep)
+    return [k / total for k in keep]
+
+
+def make_batch(tok: Tokenised, idx: Sequence[int], pad_id: int, pooling: str,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, pool_weights) for the words at ``idx``."""
+    width = max(tok.lengths[i] for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    weights = torch.zeros((len(idx), width), dtype=torch.float32)
+    for row, i in enumerate(idx):
+        n = tok.lengths[i]
+        ids[row, :n] = torch.as_tensor(tok.input_ids[i])
+        mask[row, :n] = 1
+        weights[row, :n] = torch.as_tensor(pool_weight_row(tok.special[i], pooling))
+    return ids.to(device), mask.to(device), weights.to(device)
+
+
+# --------------------------------------------------------------------------- batch size
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the scan may use for activations: a share of what is free right now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(avail * 0.25)
+
+
+def bytes_per_word(config, seq_len: int, n_kept: int, act_bytes: int) -> int:
+    """Upper estimate of the peak memory one word adds to a batched forward (no autograd).
+
+    Inside one block at a time: residual, norm, attention in/out, q/k/v, MLP gate/up/act
+    (``act_bytes`` each), fp32 attention scores, the fp32 copy made for pooling, plus the
+    pooled vectors kept for every requested layer.
+    """
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d, inter = cfg.hidden_size, cfg.intermediate_size
+    heads = cfg.num_attention_heads
+    per_block = seq_len * (8 * d + 3 * inter) * act_bytes + heads * seq_len * seq_len * 4
+    pooling_copy = seq_len * d * 4
+    kept = 2 * n_kept * d * 4
+    return int(per_block + pooling_copy + kept)
+
+
+def choose_batch_size(model, seq_len: int, n_kept: int, budget: int | None = None,
+                      cap: int | None = None) -> int:
+    """Largest batch whose estimated peak (``bytes_per_word``) fits ``budget`` bytes."""
+    device = input_device(model)
+    budget = memory_budget(device) if budget is None else budget
+    act_bytes = model.get_input_embeddings().weight.element_size()
+    act_bytes = max(act_bytes, 2)
+    per_word = bytes_per_word(model.config, seq_len, n_kept, act_bytes)
+    cap = cap or (1024 if device.type == "cuda" else 256)
+    return int(max(1, min(cap, budget // per_word)))
+
+
+# --------------------------------------------------------------------------- public entry
+
+def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None = None,
+          pooling: str = "mean", batch_size: int | None = None, progress: ProgressFn | None = None,
+          drop_dims: Sequence[int] | None = None, out_device: str = "cpu") -> Embeddings:
+    """Embeddings of ``words`` at ``layers`` (default: all, 0..L) from one pass per batch.
+
+    Words are sorted by token length so batches carry little padding; results come back in
+    the input order. Under inference mode; on CUDA a batch that runs out of memory is split.
+    """
+    if pooling not in POOLINGS:
+        raise TLIError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    words = list(words)
+    if not words:
+        raise TLIError("no words to embed")
+    n_layers = num_layers(model)
+    layers = list(range(n_layers + 1)) if layers is None else sorted({resolve_layer(k, n_layers) for k in layers})
+    tok = tokenise(tokenizer, words)
+    order = sorted(range(len(words)), key=lambda i: -tok.lengths[i])
+    device = input_device(model)
+    dim = model.get_input_embeddings().weight.shape[1]
+    bs = batch_size or choose_batch_size(model, max(tok.lengths), len(layers))
+    result = torch.empty((len(layers), len(words), dim), dtype=torch.float32, device=out_device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    done, start = 0, 0
+    with torch.inference_mode():
+        while start < len(order):
+            idx = order[start:start + bs]
+            ids, mask, weights = make_batch(tok, idx, pad_id, pooling, device)
+            try:
+                vecs = pooled_hidden_states(model, ids, mask, weights, layers, drop_dims)
+            except torch.cuda.OutOfMemoryError:
+                if bs == 1:
+                    raise TLIError("out of GPU memory even for a single word") from None
+                bs = max(1, bs // 2)
+                torch.cuda.empty_cache()
+                continue
+            result[:, idx] = torch.stack([vecs[k] for k in layers]).to(out_device)
+            start += len(idx)
+            done += len(idx)
+            if progress:
+                progress(done, len(words))
+    return Embeddings(vectors=result, layers=layers, words=words, num_layers=n_layers, pooling=pooling)
