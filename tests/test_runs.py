@@ -1,0 +1,197 @@
+"""Run directories end to end on the tiny model: files, statistics, adapters, stop, SIGKILL, lock."""
+
+import json
+import os
+import signal
+import time
+import zipfile
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from tli_core.errors import TLIError
+from tli_core.runs import (Run, TrainingLock, busy_message, create_run, delete_run, diff_configs, launch, list_runs,
+                           runs_table)
+from tli_core.training import TLIConfig
+from tli_core.models import ModelSpec
+from tli_core.worker import execute
+
+
+def tiny_config(model_dir, pair_files, **changes):
+    trained, control = pair_files
+    base = dict(model=ModelSpec(model=str(model_dir), quantization="fp32", device="cpu"),
+                trained_pairs=str(trained), control_pairs=str(control), target_layers=[2], batch_size=4,
+                epochs=2, warmup_steps=1, learning_rate=5e-3)
+    base.update(changes)
+    return TLIConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def done_run(tiny_model_dir, tmp_path_factory):
+    from tests.conftest import WORDS
+
+    d = tmp_path_factory.mktemp("done")
+    trained, control = d / "trained.csv", d / "control.csv"
+    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(trained, index=False)
+    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(control, index=False)
+    run = create_run(tiny_config(tiny_model_dir, (trained, control)), d / "runs")
+    status = execute(run)
+    assert status["state"] == "done", status
+    return run
+
+
+def all_json_parses(run: Run):
+    for f in run.path.rglob("*.json"):
+        json.loads(f.read_text())
+    for line in (run.path / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_a_finished_run_is_complete(done_run):
+    p = done_run.path
+    for name in ("config.json", "status.json", "metrics.jsonl", "train.log", "summary.json", "model_facts.json",
+                 "pairs_trained.csv", "pairs_control.csv", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "checkpoints/epoch_1/adapter_config.json",
+                 "checkpoints/epoch_2/adapter_config.json", "eval/pairs.csv", "eval/pairs_layers.csv",
+                 "eval/curve.csv", "eval/layer_stats.csv"):
+        assert (p / name).is_file(), name
+    st = done_run.status()
+    assert st["state"] == "done" and st["step"] == st["total_steps"] == 10
+    assert {"torch", "transformers", "peft"} <= set(st["versions"])
+    assert len(done_run.metrics()) == 10
+    assert set(done_run.metrics().columns) >= {"loss", "lr", "pos_sim", "neg_sim", "grad_norm", "step_time"}
+    assert TLIConfig.from_dict(done_run.config_dict()) == done_run.config()
+    all_json_parses(done_run)
+    assert not list(p.rglob(".*tmp*")) and not list(p.rglob(".*.json.*"))
+
+
+def test_summary_statistics_match_scipy_on_the_stored_table(done_run):
+    summary = done_run.summary()
+    pairs = done_run.table("pairs")
+    assert summary["eval_layer"] == 3 and summary["eval_layer_name"] == "block 3"
+    for group in ("trained", "control"):
+        g = pairs[pairs["set"] == group]
+        s = summary["groups"][group]
+        t, p = sps.ttest_rel(g["after"], g["before"])
+        assert s["n"] == len(g) == (18 if group == "trained" else 6)
+        assert s["mean_before"] == pytest.approx(g["before"].mean())
+        assert s["mean_after"] == pytest.approx(g["after"].mean())
+        assert s["t"] == pytest.approx(t) and s["p"] == pytest.approx(p)
+        assert s["wilcoxon_p"] == pytest.approx(sps.wilcoxon(g["after"], g["before"]).pvalue)
+    assert summary["train"]["gradient_blocks"] == [1, 2]  # only blocks up to the target layer learn
+    curve = done_run.table("curve")
+    assert set(curve["phase"]) == {"before", "after"} and set(curve["layer"]) == set(range(5))
+    layers = done_run.table("pairs_layers")
+    at_eval = layers[layers["layer"] == 3].reset_index(drop=True)
+    np.testing.assert_allclose(at_eval["after"], pairs["after"], atol=1e-12)
+
+
+def test_saved_adapter_reproduces_the_after_similarities(done_run, tiny_model_dir):
+    from peft import PeftModel
+
+    from tli_core.embeddings import embed
+    from tli_core.models import load_model
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    model = PeftModel.from_pretrained(lm.model, str(done_run.adapter_dir))
+    model.eval()
+    pairs = done_run.table("pairs")
+    sw = embed(model, lm.tokenizer, list(pairs["swahili"]), layers=[3]).at(3)
+    en = embed(model, lm.tokenizer, list(pairs["english"]), layers=[3]).at(3)
+    np.testing.assert_allclose((sw * en).sum(1).numpy(), pairs["after"], atol=1e-5)
+    # and with the adapter disabled it gives "before": the adapter really changed something
+    with model.disable_adapter():
+        base_sw = embed(model, lm.tokenizer, list(pairs["swahili"]), layers=[3]).at(3)
+        base_en = embed(model, lm.tokenizer, list(pairs["english"]), layers=[3]).at(3)
+    np.testing.assert_allclose((base_sw * base_en).sum(1).numpy(), pairs["before"], atol=1e-5)
+    assert not torch.allclose(base_sw, sw, atol=1e-4)
+
+
+def test_evaluate_command_recomputes_the_same_tables(done_run, capsys):
+    from tli_core.cli import main
+
+    before = done_run.table("pairs")
+    assert main(["evaluate", "--run", str(done_run.path), "--quiet"]) == 0
+    after = done_run.table("pairs")
+    np.testing.assert_allclose(after["after"], before["after"], atol=1e-5)
+    out = capsys.readouterr().out
+    assert "trained" in out and "control" in out and "p (paired t)" in out
+
+
+def test_list_table_diff_zip_delete(done_run, tiny_model_dir, pair_files):
+    runs_dir = done_run.path.parent
+    table = runs_table(runs_dir)
+    row = table[table["run"] == done_run.id].iloc[0]
+    assert row["state"] == "done" and row["target layers"] == "2" and row["rank"] == 16
+    assert row["control % change"] == pytest.approx(done_run.summary()["groups"]["control"]["pct_change"])
+    other = create_run(tiny_config(tiny_model_dir, pair_files, lora_r=4, target_layers=[1]), runs_dir)
+    diff = diff_configs(done_run, other)
+    assert set(diff["setting"]) >= {"lora_r", "target_layers"}
+    assert "epochs" not in set(diff["setting"])
+    with zipfile.ZipFile(io.BytesIO(done_run.adapter_zip())) as zf:
+        names = zf.namelist()
+    assert f"{done_run.id}/adapter/adapter_model.safetensors" in names and f"{done_run.id}/config.json" in names
+    with pytest.raises(TLIError, match="no saved adapter"):
+        other.adapter_zip()
+    delete_run(other)
+    assert other.id not in [r.id for r in list_runs(runs_dir)]
+
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start_long_run(tmp_path, tiny_model_dir, pair_files):
+    run = create_run(tiny_config(tiny_model_dir, pair_files, epochs=500, batch_size=4), tmp_path / "runs")
+    pid = launch(run)
+    assert wait_for(lambda: len(run.metrics()) >= 3), run.log_tail()
+    return run, pid
+
+
+def test_stop_mid_run_leaves_stopped_and_a_loadable_adapter(tmp_path, tiny_model_dir, pair_files):
+    from peft import PeftModel
+
+    from tli_core.models import load_model
+
+    run, pid = start_long_run(tmp_path, tiny_model_dir, pair_files)
+    assert busy_message(run.path.parent)  # a second job would be refused
+    run.request_stop()
+    assert wait_for(lambda: run.status()["state"] == "stopped"), run.log_tail()
+    st = run.status()
+    assert 3 <= st["step"] < st["total_steps"]
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    PeftModel.from_pretrained(lm.model, str(run.adapter_dir))
+    all_json_parses(run)
+    assert wait_for(lambda: busy_message(run.path.parent) is None, 20)
+
+
+def test_sigkill_leaves_a_failed_run_and_no_half_written_json(tmp_path, tiny_model_dir, pair_files):
+    run, pid = start_long_run(tmp_path, tiny_model_dir, pair_files)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: run.status()["state"] == "failed", 20)
+    assert "ended without finishing" in run.status()["message"]
+    all_json_parses(run)
+    assert wait_for(lambda: TrainingLock(run.path.parent).holder() is None, 10)  # the OS released the lock
+
+
+def test_one_training_job_at_a_time(tmp_path, tiny_model_dir, pair_files):
+    runs_dir = tmp_path / "runs"
+    lock = TrainingLock(runs_dir)
+    assert lock.acquire("a test holding the GPU")
+    try:
+        run = create_run(tiny_config(tiny_model_dir, pair_files), runs_dir)
+        status = execute(run)
+        assert status["state"] == "failed" and "one job at a time" in status["message"]
+        assert "a test holding the GPU" in busy_message(runs_dir)
+    finally:
+        lock.release()
+    assert busy_message(runs_dir) is None

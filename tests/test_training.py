@@ -1,0 +1,183 @@
+"""The TLI method: config defaults, validation, losses, early exit, what trains, reproducibility."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from tli_core.embeddings import tokenise
+from tli_core.errors import TLIError
+from tli_core.models import ModelSpec, load_model
+from tli_core.training import (TLIConfig, adapter_blocks, attach_lora, epoch_batches, gradient_blocks,
+                               infonce_loss, learning_blocks, step_loss, total_steps, train, triplet_loss, validate)
+
+
+@pytest.fixture
+def fresh(tiny_model_dir):
+    """A model of our own: training attaches adapters to it."""
+    return load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+
+
+def test_defaults_are_the_published_settings():
+    c = TLIConfig()
+    assert c.model.quantization == "nf4" and c.model.compute_dtype == "bfloat16"
+    assert c.target_layers == [2] and c.pooling == "mean"
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout) == (16, 32, 0.05)
+    assert c.target_modules is None and c.adapter_blocks == "all"  # q_proj, v_proj per architecture
+    assert (c.loss, c.margin) == ("triplet", 0.4)
+    assert (c.learning_rate, c.warmup_steps, c.batch_size, c.epochs) == (2e-4, 50, 8, 5)
+    assert c.early_exit and not c.allow_overlap
+    assert TLIConfig.from_dict(c.to_dict()) == c
+    assert all(TLIConfig.help()[f.name] for f in dataclasses.fields(TLIConfig))
+
+
+def test_steps_of_the_paper_run():
+    assert total_steps(623, 8, 5) == 390  # 78 batches per epoch
+    assert total_steps(17, 8, 1) == 2  # 8 + 9: a lone last pair joins the batch before it
+    batches = epoch_batches(17, 8, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [8, 9] and sorted(sum(batches, [])) == list(range(17))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lora_r": 0}, "rank must be at least 1"),
+    ({"batch_size": 1}, "no in-batch negatives"),
+    ({"epochs": 0}, "epochs"),
+    ({"learning_rate": 0}, "learning rate"),
+    ({"loss": "mse"}, "unknown loss"),
+    ({"target_layers": [5]}, "target layer 5 is outside"),
+    ({"target_layers": [0]}, "input embedding table"),
+    ({"eval_layer": 9}, "evaluation layer 9 is outside"),
+    ({"adapter_blocks": "late", "target_layers": [2]}, "nothing would train"),
+    ({"adapter_blocks": "3-9"}, "within 1..4"),
+])
+def test_bad_settings_are_refused(changes, message):
+    with pytest.raises(TLIError, match=message):
+        validate(dataclasses.replace(TLIConfig(), **changes), num_layers=4, n_trained=10, n_control=5)
+
+
+def test_empty_control_set_is_refused():
+    with pytest.raises(TLIError, match="control set is empty"):
+        validate(TLIConfig(), num_layers=4, n_trained=10, n_control=0)
+
+
+def test_validation_resolves_layers_and_warns_about_idle_adapters():
+    c = TLIConfig(target_layers=[-3])
+    warnings = validate(c, num_layers=4, n_trained=10, n_control=5)
+    assert c.target_layers == [2] and c.eval_layer == 3  # the paper's "layer L-1"
+    assert "2 of 4 adapter blocks lie beyond target layer 2" in warnings[0]
+    assert adapter_blocks(c, 4) == [1, 2, 3, 4] and learning_blocks(c, 4) == [1, 2]
+    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="up_to_target"), 4) == [1, 2]
+    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="early"), 4) == [1, 2]
+    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="late"), 4) == [3, 4]
+    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="1,3-4"), 4) == [1, 3, 4]
+
+
+def test_triplet_loss_matches_a_loop():
+    torch.manual_seed(0)
+    src = torch.nn.functional.normalize(torch.randn(6, 5), dim=-1)
+    tgt = torch.nn.functional.normalize(torch.randn(6, 5), dim=-1)
+    loss, info = triplet_loss(src, tgt, margin=0.4)
+    terms = []
+    for i in range(6):
+        pos = float(src[i] @ tgt[i])
+        neg = max(float(src[i] @ tgt[j]) for j in range(6) if j != i)
+        terms.append(max(0.0, 0.4 + neg - pos))
+    assert loss.item() == pytest.approx(np.mean(terms), abs=1e-6)
+    assert info["pos_sim"] == pytest.approx(float((src * tgt).sum(1).mean()), abs=1e-6)
+
+
+def test_synonym_targets_are_not_negatives():
+    src = torch.eye(3)
+    tgt = torch.eye(3)
+    tgt[1] = tgt[0]  # words 0 and 1 share the same English translation
+    same = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    _, with_mask = triplet_loss(src, tgt, 0.4, same)
+    _, without = triplet_loss(src, tgt, 0.4)
+    assert with_mask["neg_sim"] == pytest.approx(0.0) and without["neg_sim"] > 0
+
+
+def test_infonce_matches_cross_entropy():
+    torch.manual_seed(1)
+    src = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    tgt = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    loss, _ = infonce_loss(src, tgt, temperature=0.1)
+    logits = (src @ tgt.T).numpy() / 0.1
+    ref = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    assert loss.item() == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("layers", [[1], [2], [1, 3]])
+def test_early_exit_gives_the_full_forward_loss(fresh, pairs_df, layers):
+    config = TLIConfig(target_layers=layers, lora_dropout=0.0)
+    peft_model = attach_lora(fresh.model, config, 4)
+    with torch.no_grad():  # give the adapters non-zero weights so they matter
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    tok_s = tokenise(fresh.tokenizer, list(pairs_df["swahili"]))
+    tok_t = tokenise(fresh.tokenizer, list(pairs_df["english"]))
+    idx = list(range(8))
+    pad = fresh.tokenizer.pad_token_id
+    early, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, config, None, "cpu")
+    full, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, dataclasses.replace(config, early_exit=False), None, "cpu")
+    assert early.item() == pytest.approx(full.item(), abs=1e-6)
+    early.backward()
+    assert gradient_blocks(peft_model) == list(range(1, max(layers) + 1))
+
+
+def _train(lm, pairs_df, **changes):
+    config = TLIConfig(target_layers=[2], batch_size=4, epochs=2, warmup_steps=1, learning_rate=1e-2, **changes)
+    validate(config, 4, len(pairs_df), 1)
+    peft_model = attach_lora(lm.model, config, 4)
+    steps = []
+    result = train(peft_model, lm.tokenizer, pairs_df, config, 4, on_step=steps.append)
+    return peft_model, result, steps
+
+
+def test_only_the_adapters_in_reach_train(fresh, pairs_df):
+    base = {n: p.detach().clone() for n, p in fresh.model.named_parameters()}
+    peft_model, result, steps = _train(fresh, pairs_df)
+    assert result.state == "done" and result.steps == result.total_steps == len(steps) == 2 * 5  # 18 pairs: 4+4+4+4+2
+    assert steps[-1]["loss"] < steps[0]["loss"] + 1e-9 or steps[-1]["pos_sim"] > steps[0]["pos_sim"]
+    for name, p in peft_model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+            torch.testing.assert_close(p, base[key], msg=name)
+        elif "lora_B" in name:
+            block = int(name.split(".layers.")[1].split(".")[0]) + 1
+            moved = p.abs().sum().item() > 0
+            assert moved == (block <= 2), name  # blocks beyond the target layer never move
+
+
+def test_training_is_reproducible(tiny_model_dir, pairs_df):
+    runs = []
+    for _ in range(2):
+        lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+        runs.append([round(s["loss"], 6) for s in _train(lm, pairs_df)[2]])
+    assert runs[0] == runs[1]
+
+
+def test_stop_request_is_honoured_between_steps(fresh, pairs_df):
+    config = TLIConfig(target_layers=[2], batch_size=4, epochs=3, warmup_steps=1)
+    peft_model = attach_lora(fresh.model, config, 4)
+    steps = []
+    result = train(peft_model, fresh.tokenizer, pairs_df, config, 4, on_step=steps.append,
+                   should_stop=lambda: len(steps) >= 3)
+    assert result.state == "stopped" and result.steps == 3 and len(steps) == 3
+
+
+def test_nan_loss_stops_with_a_clear_status(fresh, pairs_df, monkeypatch):
+    import tli_core.training as tr
+
+    real = tr.step_loss
+    calls = []
+
+    def flaky(*args, **kwargs):
+        loss, info = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 2 else loss), info
+
+    monkeypatch.setattr(tr, "step_loss", flaky)
+    _, result, steps = _train(fresh, pairs_df)
+    assert result.state == "failed" and "loss became nan at step 2" in result.message and len(steps) == 1
