@@ -21,6 +21,8 @@ def reference_embedding(model, tokenizer, word, layer, pooling):
         v = hs.mean(0)
     elif pooling == "mean_words":
         v = hs[special == 0].mean(0)
+    elif pooling == "mean_no_first":
+        v = hs[1:].mean(0) if len(hs) > 1 else hs[0]
     else:
         v = hs[-1]
     return (v / v.norm()).numpy()

@@ -163,7 +163,8 @@ class ScanResult:
 
 def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean", centering: str = "none",
          layers: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
-         progress: Callable[[int, int], None] | None = None, keep_embeddings: bool = False) -> ScanResult:
+         progress: Callable[[int, int], None] | None = None, keep_embeddings: bool = False,
+         drop_dims: Sequence[int] | None = None) -> ScanResult:
     """The layer scan ("pilot"): embed every word of every set once, all layers, and score them.
 
     ``sets`` maps a set name (``trained``, ``control``) to its pair frame. All words go through
@@ -184,7 +185,7 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
         spans[name] = (len(words), len(df))
         words += list(df["swahili"]) + list(df["english"])
     emb = embed(model, tokenizer, words, layers=layers, pooling=pooling, batch_size=batch_size,
-                progress=progress)
+                progress=progress, drop_dims=drop_dims)
     curves, tables, kept = [], [], {}
     for name in names:
         offset, n = spans[name]

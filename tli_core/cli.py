@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", default=None, help="control word pairs, same formats; scored as a second set")
     p.add_argument("--pooling", choices=POOLINGS, default="mean",
                    help="mean = all attention-masked tokens, BOS included (the paper's, default); "
-                        "mean_words = leave special tokens out of the average; last = last token")
+                        "mean_words = leave special tokens out of the average; mean_no_first = leave the "
+                        "first token (BOS or first word piece) out; last = last token")
     p.add_argument("--center", nargs="?", const="joint", default="none", choices=CENTERING,
                    help="mean-centering correction before cosines: joint (the flag alone) removes the mean "
                         "of all words, language removes each language's mean (default: none)")

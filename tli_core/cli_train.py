@@ -245,29 +245,118 @@ def cmd_evaluate_worker(args) -> int:
     return 0
 
 
+def print_sweep(results) -> None:
+    import pandas as pd
+
+    from .sweeps import best_cell
+
+    cols = ["cell", "target layers", "rank", "placement", "state", "control change", "control % change",
+            "control p", "control p corrected", "control P@1 change", "trained change", "trained p corrected"]
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        print(results[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    best = best_cell(results)
+    if best is not None:
+        row = results[results["cell"] == best].iloc[0]
+        print(f"\nbest cell {best}: layers {row['target layers']}, rank {row['rank']}, {row['placement']} — control "
+              f"change {row['control change']:+.4f} ({row['control % change']:+.2f} %), corrected p "
+              f"{row['control p corrected']:.3g} ({results.attrs['correction']})")
+    for _, row in results[results["state"] == "invalid"].iterrows():
+        print(f"cell {row['cell']} not run: {row['reason']}")
+
+
+def cmd_sweep(args) -> int:
+    from .cli import quiet_libraries
+    from .files import write_csv
+    from .runs import busy_message, default_runs_dir
+    from .sweeps import Sweep, SweepSpec, create_sweep, list_sweeps, parse_grid_layers, run_sweep, sweep_results
+
+    quiet_libraries()
+    runs_dir = Path(args.runs_dir or default_runs_dir())
+    if args.resume:
+        path = Path(args.resume)
+        sweep = Sweep(path if (path / "sweep.json").is_file() else runs_dir / "sweeps" / args.resume)
+    else:
+        config = config_from_args(args)
+        ranks = [int(r) for r in str(args.ranks).split(",") if r.strip()]
+        sep = ";" if ";" in args.placements else ","  # block lists with commas are separated by ';'
+        placements = [p.strip() for p in args.placements.split(sep) if p.strip()]
+        spec = SweepSpec(base=config, target_layers=parse_grid_layers(args.layers), ranks=ranks,
+                         placements=placements, correction=args.correction)
+        busy = busy_message(runs_dir)
+        if busy:
+            raise TLIError(busy)
+        sweep = create_sweep(spec, runs_dir)
+    print(f"sweep {sweep.id}: {len(sweep.cells())} cells in {sweep.path}", file=sys.stderr)
+
+    def report(cell, cells):
+        if not args.quiet:
+            print(f"[cell {cell['cell'] + 1}/{len(cells)}] layers {cell['target_layers']}, rank {cell['rank']}, "
+                  f"{cell['placement']}", file=sys.stderr)
+
+    status = run_sweep(sweep, progress=report)
+    results = sweep_results(sweep, args.correction)
+    print(f"sweep {sweep.id}: {status.get('state')}" + (f" — {status['message']}" if status.get("message") else ""))
+    print_sweep(results)
+    if args.out:
+        write_csv(args.out, results)
+    return 0 if status.get("state") == "done" else 1
+
+
+def cmd_sweep_worker(args) -> int:
+    from .sweeps import Sweep, run_sweep
+
+    status = run_sweep(Sweep(args.sweep_dir))
+    return 0 if status.get("state") == "done" else 1
+
+
 # --------------------------------------------------------------------------- parser
 
-def add_commands(sub, add_model_args) -> None:
+def add_training_flags(p, add_model_args, skip=()) -> None:
+    """Every TLIConfig setting as a flag (help text from the dataclass), plus --config and the model."""
     from .training import TLIConfig
 
     helps = TLIConfig.help()
+    p.add_argument("--config", default=None, help="JSON/YAML file of TLIConfig settings (e.g. a run's config.json)")
+    for key, (flag, typ) in TRAIN_FLAGS.items():
+        if key not in skip:
+            p.add_argument(flag, type=typ, default=None, help=helps[key] + (
+                " (comma-separated)" if key in ("target_layers", "target_modules") else ""))
+    p.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
+                   help=helps["early_exit"] + " (default: on)")
+    p.add_argument("--allow-overlap", action="store_true", help=helps["allow_overlap"])
+    p.add_argument("--runs-dir", default=None, help="where run directories go (default: ./runs or $TLI_RUNS_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_args(p, defaults=False)
+
+
+def add_commands(sub, add_model_args) -> None:
     p = sub.add_parser("train", help="train TLI adapters and evaluate before/after (writes a run directory)",
                        description="Train LoRA adapters with the TLI loss on a target layer, then evaluate "
                                    "trained and control pairs before and after. Defaults are the paper's. "
                                    "Settings come from --config (JSON or YAML, the run's config.json format) "
                                    "and any flag given overrides the file.")
-    p.add_argument("--config", default=None, help="JSON/YAML file of TLIConfig settings (e.g. a run's config.json)")
-    for key, (flag, typ) in TRAIN_FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=helps[key] + (
-            " (comma-separated)" if key in ("target_layers", "target_modules") else ""))
-    p.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
-                   help=helps["early_exit"] + " (default: on)")
-    p.add_argument("--allow-overlap", action="store_true", help=helps["allow_overlap"])
-    p.add_argument("--runs-dir", default=None, help="where run directories go (default: ./runs or $TLI_RUNS_DIR)")
+    add_training_flags(p, add_model_args)
     p.add_argument("--name", default=None, help="run directory name (default: time, model, layer and rank)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_model_args(p, defaults=False)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="grid over target layer(s) x LoRA rank x adapter placement, one run per cell",
+                       description="Train one ordinary run per cell of the grid, one at a time, then print each "
+                                   "cell's control-set change with p-values corrected across the grid. Any train "
+                                   "flag sets the other settings of every cell. --resume continues a sweep.")
+    p.add_argument("--layers", default="2", help="target-layer settings, e.g. 1,2 or 1,2,1+2 ('+' = trained together)")
+    p.add_argument("--ranks", default="16", help="LoRA ranks, e.g. 4,16")
+    p.add_argument("--placements", default="all", help="adapter placements, e.g. all,up_to_target,early,late; "
+                                                       "block lists such as '1-2;1-4,8' are separated by ';'")
+    p.add_argument("--correction", choices=["bh", "holm", "none"], default="bh",
+                   help="multiple-comparison correction across cells (default: Benjamini-Hochberg)")
+    p.add_argument("--resume", default=None, metavar="SWEEP", help="continue this sweep (id or directory)")
+    p.add_argument("--out", default=None, help="write the results table to this CSV")
+    add_training_flags(p, add_model_args, skip=("target_layers", "lora_r"))
+    p.set_defaults(func=cmd_sweep, target_layers=None, rank=None)
+
+    p = sub.add_parser("sweep-worker", help=argparse.SUPPRESS)
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=cmd_sweep_worker)
 
     p = sub.add_parser("evaluate", help="re-evaluate a run from its saved adapter",
                        description="Load the base model fresh, attach the run's saved adapter, and recompute the "

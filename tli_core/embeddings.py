@@ -10,6 +10,9 @@ Pooling modes:
   ``mean``        mean over all attention-masked tokens, BOS included (the paper's);
   ``mean_words``  BOS/other special tokens stay in the input as context but are left out
                   of the average;
+  ``mean_no_first`` the first token (BOS, or the first word piece where there is no BOS)
+                  stays as context but is left out -- the attention-sink position where
+                  massive activations live (a one-token word keeps its only token);
   ``last``        the last attended token.
 """
 
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from .errors import TLIError
 from .models import resolve_layer
 
-POOLINGS = ("mean", "mean_words", "last")
+POOLINGS = ("mean", "mean_words", "mean_no_first", "last")
 ProgressFn = Callable[[int, int], None]
 
 _LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -87,28 +90,23 @@ def model_lock(model) -> threading.RLock:
 
 # --------------------------------------------------------------------------- the forward
 
-def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         pool_weights: torch.Tensor, layers: Sequence[int],
-                         drop_dims: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-    """Run the decoder and return ``{layer: [batch, dim] L2-normalised float32}``.
+def run_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
+               visit: Callable[[int, torch.Tensor], object]) -> dict[int, object]:
+    """Run the decoder, call ``visit(k, hidden[batch, tokens, dim])`` at each requested layer.
 
-    ``pool_weights`` is [batch, tokens]: each row sums to 1 over the tokens to average.
-    The forward stops after the deepest requested layer (early exit): blocks beyond it never
-    run, so layer k costs k blocks, and gradients flow only into blocks 1..k.
-    Call under ``torch.inference_mode()`` for analysis, or with grad enabled for training.
+    Returns ``{layer: what visit returned}``. The forward stops after the deepest requested
+    layer (early exit): blocks beyond it never run, so layer k costs k blocks and gradients
+    flow only into blocks 1..k. Call under ``torch.inference_mode()`` for analysis, or with
+    grad enabled for training.
     """
     decoder, blocks, norm = decoder_parts(model)
     n = len(blocks)
     wanted = sorted({resolve_layer(k, n) for k in layers})
     deepest = wanted[-1]
-    out: dict[int, torch.Tensor] = {}
+    out: dict[int, object] = {}
 
     def capture(k: int, hidden: torch.Tensor) -> None:
-        w = pool_weights.to(device=hidden.device, dtype=torch.float32)
-        v = torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1)  # weighted mean, no [B,T,D] product
-        if drop_dims:
-            v = v.index_fill(1, torch.as_tensor(list(drop_dims), device=v.device), 0.0)
-        out[k] = F.normalize(v, dim=-1)
+        out[k] = visit(k, hidden)
         if k == deepest and deepest < n:
             raise _EarlyExit
 
@@ -137,6 +135,26 @@ def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.T
         for h in handles:
             h.remove()
     return out
+
+
+def pool(hidden: torch.Tensor, pool_weights: torch.Tensor, drop_dims: Sequence[int] | None = None) -> torch.Tensor:
+    """Weighted mean over tokens ([B,T,D] -> [B,D], float32), optional dimensions zeroed, L2-normalised."""
+    w = pool_weights.to(device=hidden.device, dtype=torch.float32)
+    v = torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1)  # no [B,T,D] product is materialised
+    if drop_dims:
+        v = v.index_fill(1, torch.as_tensor(list(drop_dims), device=v.device), 0.0)
+    return F.normalize(v, dim=-1)
+
+
+def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         pool_weights: torch.Tensor, layers: Sequence[int],
+                         drop_dims: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+    """``{layer: [batch, dim] L2-normalised float32}``, pooled as each layer is produced.
+
+    ``pool_weights`` is [batch, tokens]: each row sums to 1 over the tokens to average.
+    """
+    return run_layers(model, input_ids, attention_mask, layers,
+                      lambda k, hidden: pool(hidden, pool_weights, drop_dims))
 
 
 # --------------------------------------------------------------------------- tokenising
@@ -170,6 +188,8 @@ def pool_weight_row(special: list[int], pooling: str) -> list[float]:
         keep = [0.0 if s else 1.0 for s in special]
         if not any(keep):  # a word made only of special tokens: fall back to all
             keep = [1.0] * n
+    elif pooling == "mean_no_first":
+        keep = [0.0] + [1.0] * (n - 1) if n > 1 else [1.0]
     elif pooling == "last":
         keep = [0.0] * (n - 1) + [1.0]
     else:

@@ -49,7 +49,7 @@ class EvalResult:
 
 def _cosines(pair: tuple[Embeddings, Embeddings]) -> np.ndarray:
     src, tgt = pair
-    return (src.vectors * tgt.vectors).sum(-1).cpu().numpy()  # [layers, pairs]
+    return (src.vectors.double() * tgt.vectors.double()).sum(-1).cpu().numpy()  # [layers, pairs], exact in CSV
 
 
 def evaluate(sets: dict[str, pd.DataFrame], before: SetEmbeddings, after: SetEmbeddings,

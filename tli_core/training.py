@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .embeddings import make_batch, pooled_hidden_states, tokenise
+from .embeddings import POOLINGS, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
 from .models import ModelSpec, default_lora_targets, paper_eval_layer, resolve_layer
 from .pairs import DEFAULT_CONTROL, DEFAULT_TRAINED
@@ -53,7 +53,7 @@ class TLIConfig:
                                      "the paper: 2", default_factory=lambda: [2])
     eval_layer: int | None = _help("layer for the before/after statistics; default: the paper's 'layer 31' "
                                    "= hidden_states[L-1], output of block L-1", default=None)
-    pooling: str = _help("mean (paper) | mean_words | last", default="mean")
+    pooling: str = _help("mean (paper) | mean_words | mean_no_first | last", default="mean")
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=32)
     lora_dropout: float = _help("dropout on the LoRA input", default=0.05)
@@ -177,8 +177,8 @@ def validate(config: TLIConfig, num_layers: int | None = None, n_trained: int | 
         raise TLIError(f"InfoNCE temperature must be positive (got {config.temperature})")
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise TLIError(f"gradient clipping must be positive or none (got {config.grad_clip})")
-    if config.pooling not in ("mean", "mean_words", "last"):
-        raise TLIError(f"unknown pooling {config.pooling!r}; use mean, mean_words or last")
+    if config.pooling not in POOLINGS:
+        raise TLIError(f"unknown pooling {config.pooling!r}; use one of {', '.join(POOLINGS)}")
     if not config.target_layers:
         raise TLIError("at least one target layer is needed")
     for name, n in (("trained", config.trained_subset), ("control", config.control_subset)):

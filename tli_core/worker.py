@@ -77,17 +77,21 @@ class _StopFlag:
         return self.signalled or self.run.stop_requested()
 
 
-def execute(run: Run, progress: Progress = _no_progress) -> dict:
-    """Train and evaluate ``run``; returns the final status. Never raises for user errors."""
+def execute(run: Run, progress: Progress = _no_progress, lock_held: bool = False, lm=None) -> dict:
+    """Train and evaluate ``run``; returns the final status. Never raises for user errors.
+
+    ``lock_held``: the caller (a sweep) already holds the training lock. ``lm``: a loaded
+    model to reuse (a sweep loads it once); its adapters are removed again afterwards.
+    """
     lock = TrainingLock(run.path.parent)
-    if not lock.acquire(f"run {run.id}, pid {os.getpid()}"):
+    if not lock_held and not lock.acquire(f"run {run.id}, pid {os.getpid()}"):
         holder = TrainingLock(run.path.parent).holder()
         return run.update_status(state="failed", finished=now(),
                                  message=f"another training job holds the lock ({holder}); one job at a time")
     stop = _StopFlag(run)
     previous = signal.signal(signal.SIGTERM, stop.handle) if _main_thread() else None
     try:
-        return _execute(run, progress, stop)
+        return _execute(run, progress, stop, lm)
     except TLIError as exc:
         run.log(f"error: {exc}")
         return run.update_status(state="failed", finished=now(), message=str(exc))
@@ -100,7 +104,8 @@ def execute(run: Run, progress: Progress = _no_progress) -> dict:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        lock.release()
+        if not lock_held:
+            lock.release()
 
 
 def _main_thread() -> bool:
@@ -109,7 +114,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _execute(run: Run, progress: Progress, stop: _StopFlag) -> dict:
+def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     from .evaluation import embed_sets
 
     config = run.config()
@@ -123,8 +128,12 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag) -> dict:
         run.log(f"warning: {w}")
     run.update_status(phase="loading model", warnings=warnings, eval_layer=config.eval_layer,
                       target_layers=config.target_layers)
-    progress("loading model", 0, 1, config.model.label())
-    lm = load_model(config.model, progress=lambda f, m: run.log(f"load: {m}"))
+    if lm is None or lm.spec != config.model:
+        progress("loading model", 0, 1, config.model.label())
+        lm = load_model(config.model, progress=lambda f, m: run.log(f"load: {m}"))
+    if stop():
+        return run.update_status(state="stopped", phase="stopped", finished=now(),
+                                 message="stopped before training started (no adapter)")
     n_layers = lm.facts.num_layers
     write_json(run.path / "model_facts.json", lm.facts.__dict__)
     sets = {"trained": trained, "control": control}
@@ -134,13 +143,24 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag) -> dict:
                         progress=lambda d, t: progress("embedding before", d, t, ""))
 
     peft_model = attach_lora(lm.model, config, n_layers)
+    try:
+        return _train_and_evaluate(run, config, lm, peft_model, sets, before, progress, stop)
+    finally:
+        peft_model.unload()  # the base model goes back exactly as it was (adapters removed, not merged)
+
+
+def _train_and_evaluate(run: Run, config: TLIConfig, lm, peft_model, sets, before, progress: Progress,
+                        stop: _StopFlag) -> dict:
+    from .evaluation import embed_sets
+    from .training import total_steps
+
+    n_layers = lm.facts.num_layers
+    trained = sets["trained"]
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     learn = learning_blocks(config, n_layers)
     run.log(f"LoRA: {trainable:,} trainable parameters; the loss on layer(s) {config.target_layers} reaches "
             f"adapters in blocks {learn[0]}..{learn[-1]} only"
             + (" (early exit: blocks beyond are not run)" if config.early_exit else ""))
-    from .training import total_steps
-
     total = total_steps(len(trained), config.batch_size, config.epochs)
     run.update_status(phase="training", step=0, total_steps=total, trainable_parameters=trainable,
                       learning_blocks=learn)

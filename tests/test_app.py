@@ -1,0 +1,197 @@
+"""Every dashboard page under streamlit.testing's AppTest, on the tiny model.
+
+The app is pointed at the tiny model through the same environment variables a user would
+set (TLI_DEFAULT_MODEL, TLI_DEFAULT_QUANT, TLI_RUNS_DIR).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tli_core.models import ModelSpec
+from tli_core.runs import Run, create_run, list_runs
+from tli_core.training import TLIConfig
+from tli_core.worker import execute
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, tiny_model_dir):
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+    return tmp_path / "runs"
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "subheader", "title")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_loads_the_default_model_and_shows_the_path(app_env):
+    at = open_page()
+    assert at.title[0].value == "TLI Studio"
+    assert [m.label for m in at.metric] == ["Model", "Word pairs", "Runs"]
+    assert "4 blocks" in at.metric[0].delta
+    sidebar = "\n".join(str(e.value) for e in at.sidebar.markdown) + "\n".join(str(e.value) for e in at.sidebar.caption)
+    assert "tiny-llama" in sidebar and "layers 0–4" in sidebar
+    assert "trains only blocks 1–2" in texts(at) and "shuffled-pair baseline" in texts(at)
+
+
+def test_model_page_shows_facts_and_refuses_bad_input(app_env):
+    at = open_page("pages/model.py")
+    facts = at.dataframe[0].value
+    assert dict(zip(facts["fact"], facts["value"]))["decoder blocks"] == "4"
+    assert dict(zip(facts["fact"], facts["value"]))["tokenizer adds BOS"] == "yes (<s>)"
+    at.radio[0].set_value("Local directory")
+    at.text_input[0].set_value("/no/such/model")
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert any("no such model directory" in e.value for e in at.error)
+    assert at.button(key=None) is not None
+
+
+def test_pairs_page_shows_both_sets_and_no_leakage(app_env):
+    at = open_page("pages/pairs.py")
+    assert len(at.tabs) == 3
+    assert "No overlap" in at.success[0].value
+    assert len(at.dataframe[0].value) >= 600 and len(at.dataframe[1].value) >= 60
+    at.text_input[0].set_value("maji").run()
+    assert all("maji" in s or "maji" in e for s, e in zip(at.dataframe[0].value["swahili"],
+                                                           at.dataframe[0].value["english"]))
+
+
+def test_scan_page_runs_and_draws_the_curve(app_env):
+    at = open_page("pages/scan.py")
+    run_button = [b for b in at.button if b.label.startswith("Run the scan")]
+    assert run_button
+    run_button[0].click().run()
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # the curve and the heatmap
+    assert [m.label for m in at.metric][:3] == ["Raw-cosine peak (the paper's rule)",
+                                                 "Largest gap over shuffled pairs", "Best retrieval (P@1, CSLS)"]
+    assert "Scan took" in texts(at)
+    # a second visit does not recompute: the result comes straight from the cache
+    at2 = open_page("pages/scan.py")
+    assert not [b for b in at2.button if b.label.startswith("Run the scan")]
+    assert len(at2.get("plotly_chart")) >= 2
+
+
+def test_train_page_launches_a_run_directory(app_env):
+    at = open_page("pages/train.py")
+    labels = {n.label for n in at.number_input}
+    for label in ("Rank r", "Alpha", "Dropout", "Learning rate", "Epochs", "Batch size", "Warm-up steps", "Seed",
+                  "Triplet margin", "Gradient clipping (0 = off)"):
+        assert label in labels
+    assert at.number_input(key=None) is not None
+    values = {n.label: n.value for n in at.number_input}
+    assert (values["Rank r"], values["Alpha"], values["Epochs"], values["Batch size"]) == (16, 32, 5, 8)
+    for n in at.number_input:
+        if n.label == "Epochs":
+            n.set_value(1)
+        if n.label == "Trained subset (0 = all)":
+            n.set_value(24)
+        if n.label == "Control subset (0 = all)":
+            n.set_value(8)
+    [b for b in at.button if b.label == "Launch training"][0].click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = list_runs(app_env)
+    assert len(runs) == 1 and (runs[0].path / "config.json").is_file()
+    cfg = runs[0].config()
+    assert cfg.epochs == 1 and cfg.trained_subset == 24 and cfg.lora_r == 16
+    assert Path(cfg.trained_pairs).is_file()
+    end = time.monotonic() + 120
+    while runs[0].is_active() and time.monotonic() < end:
+        time.sleep(0.5)
+    assert runs[0].status()["state"] == "done", runs[0].log_tail()
+    at = open_page("pages/train.py")  # a reload re-attaches to the run
+    assert any("Done" in s.value for s in at.success)
+
+
+def test_a_second_launch_while_one_runs_is_refused(app_env, tiny_model_dir, pair_files):
+    from tli_core.runs import TrainingLock
+
+    lock = TrainingLock(app_env)
+    assert lock.acquire("run X, pid 1")
+    try:
+        at = open_page("pages/train.py")
+        [b for b in at.button if b.label == "Launch training"][0].click()
+        at.run()
+        assert any("already running" in e.value for e in at.error)
+        assert not list_runs(app_env)
+    finally:
+        lock.release()
+
+
+@pytest.fixture
+def finished_run(app_env, tiny_model_dir, pair_files) -> Run:
+    trained, control = pair_files
+    config = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                       trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1,
+                       warmup_steps=1)
+    run = create_run(config, app_env)
+    assert execute(run)["state"] == "done"
+    return run
+
+
+def test_compare_page_shows_the_statistics_for_a_run(finished_run):
+    at = open_page("pages/compare.py")
+    stats = at.table[0].value
+    assert list(stats["set"]) == ["trained", "control"]
+    for col in ("p (paired t)", "Wilcoxon W", "Cohen's d_z", "95% CI low", "% change"):
+        assert col in stats.columns
+    summary = finished_run.summary()
+    assert stats["p (paired t)"].iloc[1] == pytest.approx(summary["groups"]["control"]["p"])
+    assert len(at.get("plotly_chart")) >= 8  # 3 per set side by side, plus the layer curves
+    # another evaluation layer recomputes the statistics from the stored per-layer table
+    at.select_slider[0].set_value(1).run()
+    assert not at.exception
+    assert "layer 1 (block 1)" in texts(at)
+
+
+def test_compare_page_imports_a_csv(app_env, tmp_path):
+    at = open_page("pages/compare.py")
+    at.radio[0].set_value("an imported per-pair table (CSV)").run()
+    assert not at.exception
+    assert at.get("file_uploader")
+
+
+def test_runs_page_lists_runs(finished_run):
+    at = open_page("pages/runs.py")
+    table = at.dataframe[0].value
+    assert list(table["run"]) == [finished_run.id] and table["state"].iloc[0] == "done"
+    assert table["control p"].iloc[0] == pytest.approx(finished_run.summary()["groups"]["control"]["p"])
+
+
+def test_pages_without_a_model_point_to_the_model_page(app_env, monkeypatch):
+    import streamlit as st
+
+    monkeypatch.setenv("TLI_AUTOLOAD", "0")
+    st.cache_resource.clear()  # no model in the server
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    for page in ("pages/scan.py", "pages/train.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+        assert any("No model is loaded yet" in i.value for i in at.info)

@@ -1,0 +1,109 @@
+"""A 2 x 2 sweep on the tiny model: cells, resume, invalid cells, corrected p-values, heatmap."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from tli_core.cli import main
+from tli_core.figures import sweep_heatmap
+from tli_core.models import ModelSpec
+from tli_core.runs import list_runs
+from tli_core.sweeps import SweepSpec, best_cell, create_sweep, list_sweeps, parse_grid_layers, run_sweep, sweep_results
+from tli_core.training import TLIConfig
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tiny_model_dir, tmp_path_factory):
+    from tests.conftest import WORDS
+
+    d = tmp_path_factory.mktemp("sweep")
+    trained, control = d / "t.csv", d / "c.csv"
+    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(trained, index=False)
+    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(control, index=False)
+    base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                     trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1, warmup_steps=1,
+                     learning_rate=5e-3)
+    spec = SweepSpec(base=base, target_layers=[[1], [2]], ranks=[2, 4], placements=["all"])
+    sweep = create_sweep(spec, d / "runs")
+    status = run_sweep(sweep)
+    assert status["state"] == "done", status
+    return sweep
+
+
+def test_every_cell_is_an_ordinary_run(finished_sweep):
+    cells = finished_sweep.cells()
+    assert [(c["target_layers"], c["rank"]) for c in cells] == [([1], 2), ([1], 4), ([2], 2), ([2], 4)]
+    assert all(c["state"] == "done" for c in cells)
+    runs = {r.id: r for r in list_runs(finished_sweep.runs_dir)}
+    for c in cells:
+        cfg = runs[c["run"]].config()
+        assert cfg.target_layers == c["target_layers"] and cfg.lora_r == c["rank"]
+    assert [s.id for s in list_sweeps(finished_sweep.runs_dir)] == [finished_sweep.id]
+
+
+def test_resume_skips_finished_cells(finished_sweep):
+    before = len(list_runs(finished_sweep.runs_dir))
+    assert run_sweep(finished_sweep)["state"] == "done"
+    assert len(list_runs(finished_sweep.runs_dir)) == before
+
+
+def test_corrected_p_values_agree_with_an_independent_computation(finished_sweep):
+    results = sweep_results(finished_sweep, "bh")
+    raw = []
+    for run_id in results["run"]:
+        pairs = pd.read_csv(finished_sweep.runs_dir / run_id / "eval" / "pairs.csv")
+        ctrl = pairs[pairs["set"] == "control"]
+        raw.append(sps.ttest_rel(ctrl["after"], ctrl["before"]).pvalue)
+        assert results.loc[results["run"] == run_id, "control change"].iloc[0] == pytest.approx(
+            (ctrl["after"] - ctrl["before"]).mean())
+    np.testing.assert_allclose(results["control p"], raw)
+    np.testing.assert_allclose(results["control p corrected"], sps.false_discovery_control(raw))
+    holm = sweep_results(finished_sweep, "holm")
+    order = np.argsort(raw)
+    expected, running = np.empty(4), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (4 - rank) * raw[i])
+        expected[i] = min(1.0, running)
+    np.testing.assert_allclose(holm["control p corrected"], expected)
+    # the heatmap shows exactly these numbers
+    fig = sweep_heatmap(results, best=best_cell(results))
+    z = np.asarray(fig.data[0].z)
+    assert z[0, 0] == pytest.approx(results.loc[0, "control change"])
+    assert z[1, 1] == pytest.approx(results.loc[3, "control change"])
+    assert f"p={results.loc[3, 'control p corrected']:.2g}" in fig.data[0].text[1][1]
+    assert len(fig.layout.shapes) == 1  # the best cell is outlined
+
+
+def test_invalid_cells_are_reported_not_run(tiny_model_dir, pair_files, tmp_path):
+    base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                     trained_pairs=str(pair_files[0]), control_pairs=str(pair_files[1]), batch_size=4, epochs=1,
+                     warmup_steps=1)
+    sweep = create_sweep(SweepSpec(base=base, target_layers=[[1]], ranks=[2], placements=["late", "up_to_target"]),
+                         tmp_path / "runs")
+    assert run_sweep(sweep)["state"] == "done"
+    cells = sweep.cells()
+    assert cells[0]["state"] == "invalid" and "nothing would train" in cells[0]["reason"]
+    assert cells[1]["state"] == "done"
+
+
+def test_sweep_cli(tiny_model_dir, pair_files, tmp_path, capsys):
+    code = main(["sweep", "--model", str(tiny_model_dir), "--quant", "fp32", "--pairs", str(pair_files[0]),
+                 "--control", str(pair_files[1]), "--layers", "1,2", "--ranks", "2,4", "--epochs", "1",
+                 "--batch-size", "4", "--warmup-steps", "1", "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                 "--out", str(tmp_path / "sweep.csv")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "control p corrected" in out and "best cell" in out
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    assert len(table) == 4 and set(table["state"]) == {"done"}
+
+
+def test_grid_parsing():
+    assert parse_grid_layers("1,2,1+2") == [[1], [2], [1, 2]]
+    from tli_core.errors import TLIError
+
+    with pytest.raises(TLIError):
+        parse_grid_layers("1;2")

@@ -1,0 +1,310 @@
+"""Plotly figures for the dashboard (and for anyone scripting the core): no Streamlit here.
+
+Every figure labels layers with the one convention (0 = input embeddings ... L = final
+output) and puts the evidence next to the claim: the shuffled baseline beside the true-pair
+cosine, the chance level beside retrieval, y = x beside a before/after scatter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLORS = {"true": "#1f77b4", "shuffled": "#7f7f7f", "gap": "#2ca02c", "before": "#8c8c8c", "after": "#d62728",
+          "trained": "#1f77b4", "control": "#ff7f0e", "swahili": "#2ca02c", "english": "#9467bd"}
+RETRIEVAL = [("p1_nn", "P@1 NN", "solid"), ("p5_nn", "P@5 NN", "dot"), ("p1_csls", "P@1 CSLS", "solid"),
+             ("p5_csls", "P@5 CSLS", "dot")]
+PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def _layer_axis(fig, num_layers: int | None = None, row=None, col=None):
+    title = "layer (0 = input embeddings" + (f", {num_layers} = final output)" if num_layers else ")")
+    fig.update_xaxes(title_text=title, dtick=1 if (num_layers or 0) <= 40 else 2, row=row, col=col)
+
+
+def _band(fig, x, mean, std, color, name, row=1, col=1):
+    x = list(x)
+    upper, lower = list(mean + std), list(mean - std)
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=upper + lower[::-1], fill="toself", fillcolor=color,
+                             opacity=0.15, line={"width": 0}, hoverinfo="skip", showlegend=False,
+                             name=f"{name} ± std"), row=row, col=col)
+
+
+def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | None = None) -> go.Figure:
+    """Layer scan: true-pair cosine (± std) vs shuffled baseline and gap; retrieval P@k vs chance."""
+    df = curve[curve["set"] == set_name].sort_values("layer")
+    n_layers = int(df["layer"].max())
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.58, 0.42],
+                        specs=[[{"secondary_y": True}], [{}]],
+                        subplot_titles=("cosine of translation pairs vs shuffled pairs",
+                                        "retrieval over the pair pool (Swahili → English)"))
+    x = df["layer"]
+    _band(fig, x, df["true_mean"], df["true_std"], COLORS["true"], "true pairs")
+    _band(fig, x, df["shuffled_mean"], df["shuffled_std"], COLORS["shuffled"], "shuffled pairs")
+    hover = df["layer_name"]
+    fig.add_trace(go.Scatter(x=x, y=df["true_mean"], name="true pairs (mean ± std)", mode="lines+markers",
+                             line={"color": COLORS["true"]}, customdata=hover,
+                             hovertemplate="layer %{x} (%{customdata}): %{y:.5f}<extra>true pairs</extra>"), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=df["shuffled_mean"], name="shuffled pairs (baseline)", mode="lines+markers",
+                             line={"color": COLORS["shuffled"], "dash": "dash"}, customdata=hover,
+                             hovertemplate="layer %{x} (%{customdata}): %{y:.5f}<extra>shuffled</extra>"), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=df["gap"], name="gap = true − shuffled (right axis)", mode="lines",
+                             line={"color": COLORS["gap"], "width": 3},
+                             hovertemplate="layer %{x}: gap %{y:+.5f}<extra></extra>"), 1, 1, secondary_y=True)
+    for col, label, dash in RETRIEVAL:
+        color = COLORS["true"] if "nn" in col else COLORS["gap"]
+        fig.add_trace(go.Scatter(x=x, y=df[col], name=label, mode="lines+markers",
+                                 line={"color": color, "dash": dash},
+                                 hovertemplate=f"layer %{{x}}: {label} %{{y:.3f}}<extra></extra>"), 2, 1)
+    for k, dash in ((1, "solid"), (5, "dot")):
+        fig.add_trace(go.Scatter(x=x, y=df[f"chance_p{k}"], name=f"chance P@{k}", mode="lines",
+                                 line={"color": "black", "dash": dash, "width": 1}), 2, 1)
+    fig.update_yaxes(title_text="mean cosine", row=1, col=1)
+    fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True)
+    fig.update_yaxes(title_text="precision", range=[0, 1.02], row=2, col=1)
+    _layer_axis(fig, n_layers, row=2, col=1)
+    fig.update_layout(height=640, title=title or f"Layer scan — {set_name} set ({int(df['n'].iloc[0])} pairs)",
+                      legend={"orientation": "h", "y": -0.12}, hovermode="x unified", margin={"t": 70})
+    return fig
+
+
+def mark_layers(fig: go.Figure, marks: dict[str, int]) -> go.Figure:
+    """Vertical lines at suggested layers, e.g. {'raw peak': 12, 'gap peak': 2}."""
+    styles = ["dash", "dot", "dashdot"]
+    for i, (label, layer) in enumerate(marks.items()):
+        fig.add_vline(x=layer, line_dash=styles[i % 3], line_color="#444", opacity=0.6,
+                      annotation_text=f"{label}: {layer}", annotation_position="top",
+                      annotation_y=1 - 0.06 * i, annotation_yref="paper")
+    return fig
+
+
+def heatmap_figure(pairs: pd.DataFrame, set_name: str | None = None, max_words: int = 120) -> go.Figure:
+    """Each pair's cosine at each layer (rows: pairs, columns: layers)."""
+    df = pairs if set_name is None else pairs[pairs["set"] == set_name]
+    cols = [c for c in df.columns if c.startswith("layer_")]
+    df = df.head(max_words)
+    labels = (df["swahili"] + " – " + df["english"]).tolist()
+    z = df[cols].to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, x=[int(c.split("_")[1]) for c in cols], y=labels, colorscale="Viridis",
+                               colorbar={"title": "cosine"},
+                               hovertemplate="%{y}<br>layer %{x}: %{z:.4f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
+    _layer_axis(fig, int(cols[-1].split("_")[1]))
+    fig.update_layout(height=max(300, 14 * len(labels) + 120),
+                      title=f"Cosine per word pair and layer ({len(labels)} pairs shown)")
+    return fig
+
+
+def loss_figure(metrics: pd.DataFrame, log_y: bool = False) -> go.Figure:
+    fig = go.Figure()
+    if not metrics.empty:
+        fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["loss"], name="loss", mode="lines",
+                                 line={"color": COLORS["after"], "width": 1}, opacity=0.5))
+        smooth = metrics["loss"].rolling(max(1, len(metrics) // 30), min_periods=1).mean()
+        fig.add_trace(go.Scatter(x=metrics["step"], y=smooth, name="loss (moving average)", mode="lines",
+                                 line={"color": COLORS["after"], "width": 3}))
+    fig.update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss", height=340,
+                      yaxis_type="log" if log_y else "linear", legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def similarity_figure(metrics: pd.DataFrame) -> go.Figure:
+    """Mean positive similarity and mean hardest-negative similarity per step (the triplet's two sides)."""
+    fig = go.Figure()
+    if not metrics.empty:
+        fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["pos_sim"], name="positive (translation)",
+                                 line={"color": COLORS["true"]}))
+        fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["neg_sim"], name="hardest in-batch negative",
+                                 line={"color": COLORS["shuffled"], "dash": "dash"}))
+    fig.update_layout(title="Target-layer similarities during training", xaxis_title="step",
+                      yaxis_title="cosine", height=340, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def distribution_figure(pairs: pd.DataFrame, set_name: str, kind: str = "histogram",
+                        before: str = "before", after: str = "after") -> go.Figure:
+    df = pairs[pairs["set"] == set_name] if "set" in pairs else pairs
+    fig = go.Figure()
+    for col, label in ((before, "before"), (after, "after")):
+        if kind == "violin":
+            fig.add_trace(go.Violin(y=df[col], name=label, box_visible=True, meanline_visible=True,
+                                    line_color=COLORS[label], points="outliers"))
+        else:
+            fig.add_trace(go.Histogram(x=df[col], name=label, opacity=0.55, marker_color=COLORS[label],
+                                       nbinsx=40))
+    if kind == "violin":
+        fig.update_layout(yaxis_title="cosine")
+    else:
+        fig.update_layout(barmode="overlay", xaxis_title="cosine", yaxis_title="pairs")
+        for col, label in ((before, "before"), (after, "after")):
+            fig.add_vline(x=float(df[col].mean()), line_color=COLORS[label], line_dash="dash",
+                          annotation_text=f"mean {label} {df[col].mean():.4f}",
+                          annotation_position="top left" if label == "before" else "top right")
+    fig.update_layout(title=f"{set_name}: similarity before vs after (n = {len(df)})", height=360,
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def ecdf_figure(pairs: pd.DataFrame, set_name: str, before: str = "before", after: str = "after") -> go.Figure:
+    df = pairs[pairs["set"] == set_name] if "set" in pairs else pairs
+    fig = go.Figure()
+    for col, label in ((before, "before"), (after, "after")):
+        x = np.sort(df[col].to_numpy())
+        fig.add_trace(go.Scatter(x=x, y=np.arange(1, len(x) + 1) / len(x), name=label, mode="lines",
+                                 line={"color": COLORS[label], "shape": "hv"}))
+    fig.update_layout(title=f"{set_name}: ECDF", xaxis_title="cosine", yaxis_title="fraction of pairs ≤ x",
+                      height=360, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def scatter_figure(pairs: pd.DataFrame, set_name: str, before: str = "before", after: str = "after") -> go.Figure:
+    df = pairs[pairs["set"] == set_name] if "set" in pairs else pairs
+    text = (df["swahili"] + " – " + df["english"]) if {"swahili", "english"} <= set(df) else None
+    lo = float(min(df[before].min(), df[after].min()))
+    hi = float(max(df[before].max(), df[after].max()))
+    up = int((df[after] > df[before]).sum())
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x (no change)",
+                             line={"color": "black", "dash": "dash", "width": 1}))
+    fig.add_trace(go.Scatter(x=df[before], y=df[after], mode="markers", name="pairs", text=text,
+                             marker={"color": COLORS.get(set_name, COLORS["after"]), "size": 6, "opacity": 0.7},
+                             hovertemplate="%{text}<br>before %{x:.4f} → after %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{set_name}: each pair before vs after ({up} of {len(df)} above y = x)",
+                      xaxis_title="before", yaxis_title="after", height=380, showlegend=False)
+    return fig
+
+
+def before_after_curve_figure(curve: pd.DataFrame, set_name: str, eval_layer: int | None = None,
+                              target_layers: list[int] | None = None) -> go.Figure:
+    """The whole layer curve before vs after training, each with its shuffled baseline."""
+    df = curve[curve["set"] == set_name]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.6, 0.4],
+                        subplot_titles=("cosine: true pairs and shuffled baseline", "P@1 (CSLS)"))
+    for phase in ("before", "after"):
+        d = df[df["phase"] == phase].sort_values("layer")
+        c = COLORS[phase]
+        fig.add_trace(go.Scatter(x=d["layer"], y=d["true_mean"], name=f"{phase}: true pairs", line={"color": c},
+                                 mode="lines+markers"), 1, 1)
+        fig.add_trace(go.Scatter(x=d["layer"], y=d["shuffled_mean"], name=f"{phase}: shuffled",
+                                 line={"color": c, "dash": "dash"}), 1, 1)
+        fig.add_trace(go.Scatter(x=d["layer"], y=d["p1_csls"], name=f"{phase}: P@1 CSLS", line={"color": c},
+                                 showlegend=False), 2, 1)
+    chance = df[df["phase"] == "before"].sort_values("layer")
+    fig.add_trace(go.Scatter(x=chance["layer"], y=chance["chance_p1"], name="chance P@1",
+                             line={"color": "black", "width": 1, "dash": "dot"}), 2, 1)
+    marks = {}
+    if eval_layer is not None:
+        marks["evaluation layer"] = eval_layer
+    for k in target_layers or []:
+        marks[f"target {k}"] = k
+    mark_layers(fig, marks)
+    _layer_axis(fig, int(df["layer"].max()), row=2, col=1)
+    fig.update_layout(title=f"{set_name}: layer curve before vs after", height=520,
+                      legend={"orientation": "h", "y": -0.15}, hovermode="x unified")
+    return fig
+
+
+def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: int | None = None,
+                  title: str | None = None) -> go.Figure:
+    """Grid of cells: rows = target layer(s) x placement, columns = rank; text = value and corrected p."""
+    df = results.copy()
+    df["row"] = "layer " + df["target layers"].astype(str) + " · " + df["placement"].astype(str)
+    rows = list(dict.fromkeys(df["row"]))
+    ranks = sorted(df["rank"].unique())
+    z = np.full((len(rows), len(ranks)), np.nan)
+    text = [["" for _ in ranks] for _ in rows]
+    p_col = "control p corrected" if value.startswith("control") else "trained p corrected"
+    for _, r in df.iterrows():
+        i, j = rows.index(r["row"]), ranks.index(r["rank"])
+        z[i, j] = r[value]
+        if np.isfinite(r[value]):
+            star = "*" if r[p_col] < 0.05 else ""
+            text[i][j] = f"{r[value]:+.4f}{star}<br>p={r[p_col]:.2g}"
+        else:
+            text[i][j] = r["state"]
+    limit = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(go.Heatmap(z=z, x=[f"r={r}" for r in ranks], y=rows, text=text, texttemplate="%{text}",
+                               colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+                               colorbar={"title": value.replace(" change", " Δ")},
+                               hovertemplate="%{y}, %{x}<br>" + value + " %{z:+.4f}<extra></extra>"))
+    if best is not None and best in set(df["cell"]):
+        r = df[df["cell"] == best].iloc[0]
+        i, j = rows.index(r["row"]), ranks.index(r["rank"])
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                      line={"color": "gold", "width": 4})
+    correction = results.attrs.get("correction", "bh")
+    fig.update_layout(title=title or f"{value} per cell (* = significant after {correction.upper()} correction)",
+                      height=160 + 70 * len(rows), xaxis_title="LoRA rank", yaxis_title="target layer · placement")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def activation_figure(report: pd.DataFrame) -> go.Figure:
+    """Per layer: first-token vs other-token norms, and the largest |activation| over the median."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("hidden-state norm: first token vs the others",
+                                                        "largest |activation| / median |activation|"))
+    x = report["layer"]
+    fig.add_trace(go.Scatter(x=x, y=report["first_token_norm"], name="first token (BOS / first piece)",
+                             line={"color": COLORS["after"]}), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=report["other_tokens_norm"], name="other tokens (mean)",
+                             line={"color": COLORS["true"]}), 1, 1)
+    fig.add_trace(go.Bar(x=x, y=report["max_to_median_ratio"], name="max / median", marker_color=COLORS["gap"],
+                         customdata=report["top_dims"],
+                         hovertemplate="layer %{x}: %{y:.0f}x, top dims %{customdata}<extra></extra>"), 1, 2)
+    fig.update_yaxes(type="log", title_text="L2 norm", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="ratio", row=1, col=2)
+    _layer_axis(fig, int(x.max()), row=1, col=1)
+    _layer_axis(fig, int(x.max()), row=1, col=2)
+    fig.update_layout(height=380, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def variants_figure(curves: pd.DataFrame, set_name: str = "trained") -> go.Figure:
+    """True-pair and shuffled-pair cosine per layer for each way of pooling (artifacts in or out)."""
+    df = curves[curves["set"] == set_name]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    fig = go.Figure()
+    for i, (name, d) in enumerate(df.groupby("variant", sort=False)):
+        d = d.sort_values("layer")
+        c = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=d["layer"], y=d["true_mean"], name=f"{name}: true pairs", line={"color": c}))
+        fig.add_trace(go.Scatter(x=d["layer"], y=d["shuffled_mean"], name=f"{name}: shuffled",
+                                 line={"color": c, "dash": "dash"}))
+    _layer_axis(fig, int(df["layer"].max()))
+    fig.update_layout(title=f"{set_name}: the scan with the artifacts in and out", yaxis_title="mean cosine",
+                      height=440, legend={"orientation": "h", "y": -0.2}, hovermode="x unified")
+    return fig
+
+
+def embedding_map_figure(points: pd.DataFrame, title: str = "Embedding map") -> go.Figure:
+    """2-D map: one panel per phase, Swahili and English coloured, trained/control by symbol, pairs joined."""
+    phases = list(dict.fromkeys(points["phase"]))
+    fig = make_subplots(rows=1, cols=len(phases), subplot_titles=phases, horizontal_spacing=0.05)
+    for j, phase in enumerate(phases, 1):
+        d = points[points["phase"] == phase]
+        sw, en = d[d["language"] == "swahili"].set_index("pair"), d[d["language"] == "english"].set_index("pair")
+        common = sw.index.intersection(en.index)
+        xs, ys = [], []
+        for p in common:
+            xs += [sw.at[p, "x"], en.at[p, "x"], None]
+            ys += [sw.at[p, "y"], en.at[p, "y"], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#bbbbbb", "width": 0.7},
+                                 hoverinfo="skip", showlegend=j == 1, name="translation pair"), 1, j)
+        for lang in ("swahili", "english"):
+            for set_name, symbol in (("trained", "circle"), ("control", "diamond")):
+                s = d[(d["language"] == lang) & (d["set"] == set_name)]
+                if s.empty:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=s["x"], y=s["y"], mode="markers", name=f"{lang} · {set_name}", showlegend=j == 1,
+                    marker={"color": COLORS[lang], "symbol": symbol, "size": 7 if set_name == "trained" else 9,
+                            "line": {"width": 0.5, "color": "white"}},
+                    customdata=np.stack([s["word"], s["partner"]], axis=-1),
+                    hovertemplate="%{customdata[0]} (↔ %{customdata[1]})<extra>" + f"{lang}, {set_name}</extra>"),
+                    1, j)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(title=title, height=620, legend={"orientation": "h", "y": -0.05})
+    return fig

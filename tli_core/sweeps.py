@@ -1,0 +1,240 @@
+"""Sweeps: a grid over target layer(s), LoRA rank and adapter placement, as a queue of ordinary runs.
+
+A sweep lives in ``<runs>/sweeps/<id>/``: ``sweep.json`` (the base TLIConfig and the grid),
+``cells.json`` (each cell's settings, its run id and state) and ``status.json``. Each cell is
+a normal run directory, trained one at a time by one process that holds the training lock
+for the whole sweep and loads the model once. Started again, a sweep skips the cells that are
+done, so it resumes after a restart. Results put every cell's control-set improvement in one
+table, with p-values corrected across the grid (Benjamini–Hochberg or Holm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import TLIError
+from .files import read_json, write_json
+from .runs import Run, TrainingLock, create_run, default_runs_dir, now, _pid_alive
+from .stats import correct_pvalues
+from .training import TLIConfig, validate
+
+SWEEPS = "sweeps"
+
+
+@dataclass
+class SweepSpec:
+    base: TLIConfig
+    target_layers: list[list[int]]
+    ranks: list[int]
+    placements: list[str] = field(default_factory=lambda: ["all"])
+    correction: str = "bh"
+
+    def cells(self) -> list[dict]:
+        return [{"cell": i, "target_layers": list(t), "rank": int(r), "placement": p}
+                for i, (t, p, r) in enumerate(itertools.product(self.target_layers, self.placements, self.ranks))]
+
+    def config_for(self, cell: dict) -> TLIConfig:
+        return dataclasses.replace(self.base, target_layers=list(cell["target_layers"]), lora_r=int(cell["rank"]),
+                                   adapter_blocks=cell["placement"])
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "target_layers": self.target_layers, "ranks": self.ranks,
+                "placements": self.placements, "correction": self.correction}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepSpec":
+        return cls(base=TLIConfig.from_dict(d["base"]), target_layers=[list(t) for t in d["target_layers"]],
+                   ranks=[int(r) for r in d["ranks"]], placements=list(d["placements"]),
+                   correction=d.get("correction", "bh"))
+
+
+class Sweep:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "sweep.json").is_file():
+            raise TLIError(f"{self.path} is not a sweep directory (no sweep.json)")
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path.parent.parent
+
+    def spec(self) -> SweepSpec:
+        return SweepSpec.from_dict(read_json(self.path / "sweep.json"))
+
+    def cells(self) -> list[dict]:
+        return read_json(self.path / "cells.json", [])
+
+    def save_cells(self, cells: list[dict]) -> None:
+        write_json(self.path / "cells.json", cells)
+
+    def status(self) -> dict:
+        st = read_json(self.path / "status.json", {}) or {}
+        if st.get("state") == "running" and st.get("pid") and not _pid_alive(st["pid"], self.id):
+            st.update(state="interrupted", message="the sweep process ended before the last cell; start it again "
+                                                   "to resume")
+            write_json(self.path / "status.json", st)
+        return st
+
+    def update_status(self, **changes) -> dict:
+        st = read_json(self.path / "status.json", {}) or {}
+        st.update(changes, updated=now())
+        write_json(self.path / "status.json", st)
+        return st
+
+    def request_stop(self) -> None:
+        """Stop after the current cell's current step (its adapter is saved), then stop the queue."""
+        (self.path / "STOP").write_text(now())
+        for cell in self.cells():
+            if cell["state"] == "running" and cell["run"] and (self.runs_dir / cell["run"]).is_dir():
+                Run(self.runs_dir / cell["run"]).request_stop()
+
+    def stop_requested(self) -> bool:
+        return (self.path / "STOP").exists()
+
+
+def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=None, control=None,
+                 name: str | None = None) -> Sweep:
+    """Write the sweep's directory (and the pair sets every cell will use); nothing runs yet."""
+    from .files import write_csv
+    from .pairs import load_pairs
+
+    if not spec.target_layers or not spec.ranks or not spec.placements:
+        raise TLIError("a sweep needs at least one target layer setting, one rank and one placement")
+    if any(r < 1 for r in spec.ranks):
+        raise TLIError("every rank in a sweep must be at least 1")
+    root = Path(runs_dir or default_runs_dir()) / SWEEPS
+    sid = name or time.strftime("%Y%m%d-%H%M%S") + f"-sweep{len(spec.cells())}"
+    path = root / sid
+    if path.exists():
+        raise TLIError(f"sweep {sid} exists already")
+    path.mkdir(parents=True)
+    trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
+    control = load_pairs(spec.base.control_pairs) if control is None else control
+    write_csv(path / "pairs_trained.csv", trained)
+    write_csv(path / "pairs_control.csv", control)
+    base = dataclasses.replace(spec.base, trained_pairs=str(path / "pairs_trained.csv"),
+                               control_pairs=str(path / "pairs_control.csv"))
+    spec = dataclasses.replace(spec, base=base)
+    write_json(path / "sweep.json", spec.to_dict())
+    sweep = Sweep(path)
+    sweep.save_cells([dict(c, run=None, state="pending", reason="") for c in spec.cells()])
+    sweep.update_status(state="queued", created=now(), done=0, total=len(spec.cells()))
+    return sweep
+
+
+def list_sweeps(runs_dir: str | Path | None = None) -> list[Sweep]:
+    root = Path(runs_dir or default_runs_dir()) / SWEEPS
+    if not root.is_dir():
+        return []
+    return [Sweep(p) for p in sorted(root.iterdir(), reverse=True) if (p / "sweep.json").is_file()]
+
+
+def run_sweep(sweep: Sweep, progress=None) -> dict:
+    """Train every cell that is not done yet, one after the other; returns the sweep's status."""
+    from .models import load_model
+    from .pairs import load_pairs
+    from .worker import check_config, execute
+
+    lock = TrainingLock(sweep.runs_dir)
+    if not lock.acquire(f"sweep {sweep.id}, pid {os.getpid()}"):
+        return sweep.update_status(state="failed", message="another training job holds the lock; one at a time")
+    try:
+        spec = sweep.spec()
+        trained, control = load_pairs(spec.base.trained_pairs), load_pairs(spec.base.control_pairs)
+        sweep.update_status(state="running", pid=os.getpid(), started=now(), message="")
+        lm = None
+        cells = sweep.cells()
+        for cell in cells:
+            if cell["state"] in ("done", "invalid"):
+                continue
+            if sweep.stop_requested():
+                return sweep.update_status(state="stopped", message="stopped between cells")
+            config = spec.config_for(cell)
+            try:
+                check_config(dataclasses.replace(config), trained, control)
+            except TLIError as exc:
+                cell.update(state="invalid", reason=str(exc))
+                sweep.save_cells(cells)
+                continue
+            if lm is None:
+                lm = load_model(config.model)
+            run = create_run(config, sweep.runs_dir, trained, control, name=f"{sweep.id}-c{cell['cell']}")
+            cell.update(run=run.id, state="running")
+            sweep.save_cells(cells)
+            if progress:
+                progress(cell, cells)
+            status = execute(run, lock_held=True, lm=lm)
+            cell.update(state=status.get("state"), reason=status.get("message", ""))
+            sweep.save_cells(cells)
+            sweep.update_status(done=sum(c["state"] in ("done", "invalid") for c in cells))
+            if sweep.stop_requested() or status.get("state") == "stopped":
+                return sweep.update_status(state="stopped", message="stopped")
+        finished = all(c["state"] in ("done", "invalid") for c in cells)
+        return sweep.update_status(state="done" if finished else "failed", finished=now(),
+                                   message="" if finished else "some cells failed; start the sweep again to retry them")
+    finally:
+        lock.release()
+
+
+def sweep_results(sweep: Sweep, correction: str | None = None) -> pd.DataFrame:
+    """One row per cell: settings, state, trained/control change and p, corrected p, P@1 change."""
+    spec = sweep.spec()
+    correction = correction or spec.correction
+    rows = []
+    for cell in sweep.cells():
+        row = {"cell": cell["cell"], "target layers": ",".join(map(str, cell["target_layers"])),
+               "rank": cell["rank"], "placement": cell["placement"], "state": cell["state"], "run": cell["run"],
+               "reason": cell.get("reason", "")}
+        summary = None
+        if cell["run"] and (sweep.runs_dir / cell["run"] / "summary.json").is_file():
+            summary = Run(sweep.runs_dir / cell["run"]).summary()
+        for g in ("control", "trained"):
+            s = (summary or {}).get("groups", {}).get(g, {})
+            row[f"{g} change"] = s.get("change", np.nan)
+            row[f"{g} % change"] = s.get("pct_change", np.nan)
+            row[f"{g} p"] = s.get("p", np.nan)
+            row[f"{g} P@1 change"] = (s["p1_csls_after"] - s["p1_csls_before"]) if s else np.nan
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for g in ("control", "trained"):
+        df[f"{g} p corrected"] = correct_pvalues(df[f"{g} p"].to_numpy(dtype=float), correction)
+    df["significant"] = df["control p corrected"] < 0.05
+    df.attrs["correction"] = correction
+    return df
+
+
+def best_cell(results: pd.DataFrame) -> int | None:
+    """The cell with the largest control-set gain among the significant ones (else the largest gain)."""
+    done = results.dropna(subset=["control change"])
+    if done.empty:
+        return None
+    pool = done[done["significant"]] if done["significant"].any() else done
+    return int(pool.loc[pool["control change"].idxmax(), "cell"])
+
+
+def parse_grid_layers(text: str) -> list[list[int]]:
+    """'1,2,1+2' -> [[1], [2], [1, 2]]: commas separate settings, '+' joins layers trained together."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not re.fullmatch(r"-?\d+(\+-?\d+)*", part):
+            raise TLIError(f"cannot read sweep layers {text!r}: use e.g. 1,2,1+2")
+        out.append([int(x) for x in part.split("+")])
+    if not out:
+        raise TLIError("no target layers given for the sweep")
+    return out
