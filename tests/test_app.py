@@ -59,9 +59,9 @@ def test_home_loads_the_default_model_and_shows_the_path(app_env):
 
 def test_model_page_shows_facts_and_refuses_bad_input(app_env):
     at = open_page("pages/model.py")
-    facts = at.dataframe[0].value
-    assert dict(zip(facts["fact"], facts["value"]))["decoder blocks"] == "4"
-    assert dict(zip(facts["fact"], facts["value"]))["tokenizer adds BOS"] == "yes (<s>)"
+    facts = at.table[0].value["value"]
+    assert facts["decoder blocks"] == "4"
+    assert facts["tokenizer adds BOS"] == "yes (<s>)"
     at.radio[0].set_value("Local directory")
     at.text_input[0].set_value("/no/such/model")
     at.button[0].click()  # the form's submit button

@@ -82,14 +82,17 @@ def test_walk_through_scan_train_compare(server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        # tall: Streamlit scrolls inside its own container, so a full-page shot is the viewport
+        page = browser.new_page(viewport={"width": 1500, "height": 2400})
         page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
 
         # Home: the demo model loads by itself (once per server)
         page.goto(server["url"])
-        expect(page.get_by_role("heading", name="TLI Studio")).to_be_visible()
+        expect(page.get_by_role("heading", name="TLI Studio")).to_be_visible(timeout=300_000)
         sidebar = page.get_by_test_id("stSidebar")
         expect(sidebar.get_by_text("SmolLM2-135M-Instruct", exact=False).first).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("Two facts about the method")).to_be_visible()
         page.screenshot(path=str(SHOTS / "01-home.png"), full_page=True)
 
         # Model: facts of the NF4 demo model
@@ -103,7 +106,7 @@ def test_walk_through_scan_train_compare(server):
         page.get_by_role("button", name="Run the scan").click()
         expect(page.get_by_text("Scan took", exact=False)).to_be_visible(timeout=180_000)
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
-        expect(page.get_by_text("Raw-cosine peak", exact=False)).to_be_visible()
+        expect(page.get_by_text("Raw-cosine peak (the paper's rule)")).to_be_visible()
         page.screenshot(path=str(SHOTS / "03-scan.png"), full_page=True)
 
         # Train one epoch on a small subset

@@ -71,12 +71,13 @@ def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | No
 
 
 def mark_layers(fig: go.Figure, marks: dict[str, int]) -> go.Figure:
-    """Vertical lines at suggested layers, e.g. {'raw peak': 12, 'gap peak': 2}."""
-    styles = ["dash", "dot", "dashdot"]
+    """Vertical lines at chosen layers, e.g. {'raw-cosine peak': 12, 'gap peak': 2}, named in the legend
+    (annotations on multi-panel figures collide with the panel titles)."""
+    styles = ["dash", "dot", "dashdot", "longdash"]
     for i, (label, layer) in enumerate(marks.items()):
-        fig.add_vline(x=layer, line_dash=styles[i % 3], line_color="#444", opacity=0.6,
-                      annotation_text=f"{label}: {layer}", annotation_position="top",
-                      annotation_y=1 - 0.06 * i, annotation_yref="paper")
+        style = {"dash": styles[i % len(styles)], "color": "#444", "width": 1.5}
+        fig.add_vline(x=layer, line=style, opacity=0.7)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=style, name=f"{label}: layer {layer}"))
     return fig
 
 

@@ -385,21 +385,26 @@ def busy_message(runs_dir: str | Path) -> str | None:
     return None
 
 
-def launch(run: Run, command: str = "worker") -> int:
-    """Start the worker process for a run (the CLI's entry point) and return its pid.
+def spawn_worker(command: str, target: Path, log_path: Path) -> int:
+    """Start ``python -m tli_core COMMAND TARGET`` in its own session; return its pid.
 
-    The worker runs in its own session, so closing the browser or restarting the page does
-    not stop it; a thread reaps it when it ends so it never lingers as a zombie.
+    Closing the browser or restarting the page does not stop it; a thread reaps it when it
+    ends so it never lingers as a zombie. Its pid goes to ``TARGET/worker.pid``.
     """
-    log = open(run.log_path, "ab")
+    from .files import write_text
+
+    log = open(log_path, "ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-m", "tli_core", command, str(run.path)], stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "tli_core", command, str(target)], stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                             cwd=str(PROJECT_ROOT), env=env)
     log.close()
-    from .files import write_text
-
-    write_text(run.path / "worker.pid", str(proc.pid))  # status.json is the worker's alone to write
+    write_text(Path(target) / "worker.pid", str(proc.pid))  # status.json is the worker's alone to write
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid
+
+
+def launch(run: Run, command: str = "worker") -> int:
+    """Start the worker process for a run (the CLI's entry point) and return its pid."""
+    return spawn_worker(command, run.path, run.log_path)

@@ -82,7 +82,8 @@ class Sweep:
 
     def status(self) -> dict:
         st = read_json(self.path / "status.json", {}) or {}
-        if st.get("state") == "running" and st.get("pid") and not _pid_alive(st["pid"], self.id):
+        pid = st.get("pid") or _read_pid(self.path / "worker.pid")
+        if st.get("state") in ("queued", "running") and pid and not _pid_alive(pid, self.id):
             st.update(state="interrupted", message="the sweep process ended before the last cell; start it again "
                                                    "to resume")
             write_json(self.path / "status.json", st)
@@ -103,6 +104,20 @@ class Sweep:
 
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def launch_sweep(sweep: Sweep) -> int:
+    """Run the sweep in a background process (the dashboard's way); returns its pid."""
+    from .runs import spawn_worker
+
+    return spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
 
 
 def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=None, control=None,

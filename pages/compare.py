@@ -1,0 +1,150 @@
+"""Compare: before/after for trained and control words, with paired statistics, from a run or any CSV."""
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import download_csv, plot, runs_dir, searchable, show_error
+from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
+from tli_core.models import layer_name
+from tli_core.runs import launch, list_runs
+from tli_core.stats import STAT_LABELS, compare_table, stats_table
+
+st.title("Compare")
+source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
+
+STAT_FORMATS = {"p (paired t)": "{:.3g}", "p (Wilcoxon)": "{:.3g}", "% change": "{:+.2f} %", "change": "{:+.4f}",
+                "t": "{:.2f}", "Wilcoxon W": "{:.0f}", "n": "{:d}"}
+
+
+def show_stats(table: pd.DataFrame, key: str) -> None:
+    """Headline per group, then the full statistics table (static, so it reads and copies as text)."""
+    cols = st.columns(len(table))
+    for col, (_, row) in zip(cols, table.iterrows()):
+        col.metric(f"{row['group']}: mean cosine (n = {row['n']})", f"{row['mean_before']:.4f} → {row['mean_after']:.4f}",
+                   f"{row['pct_change']:+.2f} %  ·  p = {row['p']:.3g}")
+    shown = table.rename(columns=STAT_LABELS)
+    fmt = {c: STAT_FORMATS.get(c, "{:.4f}") for c in shown.columns if c != "set"}
+    st.table(shown.style.format(fmt, na_rep="–").hide(axis="index"))
+    download_csv(table, f"statistics_{key}.csv", "Download statistics (CSV)", key=f"dl-stats-{key}")
+
+
+def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str, key: str) -> None:
+    kind = st.radio("Distribution as", ["histogram", "violin"], horizontal=True, key=f"kind-{key}")
+    cols = st.columns(len(groups))
+    for col, g in zip(cols, groups):
+        with col:
+            st.markdown(f"#### {g}")
+            plot(distribution_figure(data, g, kind, before, after), key=f"dist-{key}-{g}")
+            plot(ecdf_figure(data, g, before, after), key=f"ecdf-{key}-{g}")
+            plot(scatter_figure(data, g, before, after), key=f"scatter-{key}-{g}")
+
+
+def word_table(data: pd.DataFrame, key: str) -> None:
+    st.subheader("Word by word")
+    found = searchable(data, key=f"search-{key}")
+    found = found.sort_values("change", ascending=False) if "change" in found else found
+    st.caption("Sorted by change (largest gain first); click a column header to re-sort.")
+    st.dataframe(found, hide_index=True, width="stretch", height=420,
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in ("before", "after", "change") if c in found})
+    download_csv(found, f"pairs_{key}.csv", "Download this table (CSV)", key=f"dl-words-{key}")
+
+
+if source.startswith("a training run"):
+    runs = [r for r in list_runs(runs_dir())]
+    if not runs:
+        st.info("No runs yet.")
+        st.page_link("pages/train.py", label="Launch one on the Train page", icon=":material/model_training:")
+        st.stop()
+    chosen = st.session_state.get("watch_run")
+    ids = [r.id for r in runs]
+
+    def describe(rid: str) -> str:
+        st_ = next(r for r in runs if r.id == rid).status()
+        return f"{rid} — {st_.get('state')}"
+
+    rid = st.selectbox("Run", ids, index=ids.index(chosen) if chosen in ids else 0, format_func=describe)
+    run = next(r for r in runs if r.id == rid)
+    summary = run.summary()
+    status = run.status()
+    if summary is None:
+        if status.get("state") in ("queued", "running"):
+            st.info(f"Run {rid} is {status.get('phase')}; its comparison appears when it finishes.")
+        elif run.has_adapter():
+            st.warning(f"Run {rid} is {status.get('state')} and has not been evaluated. Evaluate its saved adapter "
+                       f"(before/after on every layer) in the background:")
+            if st.button("Evaluate this run", type="primary"):
+                launch(run, command="evaluate-worker")
+                st.toast("Evaluation started; this page shows it when it is done.")
+        else:
+            st.error(status.get("message") or f"Run {rid} has no results.")
+        st.stop()
+
+    cfg = run.config_dict()
+    layers = run.table("pairs_layers")
+    n_layers = int(summary["num_layers"])
+    st.caption(f"Model {summary.get('model')} · target layer(s) {cfg.get('target_layers')} · rank {cfg.get('lora_r')} "
+               f"· {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · pooling {summary['pooling']}")
+    eval_layer = st.select_slider("Evaluation layer", options=list(range(n_layers + 1)), value=summary["eval_layer"],
+                                  format_func=lambda k: f"{k} ({layer_name(k, n_layers)})",
+                                  help="the run's own evaluation layer is preselected; every layer was measured")
+    data = layers[layers["layer"] == eval_layer].reset_index(drop=True)
+    groups = list(dict.fromkeys(data["set"]))
+    table = stats_table(data, "before", "after", "set") if eval_layer != summary["eval_layer"] else \
+        pd.DataFrame([summary["groups"][g] for g in groups])[list(STAT_LABELS)]
+    st.subheader(f"Paired statistics at layer {eval_layer} ({layer_name(eval_layer, n_layers)})")
+    show_stats(table, f"{rid}-L{eval_layer}")
+    curve = run.table("curve")
+    at = curve[curve["layer"] == eval_layer]
+    base_rows = []
+    for g in groups:
+        b = at[(at["set"] == g) & (at["phase"] == "before")].iloc[0]
+        a = at[(at["set"] == g) & (at["phase"] == "after")].iloc[0]
+        base_rows.append({"set": g, "shuffled before": b["shuffled_mean"], "shuffled after": a["shuffled_mean"],
+                          "gap before": b["gap"], "gap after": a["gap"], "P@1 NN before": b["p1_nn"],
+                          "P@1 NN after": a["p1_nn"], "P@1 CSLS before": b["p1_csls"],
+                          "P@1 CSLS after": a["p1_csls"], "chance P@1": b["chance_p1"]})
+    st.caption("The same layer's shuffled-pair baseline and retrieval, before and after: a rise in the true-pair "
+               "cosine that the shuffled pairs share is not better alignment.")
+    st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0] if c != "set"})
+    side_by_side(data, groups, "before", "after", rid)
+    st.subheader("The whole layer curve before vs after")
+    cols = st.columns(len(groups))
+    for col, g in zip(cols, groups):
+        with col:
+            plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")), key=f"curve-{rid}-{g}")
+    download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
+    word_table(data, f"{rid}-L{eval_layer}")
+else:
+    upload = st.file_uploader("Per-pair table with before and after columns (CSV or TSV)", type=["csv", "tsv", "txt"])
+    if upload is None:
+        st.info("Upload a table with one row per word pair, e.g. one published with a paper.")
+        st.stop()
+    try:
+        sep = "\t" if upload.name.lower().endswith((".tsv", ".txt")) else ","
+        df = pd.read_csv(upload, sep=sep)
+    except Exception as exc:
+        st.error(f"Cannot read {upload.name} as a table: {exc}")
+        st.stop()
+    cols = list(df.columns)
+    numeric = [c for c in cols if pd.api.types.is_numeric_dtype(df[c])]
+    c1, c2, c3, c4 = st.columns(4)
+    before = c1.selectbox("Before column", cols, index=cols.index(numeric[0]) if numeric else 0)
+    after = c2.selectbox("After column", cols, index=cols.index(numeric[1]) if len(numeric) > 1 else 0)
+    group = c3.selectbox("Group column", ["(none)"] + cols, index=(["(none)"] + cols).index("set") if "set" in cols else 0)
+    drop = c4.checkbox("Drop rows with missing numbers", False)
+    try:
+        table, used = compare_table(df, before, after, None if group == "(none)" else group, drop_nan=drop)
+    except Exception as exc:
+        show_error(exc)
+        st.stop()
+    st.caption(f"Using before = `{before}`, after = `{after}`" + (f", groups from `{group}`" if group != "(none)" else "")
+               + (f"; dropped {used.dropped} row(s) with a missing number." if used.dropped else "."))
+    show_stats(table, "imported")
+    data = used.df.rename(columns={before: "before", after: "after"})
+    data["set"] = data[group].astype(str) if group != "(none)" else "all"
+    data["change"] = data["after"] - data["before"]
+    groups = list(dict.fromkeys(data["set"]))
+    side_by_side(data, groups, "before", "after", "imported")
+    word_table(data, "imported")

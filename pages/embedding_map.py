@@ -1,0 +1,46 @@
+"""Embedding map: Swahili and English words in 2-D at one layer, before and after a run."""
+
+import streamlit as st
+
+from pages.common import download_csv, get_pairs, plot, require_model, runs_dir, show_error, spec_key
+from tli_core.figures import embedding_map_figure
+from tli_core.models import layer_name
+from tli_core.projection import METHODS, map_points
+from tli_core.runs import list_runs
+
+st.title("Embedding map")
+st.caption("Translation pairs are joined by a line; circles are trained pairs, diamonds control pairs. Before and "
+           "after are projected together, so the two panels share one map.")
+lm = require_model()
+n = lm.facts.num_layers
+runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.config().model == lm.spec]
+labels = {"(none: base model only)": None} | {f"{r.id} ({r.status().get('state')})": r for r in runs}
+c1, c2, c3, c4 = st.columns(4)
+choice = c1.selectbox("Run (after)", list(labels), index=1 if runs else 0,
+                      help="runs trained on the loaded model with a saved adapter")
+run = labels[choice]
+default_layer = (run.summary() or {}).get("eval_layer", n - 1) if run else n - 1
+layer = c2.selectbox("Layer", list(range(n + 1)), index=int(default_layer),
+                     format_func=lambda k: f"{k} ({layer_name(k, n)})")
+method = c3.selectbox("Projection", METHODS, format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE"}[m])
+max_pairs = c4.number_input("Pairs per set (sampled)", 10, 2000, 120)
+sets = run_sets = None
+if run is not None:
+    sets = {"trained": run.pairs("trained"), "control": run.pairs("control")}
+else:
+    sets = get_pairs()
+key = (spec_key(lm.spec), run.id if run else None, layer, method, int(max_pairs))
+cache = st.session_state.setdefault("maps", {})
+if key not in cache and st.button("Draw the map", type="primary", icon=":material/scatter_plot:"):
+    try:
+        with st.spinner(f"embedding words at layer {layer} and projecting ({method}) …"):
+            cache[key] = map_points(lm.model, lm.tokenizer, sets, layer, run.config().pooling if run else "mean",
+                                    adapter_dir=run.adapter_dir if run else None, method=method,
+                                    max_pairs=int(max_pairs))
+    except Exception as exc:
+        show_error(exc)
+if key in cache:
+    points = cache[key]
+    plot(embedding_map_figure(points, f"Layer {layer} ({layer_name(layer, n)}), {method.upper()}"),
+         key="embedding-map")
+    download_csv(points, "embedding_map.csv", "Download the points (CSV)", key="dl-map")

@@ -1,0 +1,80 @@
+"""Word pairs: the trained and control sets, uploads with a validation report, leakage, downloads."""
+
+import streamlit as st
+
+from pages.common import get_pairs, searchable, set_pairs, show_error
+from tli_core.pairs import (DEFAULT_CONTROL, DEFAULT_TRAINED, FORMATS, check_leakage, pairs_to_bytes, read_pairs,
+                            split_pairs)
+
+st.title("Word pairs")
+st.caption("Trained pairs are what TLI trains on; control pairs are never trained on and test generalisation. "
+           "Files: CSV/TSV with a header `swahili,english` (or `source,target`), a JSON list of objects (or "
+           '`{"pairs": [...]}`), or JSONL. Text is NFC-normalised and trimmed; multi-word expressions are kept.')
+
+pairs = get_pairs()
+sources = st.session_state["pairs_source"]
+reports = st.session_state["pairs_report"]
+
+leak = check_leakage(pairs["trained"], pairs["control"])
+if leak.leaks:
+    st.error("Trained and control sets overlap: " + " ".join(leak.lines()) + " Training will refuse unless you "
+             "accept the overlap on the Train page.", icon="⚠️")
+elif leak.same_english:
+    st.warning(" ".join(leak.lines()))
+else:
+    st.success("No overlap between the trained and control sets.", icon=":material/check_circle:")
+
+tabs = st.tabs([f"Trained ({len(pairs['trained'])})", f"Control ({len(pairs['control'])})", "Split one file"])
+for tab, which in zip(tabs, ("trained", "control")):
+    with tab:
+        st.caption(f"Source: {sources[which]}")
+        report = reports.get(which)
+        if report is not None:
+            lines = report.lines()
+            with st.expander("Validation report", expanded=len(lines) > 1):
+                for line in lines:
+                    st.markdown(f"- {line}")
+        df = searchable(pairs[which], key=f"search-{which}")
+        st.dataframe(df, hide_index=True, width="stretch", height=360)
+        if "category" in pairs[which]:
+            counts = pairs[which]["category"].value_counts()
+            st.caption("By category: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        c1, c2 = st.columns(2)
+        fmt = c1.selectbox("Download format", FORMATS, key=f"fmt-{which}")
+        c1.download_button(f"Download {which} pairs", pairs_to_bytes(pairs[which], fmt),
+                           file_name=f"pairs_{which}.{fmt}", key=f"dl-{which}", icon=":material/download:")
+        upload = c2.file_uploader(f"Replace the {which} set", type=list(FORMATS) + ["txt"], key=f"up-{which}")
+        if upload is not None and st.session_state.get(f"loaded-{which}") != (upload.name, upload.size):
+            try:
+                df, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
+                set_pairs(which, df, f"upload: {upload.name}", rep)
+                st.session_state[f"loaded-{which}"] = (upload.name, upload.size)
+                st.rerun()
+            except Exception as exc:
+                show_error(exc)
+        if c2.button(f"Reset {which} to the default set", key=f"reset-{which}"):
+            path = DEFAULT_TRAINED if which == "trained" else DEFAULT_CONTROL
+            df, rep = read_pairs(path)
+            set_pairs(which, df, f"default ({path.parent.name}/{path.name})", rep)
+            st.session_state.pop(f"loaded-{which}", None)
+            st.rerun()
+
+with tabs[2]:
+    st.markdown("Upload one pair file and split it into trained and control sets with a fixed seed "
+                "(stratified by a column such as `category` if it has one).")
+    upload = st.file_uploader("Pair file to split", type=list(FORMATS) + ["txt"], key="up-split")
+    if upload is not None:
+        try:
+            full, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
+            st.caption(" · ".join(rep.lines()))
+            c1, c2, c3 = st.columns(3)
+            n_control = c1.number_input("Control pairs", 1, max(1, len(full) - 2), min(63, max(1, len(full) // 10)))
+            seed = c2.number_input("Seed", 0, 10**6, 0)
+            strat = c3.selectbox("Stratify by", ["(none)"] + [c for c in full.columns if c not in ("swahili", "english")])
+            if st.button("Split and use", type="primary"):
+                trained, control = split_pairs(full, int(n_control), int(seed), None if strat == "(none)" else strat)
+                set_pairs("trained", trained, f"split of {upload.name} (seed {seed})", None)
+                set_pairs("control", control, f"split of {upload.name} (seed {seed})", None)
+                st.rerun()
+        except Exception as exc:
+            show_error(exc)

@@ -1,0 +1,45 @@
+"""Generation probes: greedy answers of the base and the tuned model to translation prompts."""
+
+import streamlit as st
+
+from pages.common import download_csv, get_pairs, require_model, runs_dir, show_error
+from tli_core.probes import TEMPLATES, run_probes
+from tli_core.runs import list_runs
+
+st.title("Generation probes")
+st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "
+           "Greedy decoding, base and tuned side by side. Templates are editable; {word} is replaced by the word.")
+lm = require_model()
+runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.config().model == lm.spec]
+labels = {"(none: base model only)": None} | {f"{r.id} ({r.status().get('state')})": r for r in runs}
+run = labels[st.selectbox("Tuned model = base + the adapter of run", list(labels), index=1 if runs else 0)]
+pairs = get_pairs() if run is None else {"trained": run.pairs("trained"), "control": run.pairs("control")}
+c1, c2 = st.columns(2)
+sw_en = c1.text_input("Swahili → English template", TEMPLATES["sw→en"])
+en_sw = c2.text_input("English → Swahili template", TEMPLATES["en→sw"])
+c1, c2, c3 = st.columns([1, 3, 1])
+which = c1.radio("Words from", ["control", "trained"])
+pool = pairs[which]
+chosen = c2.multiselect("Words", list(pool["swahili"]), default=list(pool["swahili"][:8]))
+max_new = c3.number_input("New tokens", 1, 64, 8)
+if st.button("Run the probes", type="primary", icon=":material/chat:", disabled=not chosen):
+    try:
+        subset = pool[pool["swahili"].isin(chosen)].assign(set=which)
+        with st.spinner(f"generating {2 * len(subset)} answers per model …"):
+            st.session_state["probes"] = run_probes(lm.model, lm.tokenizer, subset,
+                                                    {"sw→en": sw_en, "en→sw": en_sw},
+                                                    adapter_dir=run.adapter_dir if run else None,
+                                                    max_new_tokens=int(max_new))
+    except Exception as exc:
+        show_error(exc)
+table = st.session_state.get("probes")
+if table is not None:
+    cols = st.columns(2 if "tuned" in table else 1)
+    cols[0].metric("Base: expected word in the answer", f"{table['base_correct'].mean():.0%}")
+    if "tuned" in table:
+        cols[1].metric("Tuned: expected word in the answer", f"{table['tuned_correct'].mean():.0%}",
+                       f"{(table['tuned_correct'].mean() - table['base_correct'].mean()) * 100:+.0f} points")
+    shown = [c for c in ("direction", "word", "expected", "base", "tuned", "base_correct", "tuned_correct",
+                         "base_text", "tuned_text") if c in table]
+    st.dataframe(table[shown], hide_index=True, width="stretch")
+    download_csv(table, "probes.csv", "Download the probes (CSV)", key="dl-probes")

@@ -1,0 +1,69 @@
+"""Runs: every run with status, settings and headline results; diff, stop, delete, download."""
+
+import streamlit as st
+
+from pages.common import download_csv, runs_dir, show_error
+from tli_core.runs import delete_run, diff_configs, launch, list_runs, runs_table
+
+st.title("Runs")
+st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
+           f"before/after tables, and can be re-evaluated from the command line.")
+
+table = runs_table(runs_dir())
+if table.empty:
+    st.info("No runs yet.")
+    st.page_link("pages/train.py", label="Launch one on the Train page", icon=":material/model_training:")
+    st.stop()
+
+percent = st.column_config.NumberColumn(format="%+.2f%%")
+sim = st.column_config.NumberColumn(format="%.4f")
+pval = st.column_config.NumberColumn(format="%.3g")
+event = st.dataframe(
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table",
+    column_config={"trained before": sim, "trained after": sim, "control before": sim, "control after": sim,
+                   "trained % change": percent, "control % change": percent, "trained p": pval, "control p": pval})
+download_csv(table, "runs.csv", "Download this table (CSV)", key="dl-runs")
+selected = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
+runs = {r.id: r for r in list_runs(runs_dir())}
+selected = [runs[s] for s in selected if s in runs]
+st.caption("Select one run to act on it, or two to compare their settings.")
+
+if len(selected) == 2:
+    a, b = selected
+    only = st.toggle("Only settings that differ", value=True)
+    st.dataframe(diff_configs(a, b, only_different=only), hide_index=True, width="stretch")
+elif len(selected) == 1:
+    run = selected[0]
+    status = run.status()
+    st.subheader(run.id)
+    st.markdown(f"**{status.get('state')}** · phase {status.get('phase')} · step {status.get('step', 0)}/"
+                f"{status.get('total_steps') or '?'}" + (f" · {status['message']}" if status.get("message") else ""))
+    c1, c2, c3, c4 = st.columns(4)
+    if run.has_adapter():
+        c1.download_button("Download adapter (zip)", run.adapter_zip(), file_name=f"{run.id}-adapter.zip",
+                           mime="application/zip", icon=":material/download:")
+    if run.is_active():
+        if c2.button("Stop", icon=":material/stop_circle:"):
+            run.request_stop()
+            st.toast("Stop requested.")
+    elif run.has_adapter() and run.summary() is None:
+        if c2.button("Evaluate", icon=":material/analytics:"):
+            launch(run, command="evaluate-worker")
+            st.toast("Evaluation started in the background.")
+    if run.summary() is not None:
+        if c3.button("Open in Compare", icon=":material/compare_arrows:"):
+            st.session_state["watch_run"] = run.id
+            st.switch_page("pages/compare.py")
+    if not run.is_active():
+        confirm = c4.checkbox("Confirm delete", key=f"confirm-{run.id}")
+        if c4.button("Delete", icon=":material/delete:", disabled=not confirm):
+            try:
+                delete_run(run)
+                st.toast(f"Deleted {run.id}")
+                st.rerun()
+            except Exception as exc:
+                show_error(exc)
+    with st.expander("Config"):
+        st.json(run.config_dict())
+    with st.expander("Log"):
+        st.code(run.log_tail(60) or "(empty)", language=None)

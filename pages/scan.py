@@ -1,0 +1,86 @@
+"""Layer scan: translation-pair cosine at every layer, beside shuffled pairs and retrieval."""
+
+import streamlit as st
+
+from pages.common import cached_scan, download_csv, get_pairs, plot, require_model, searchable, show_error
+from tli_core.alignment import CENTERING, indistinguishable_layers, suggest_layers
+from tli_core.embeddings import POOLINGS
+from tli_core.figures import curve_figure, heatmap_figure, mark_layers
+
+st.title("Layer scan")
+lm = require_model()
+pairs = get_pairs()
+n_layers = lm.facts.num_layers
+st.caption(f"{lm.facts.name}: hidden states 0–{n_layers} (0 = input embeddings, {n_layers} = final output after "
+           f"the norm). Each word is embedded once; all layers come from the same forward pass.")
+
+POOLING_HELP = {"mean": "mean over all tokens, BOS included (the paper's)",
+                "mean_words": "special tokens (BOS) stay as context but are left out of the average",
+                "mean_no_first": "the first token (BOS or first word piece) is left out of the average",
+                "last": "the last token's state"}
+CENTER_HELP = {"none": "raw cosines (the paper's)", "joint": "subtract the mean of all words first",
+               "language": "subtract each language's mean first"}
+c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+pooling = c1.selectbox("Pooling", POOLINGS, format_func=lambda p: f"{p} — {POOLING_HELP[p]}")
+centering = c2.selectbox("Mean-centering", CENTERING, format_func=lambda c: f"{c} — {CENTER_HELP[c]}")
+which = c3.multiselect("Sets", ["trained", "control"], default=["trained", "control"])
+seed = c4.number_input("Shuffle seed", 0, 10**6, 0, help="seed of the derangement behind the shuffled baseline")
+sets = {name: pairs[name] for name in which}
+
+result = cached_scan(lm, sets, pooling, centering, int(seed), compute=False) if sets else None
+if result is None and sets:
+    n_words = 2 * sum(len(df) for df in sets.values())
+    if st.button(f"Run the scan ({n_words} words × {n_layers + 1} layers)", type="primary",
+                 icon=":material/play_arrow:"):
+        bar = st.progress(0.0, text="embedding words …")
+        try:
+            cached_scan(lm, sets, pooling, centering, int(seed),
+                        progress=lambda d, t: bar.progress(d / t, text=f"embedded {d} of {t} words"))
+            st.rerun()  # show the result without the button
+        except Exception as exc:
+            show_error(exc)
+        bar.empty()
+if result is None:
+    st.info("Choose the settings and run the scan." if sets else "Pick at least one set.")
+    st.stop()
+
+st.caption(f"Scan took {result.seconds:.2f} s (cached: changing a page or coming back does not recompute it).")
+show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
+curve = result.curve
+sugg = suggest_layers(curve, show)
+st.session_state["scan_suggestion"] = sugg
+flat = indistinguishable_layers(curve, set_name=show)
+m1, m2, m3 = st.columns(3)
+m1.metric("Raw-cosine peak (the paper's rule)", f"layer {sugg['raw_peak']}")
+m2.metric("Largest gap over shuffled pairs", f"layer {sugg['gap_peak']}")
+m3.metric("Best retrieval (P@1, CSLS)", f"layer {sugg['retrieval_peak']}")
+if flat:
+    where = "every layer" if len(flat) == n_layers + 1 else f"{len(flat)} of {n_layers + 1} layers " \
+        f"({', '.join(map(str, flat))})"
+    st.warning(f"At {where}, true translation pairs are about as similar as shuffled pairs (gap < 0.02). A high "
+               f"cosine there reflects what all words share (e.g. massive first-token activations), not alignment: "
+               f"look at the gap and retrieval panels, and at Artifact diagnostics.", icon="⚠️")
+if sugg["raw_peak"] != sugg["gap_peak"]:
+    st.info(f"The raw-cosine peak (layer {sugg['raw_peak']}) is not where true pairs stand out most from shuffled "
+            f"ones (layer {sugg['gap_peak']}). The Train page is prefilled with the gap peak; the paper's rule would "
+            f"pick layer {sugg['raw_peak']}.")
+
+fig = curve_figure(curve, show)
+mark_layers(fig, {"raw-cosine peak": sugg["raw_peak"], "gap peak": sugg["gap_peak"]})
+plot(fig, key=f"scan-curve-{show}")
+table = curve[curve["set"] == show].drop(columns=["set"])
+with st.expander("Curve as a table"):
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.5f") for c in ("true_mean", "true_std", "shuffled_mean",
+                                                                  "shuffled_std", "gap")})
+download_csv(curve, "scan_curve.csv", "Download the curve (CSV, all sets)", key="dl-curve")
+
+st.subheader("Word by word")
+words = result.pairs[result.pairs["set"] == show]
+found = searchable(words, key="scan-search")
+st.caption("Each pair's cosine at every layer. Sort by any column; search filters the heatmap and the table.")
+plot(heatmap_figure(found, max_words=80), key=f"scan-heatmap-{show}")
+st.dataframe(found, hide_index=True, width="stretch", height=380,
+             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in found.columns
+                            if c.startswith("layer_")})
+download_csv(result.pairs, "scan_pairs.csv", "Download per-pair cosines (CSV, all sets)", key="dl-pairs")

@@ -1,0 +1,112 @@
+"""Sweeps: target layer(s) x LoRA rank x adapter placement, a queue of ordinary runs, one heatmap."""
+
+import dataclasses
+
+import streamlit as st
+
+from pages.common import download_csv, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
+from tli_core.figures import sweep_heatmap
+from tli_core.models import layer_name, paper_eval_layer
+from tli_core.runs import busy_message
+from tli_core.stats import CORRECTIONS
+from tli_core.sweeps import (Sweep, SweepSpec, best_cell, create_sweep, launch_sweep, list_sweeps, parse_grid_layers,
+                             sweep_results)
+from tli_core.training import PLACEMENTS, TLIConfig
+
+st.title("Sweeps")
+st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "
+           "heatmap shows each cell's change on the control set, with p-values corrected across the grid.")
+lm = require_model()
+pairs = get_pairs()
+n = lm.facts.num_layers
+
+with st.form("sweep"):
+    c1, c2, c3 = st.columns(3)
+    layers = c1.text_input("Target-layer settings", "1,2", help="comma-separated; '+' trains layers together, "
+                                                                  "e.g. 1,2,1+2")
+    ranks = c2.multiselect("LoRA ranks", [1, 2, 4, 8, 16, 32, 64], default=[4, 16])
+    placements = c3.multiselect("Adapter placements", list(PLACEMENTS), default=["all", "up_to_target"],
+                                help="all = every block (paper); up_to_target = blocks 1..target; early = first "
+                                     "half; late = second half")
+    c1, c2, c3, c4 = st.columns(4)
+    epochs = c1.number_input("Epochs per cell", 1, 100, 2)
+    sub_t = c2.number_input("Trained subset (0 = all)", 0, 10**6, 0)
+    lr = c3.number_input("Learning rate", 1e-7, 1.0, 2e-4, format="%.1e")
+    correction = c4.selectbox("Correction", CORRECTIONS, help="bh = Benjamini–Hochberg (FDR); holm = Holm (FWER)")
+    eval_layer = st.select_slider("Evaluation layer", list(range(n + 1)), value=paper_eval_layer(n),
+                                  format_func=lambda k: f"{k} ({layer_name(k, n)})")
+    start = st.form_submit_button("Start the sweep", type="primary", icon=":material/grid_on:")
+
+if start:
+    try:
+        base = TLIConfig(model=lm.spec, trained_pairs=pairs_file(pairs["trained"]),
+                         control_pairs=pairs_file(pairs["control"]), epochs=int(epochs),
+                         trained_subset=int(sub_t) or None, learning_rate=float(lr), eval_layer=int(eval_layer))
+        spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
+                         placements=placements, correction=correction)
+        busy = busy_message(runs_dir())
+        if busy:
+            st.error(busy, icon="⏳")
+        else:
+            sweep = create_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
+            launch_sweep(sweep)
+            st.session_state["watch_sweep"] = sweep.id
+            st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
+    except Exception as exc:
+        show_error(exc)
+
+sweeps = list_sweeps(runs_dir())
+if not sweeps:
+    st.info("No sweeps yet.")
+    st.stop()
+ids = [s.id for s in sweeps]
+wanted = st.session_state.get("watch_sweep")
+sid = st.selectbox("Sweep", ids, index=ids.index(wanted) if wanted in ids else 0,
+                   format_func=lambda i: f"{i} — {Sweep(runs_dir() / 'sweeps' / i).status().get('state')}")
+sweep = next(s for s in sweeps if s.id == sid)
+
+
+def show(sweep: Sweep) -> None:
+    status = sweep.status()
+    cells = sweep.cells()
+    done = sum(c["state"] in ("done", "invalid") for c in cells)
+    st.progress(done / len(cells), text=f"{status.get('state')}: {done} of {len(cells)} cells finished")
+    if status.get("message"):
+        st.caption(status["message"])
+    if status.get("state") in ("queued", "running") and st.button("Stop the sweep", icon=":material/stop_circle:"):
+        sweep.request_stop()
+    if status.get("state") in ("interrupted", "stopped", "failed") and st.button("Resume", icon=":material/replay:"):
+        launch_sweep(sweep)
+    method = st.radio("Correction", CORRECTIONS, horizontal=True, key=f"corr-{sweep.id}",
+                      index=CORRECTIONS.index(sweep.spec().correction))
+    results = sweep_results(sweep, method)
+    best = best_cell(results)
+    if best is not None:
+        row = results[results["cell"] == best].iloc[0]
+        st.success(f"Best cell: layer(s) {row['target layers']}, rank {row['rank']}, {row['placement']} — control "
+                   f"change {row['control change']:+.4f} ({row['control % change']:+.2f} %), corrected p = "
+                   f"{row['control p corrected']:.3g}", icon=":material/star:")
+    c1, c2 = st.columns(2)
+    with c1:
+        plot(sweep_heatmap(results, "control change", best), key=f"sweep-change-{sweep.id}")
+    with c2:
+        plot(sweep_heatmap(results, "control P@1 change", best,
+                           title="control P@1 (CSLS) change per cell"), key=f"sweep-p1-{sweep.id}")
+    st.dataframe(results, hide_index=True, width="stretch")
+    download_csv(results, f"sweep_{sweep.id}.csv", "Download the results (CSV)", key=f"dl-sweep-{sweep.id}")
+    for _, r in results[results["state"] == "invalid"].iterrows():
+        st.caption(f"Cell {r['cell']} not run: {r['reason']}")
+
+
+@st.fragment(run_every=2.0)
+def live(sweep_id: str) -> None:
+    s = Sweep(runs_dir() / "sweeps" / sweep_id)
+    show(s)
+    if s.status().get("state") not in ("queued", "running"):
+        st.rerun()
+
+
+if sweep.status().get("state") in ("queued", "running"):
+    live(sweep.id)
+else:
+    show(sweep)
