@@ -25,7 +25,7 @@ with st.form("sweep"):
     layers = c1.text_input("Target-layer settings", "1,2", help="comma-separated; '+' trains layers together, "
                                                                   "e.g. 1,2,1+2")
     ranks = c2.multiselect("LoRA ranks", [1, 2, 4, 8, 16, 32, 64], default=[4, 16])
-    placements = c3.multiselect("Adapter placements", list(PLACEMENTS), default=["all", "up_to_target"],
+    placements = c3.multiselect("Adapter placements", list(PLACEMENTS), default=["all"],
                                 help="all = every block (paper); up_to_target = blocks 1..target; early = first "
                                      "half; late = second half")
     c1, c2, c3, c4 = st.columns(4)

@@ -195,3 +195,57 @@ def test_pages_without_a_model_point_to_the_model_page(app_env, monkeypatch):
         at.switch_page(page).run()
         assert not at.exception
         assert any("No model is loaded yet" in i.value for i in at.info)
+
+
+def test_sweeps_page_runs_a_2x2_grid(app_env):
+    at = open_page("pages/sweeps.py")
+    assert "No sweeps yet." in texts(at)
+    at.text_input[0].set_value("1,2")
+    at.multiselect[0].set_value([2, 4])
+    at.multiselect[1].set_value(["all"])
+    for n in at.number_input:
+        if n.label == "Epochs per cell":
+            n.set_value(1)
+        if n.label == "Trained subset (0 = all)":
+            n.set_value(24)
+    [b for b in at.button if b.label == "Start the sweep"][0].click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    from tli_core.sweeps import list_sweeps
+
+    (sweep,) = list_sweeps(app_env)
+    assert len(sweep.cells()) == 4
+    end = time.monotonic() + 180
+    while sweep.status().get("state") in ("queued", "running") and time.monotonic() < end:
+        time.sleep(0.5)
+    assert sweep.status()["state"] == "done", (app_env / "sweeps" / sweep.id / "sweep.log").read_text()[-3000:]
+    at = open_page("pages/sweeps.py")
+    assert len(at.get("plotly_chart")) == 2
+    assert any("Best cell" in s.value for s in at.success)
+    results = at.dataframe[0].value
+    assert len(results) == 4 and set(results["state"]) == {"done"}
+
+
+def test_diagnostics_page(app_env):
+    at = open_page("pages/diagnostics.py")
+    [b for b in at.button if b.label == "Run diagnostics"][0].click()
+    at.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+    report = at.dataframe[0].value
+    assert list(report["layer"]) == list(range(5)) and "first_to_other_ratio" in report
+
+
+def test_embedding_map_and_probes_pages(finished_run):
+    at = open_page("pages/embedding_map.py")
+    assert finished_run.id in at.selectbox[0].value
+    [b for b in at.button if b.label == "Draw the map"][0].click()
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+    at = open_page("pages/probes.py")
+    [b for b in at.button if b.label == "Run the probes"][0].click()
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert {"base", "tuned", "expected"} <= set(table.columns) and len(table) == 2 * len(at.multiselect[0].value)
+    assert [m.label for m in at.metric] == ["Base: expected word in the answer", "Tuned: expected word in the answer"]

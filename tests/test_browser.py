@@ -135,6 +135,36 @@ def test_walk_through_scan_train_compare(server):
         sidebar.get_by_role("link", name="Runs").click()
         expect(page.get_by_role("heading", name="Runs")).to_be_visible()
         page.screenshot(path=str(SHOTS / "06-runs.png"), full_page=True)
+
+        # Research views. A 2 x 2 sweep (target layers 1, 2 x ranks 4, 16) on small subsets
+        sidebar.get_by_role("link", name="Sweeps").click()
+        expect(page.get_by_role("heading", name="Sweeps")).to_be_visible()
+        for label, value in (("Target-layer settings", "1,2"), ("Epochs per cell", "1"),
+                             ("Trained subset (0 = all)", "48")):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Tab")
+        page.get_by_role("button", name="Start the sweep").click()
+        expect(page.get_by_text("done: 4 of 4 cells finished")).to_be_visible(timeout=600_000)
+        expect(page.get_by_text("Best cell:", exact=False)).to_be_visible()
+        expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
+        page.screenshot(path=str(SHOTS / "07-sweeps.png"), full_page=True)
+
+        sidebar.get_by_role("link", name="Artifact diagnostics").click()
+        page.get_by_text("control", exact=True).first.click()
+        page.get_by_role("button", name="Run diagnostics").click()
+        expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible(timeout=300_000)
+        page.screenshot(path=str(SHOTS / "08-diagnostics.png"), full_page=True)
+
+        sidebar.get_by_role("link", name="Embedding map").click()
+        page.get_by_role("button", name="Draw the map").click()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=300_000)
+        page.screenshot(path=str(SHOTS / "09-embedding-map.png"), full_page=True)
+
+        sidebar.get_by_role("link", name="Generation probes").click()
+        page.get_by_role("button", name="Run the probes").click()
+        expect(page.get_by_text("Tuned: expected word in the answer")).to_be_visible(timeout=300_000)
+        page.screenshot(path=str(SHOTS / "10-probes.png"), full_page=True)
         browser.close()
-    runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".")]
-    assert len(runs) == 1 and (runs[0] / "summary.json").is_file()
+    runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".") and d.name != "sweeps"]
+    assert len(runs) == 5 and all((r / "summary.json").is_file() for r in runs)  # the run and 4 sweep cells

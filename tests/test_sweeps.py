@@ -107,3 +107,36 @@ def test_grid_parsing():
 
     with pytest.raises(TLIError):
         parse_grid_layers("1;2")
+
+
+def test_a_cell_reads_as_running_while_the_sweep_process_trains_it(tiny_model_dir, pair_files, tmp_path):
+    """Regression: a cell's run is trained by the sweep's process, not a worker of its own; reading
+    its status from another process (the dashboard) must not declare it dead."""
+    import time
+
+    from tli_core.runs import Run
+    from tli_core.sweeps import launch_sweep
+
+    base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                     trained_pairs=str(pair_files[0]), control_pairs=str(pair_files[1]), batch_size=4, epochs=400,
+                     warmup_steps=1)
+    sweep = create_sweep(SweepSpec(base=base, target_layers=[[1]], ranks=[2, 4]), tmp_path / "runs")
+    launch_sweep(sweep)
+    end = time.monotonic() + 60
+    run = None
+    while time.monotonic() < end:
+        cell = sweep.cells()[0]
+        if cell["run"]:
+            run = Run(sweep.runs_dir / cell["run"])
+            if len(run.metrics()) >= 3:
+                break
+        time.sleep(0.1)
+    assert run is not None and len(run.metrics()) >= 3
+    assert run.status()["state"] == "running" and run.is_active()
+    assert sweep.status()["state"] == "running"
+    sweep.request_stop()
+    end = time.monotonic() + 60
+    while sweep.status()["state"] == "running" and time.monotonic() < end:
+        time.sleep(0.2)
+    assert sweep.status()["state"] == "stopped" and run.status()["state"] == "stopped"
+    assert sweep.cells()[1]["state"] == "pending"

@@ -216,15 +216,18 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: in
     ranks = sorted(df["rank"].unique())
     z = np.full((len(rows), len(ranks)), np.nan)
     text = [["" for _ in ranks] for _ in rows]
-    p_col = "control p corrected" if value.startswith("control") else "trained p corrected"
+    # corrected p-values belong to the mean-cosine change (paired t-test); P@1 changes have no test here
+    p_col = {"control change": "control p corrected", "trained change": "trained p corrected"}.get(value)
     for _, r in df.iterrows():
         i, j = rows.index(r["row"]), ranks.index(r["rank"])
         z[i, j] = r[value]
-        if np.isfinite(r[value]):
+        if not np.isfinite(r[value]):
+            text[i][j] = r["state"]
+        elif p_col:
             star = "*" if r[p_col] < 0.05 else ""
             text[i][j] = f"{r[value]:+.4f}{star}<br>p={r[p_col]:.2g}"
         else:
-            text[i][j] = r["state"]
+            text[i][j] = f"{r[value]:+.4f}"
     limit = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
     fig = go.Figure(go.Heatmap(z=z, x=[f"r={r}" for r in ranks], y=rows, text=text, texttemplate="%{text}",
                                colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
@@ -254,8 +257,8 @@ def activation_figure(report: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=x, y=report["max_to_median_ratio"], name="max / median", marker_color=COLORS["gap"],
                          customdata=report["top_dims"],
                          hovertemplate="layer %{x}: %{y:.0f}x, top dims %{customdata}<extra></extra>"), 1, 2)
-    fig.update_yaxes(type="log", title_text="L2 norm", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="ratio", row=1, col=2)
+    fig.update_yaxes(type="log", dtick=1, title_text="L2 norm", row=1, col=1)
+    fig.update_yaxes(type="log", dtick=1, title_text="ratio", row=1, col=2)
     _layer_axis(fig, int(x.max()), row=1, col=1)
     _layer_axis(fig, int(x.max()), row=1, col=2)
     fig.update_layout(height=380, legend={"orientation": "h", "y": -0.25})

@@ -55,19 +55,45 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _pid_alive(pid: int | None, marker: str) -> bool:
-    """True if ``pid`` runs and its command line mentions ``marker`` (guards against pid reuse)."""
-    if not pid:
-        return False
+def process_tag(pid: int) -> str | None:
+    """'pid:start' -- the start time (clock ticks since boot, from /proc) makes a reused pid differ.
+
+    None if there is no such process or it is a zombie (it has ended, its parent has not reaped it).
+    Without /proc (not Linux) the tag is 'pid:?' and only the pid is checked.
+    """
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True  # no /proc (not Linux): trust kill(0)
-    return marker in cmdline
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(int(pid), 0)
+        except OSError:
+            return None
+        return f"{pid}:?"
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else f"{pid}:{fields[19]}"
+
+
+def my_process_tag() -> str:
+    return process_tag(os.getpid()) or f"{os.getpid()}:?"
+
+
+def process_alive(tag: str | None) -> bool:
+    if not tag:
+        return False
+    pid, _, _ = str(tag).partition(":")
+    try:
+        return process_tag(int(pid)) == str(tag)
+    except ValueError:
+        return False
+
+
+def read_tag(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 class Run:
@@ -107,10 +133,10 @@ class Run:
     def status(self) -> dict:
         """status.json, with a dead worker's run turned into ``failed`` (and saved so)."""
         st = self.raw_status()
-        pid = st.get("pid") or self.launched_pid()
-        if st.get("state") in ACTIVE and pid and not _pid_alive(pid, self.id):
+        tag = st.get("process") or read_tag(self.path / "worker.pid")
+        if st.get("state") in ACTIVE and tag and not process_alive(tag):
             st = self.update_status(state="failed", finished=now(),
-                                    message=f"the worker process (pid {pid}) ended without finishing "
+                                    message=f"the worker process (pid {tag.split(':')[0]}) ended without finishing "
                                             f"(killed or crashed) during {st.get('phase', 'the run')}; "
                                             f"see train.log")
         return st
@@ -120,14 +146,7 @@ class Run:
         st = self.status()
         if st.get("state") == "running":
             return True
-        return st.get("state") == "queued" and bool(st.get("pid") or self.launched_pid())
-
-    def launched_pid(self) -> int | None:
-        """The pid the launcher started (the worker records its own in status.json once running)."""
-        try:
-            return int((self.path / "worker.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return st.get("state") == "queued" and bool(st.get("process") or read_tag(self.path / "worker.pid"))
 
     def update_status(self, **changes) -> dict:
         st = self.raw_status()
@@ -389,7 +408,7 @@ def spawn_worker(command: str, target: Path, log_path: Path) -> int:
     """Start ``python -m tli_core COMMAND TARGET`` in its own session; return its pid.
 
     Closing the browser or restarting the page does not stop it; a thread reaps it when it
-    ends so it never lingers as a zombie. Its pid goes to ``TARGET/worker.pid``.
+    ends so it never lingers as a zombie. Its process tag goes to ``TARGET/worker.pid``.
     """
     from .files import write_text
 
@@ -400,7 +419,8 @@ def spawn_worker(command: str, target: Path, log_path: Path) -> int:
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                             cwd=str(PROJECT_ROOT), env=env)
     log.close()
-    write_text(Path(target) / "worker.pid", str(proc.pid))  # status.json is the worker's alone to write
+    tag = process_tag(proc.pid) or f"{proc.pid}:?"
+    write_text(Path(target) / "worker.pid", tag)  # status.json is the worker's alone to write
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from .errors import TLIError
 from .files import read_json, write_json
-from .runs import Run, TrainingLock, create_run, default_runs_dir, now, _pid_alive
+from .runs import Run, TrainingLock, create_run, default_runs_dir, my_process_tag, now, process_alive, read_tag
 from .stats import correct_pvalues
 from .training import TLIConfig, validate
 
@@ -82,8 +82,8 @@ class Sweep:
 
     def status(self) -> dict:
         st = read_json(self.path / "status.json", {}) or {}
-        pid = st.get("pid") or _read_pid(self.path / "worker.pid")
-        if st.get("state") in ("queued", "running") and pid and not _pid_alive(pid, self.id):
+        tag = st.get("process") or read_tag(self.path / "worker.pid")
+        if st.get("state") in ("queued", "running") and tag and not process_alive(tag):
             st.update(state="interrupted", message="the sweep process ended before the last cell; start it again "
                                                    "to resume")
             write_json(self.path / "status.json", st)
@@ -104,13 +104,6 @@ class Sweep:
 
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def launch_sweep(sweep: Sweep) -> int:
@@ -169,7 +162,7 @@ def run_sweep(sweep: Sweep, progress=None) -> dict:
     try:
         spec = sweep.spec()
         trained, control = load_pairs(spec.base.trained_pairs), load_pairs(spec.base.control_pairs)
-        sweep.update_status(state="running", pid=os.getpid(), started=now(), message="")
+        sweep.update_status(state="running", pid=os.getpid(), process=my_process_tag(), started=now(), message="")
         lm = None
         cells = sweep.cells()
         for cell in cells:

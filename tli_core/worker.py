@@ -18,7 +18,7 @@ from typing import Callable
 from .errors import TLIError
 from .files import write_json
 from .models import load_model, package_versions, resolve_source
-from .runs import Run, TrainingLock, now
+from .runs import Run, TrainingLock, my_process_tag, now
 from .training import TLIConfig, attach_lora, gradient_blocks, learning_blocks, train, validate
 
 Progress = Callable[[str, int, int, str], None]  # phase, done, total, extra text
@@ -118,7 +118,8 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     from .evaluation import embed_sets
 
     config = run.config()
-    run.update_status(state="running", phase="checking", pid=os.getpid(), host=socket.gethostname(),
+    run.update_status(state="running", phase="checking", pid=os.getpid(), process=my_process_tag(),
+                      host=socket.gethostname(),
                       started=now(), versions=package_versions(), message="")
     run.log(f"run {run.id} started (pid {os.getpid()})")
     trained = subset(run.pairs("trained"), config.trained_subset, config.seed)
