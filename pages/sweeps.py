@@ -1,6 +1,5 @@
 """Sweeps: target layer(s) x LoRA rank x adapter placement, a queue of ordinary runs, one heatmap."""
 
-import dataclasses
 
 import streamlit as st
 

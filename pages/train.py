@@ -8,7 +8,7 @@ from tli_core.embeddings import POOLINGS
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.models import layer_name, paper_eval_layer
 from tli_core.runs import ACTIVE, Run, active_runs, busy_message, create_run, launch, list_runs
-from tli_core.training import LOSSES, PLACEMENTS, TLIConfig, total_steps
+from tli_core.training import LOSSES, PLACEMENTS, TLIConfig
 from tli_core.worker import check_config
 
 st.title("Train")

@@ -1,7 +1,6 @@
 """Shuffled baseline, precision@k (NN and CSLS) and centering against independent computations."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """A 2 x 2 sweep on the tiny model: cells, resume, invalid cells, corrected p-values, heatmap."""
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -268,7 +268,7 @@ def cmd_sweep(args) -> int:
     from .cli import quiet_libraries
     from .files import write_csv
     from .runs import busy_message, default_runs_dir
-    from .sweeps import Sweep, SweepSpec, create_sweep, list_sweeps, parse_grid_layers, run_sweep, sweep_results
+    from .sweeps import Sweep, SweepSpec, create_sweep, parse_grid_layers, run_sweep, sweep_results
 
     quiet_libraries()
     runs_dir = Path(args.runs_dir or default_runs_dir())

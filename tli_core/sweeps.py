@@ -25,7 +25,7 @@ from .errors import TLIError
 from .files import read_json, write_json
 from .runs import Run, TrainingLock, create_run, default_runs_dir, my_process_tag, now, process_alive, read_tag
 from .stats import correct_pvalues
-from .training import TLIConfig, validate
+from .training import TLIConfig
 
 SWEEPS = "sweeps"
 
