@@ -75,10 +75,12 @@ def ensure_model(spec: ModelSpec, container=None) -> LoadedModel:
     if key not in reg["models"]:
         area = container or st
         bar = area.progress(0.0, text=f"Loading {spec.label()} (once per server; every page and tab shares it) …")
-        with reg["lock"]:
-            if key not in reg["models"]:
-                reg["models"][key] = load_model(spec, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
-        bar.empty()
+        try:
+            with reg["lock"]:
+                if key not in reg["models"]:
+                    reg["models"][key] = load_model(spec, progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+        finally:
+            bar.empty()
     st.session_state["model_key"] = key
     return reg["models"][key]
 

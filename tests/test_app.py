@@ -249,3 +249,25 @@ def test_embedding_map_and_probes_pages(finished_run):
     table = at.dataframe[0].value
     assert {"base", "tuned", "expected"} <= set(table.columns) and len(table) == 2 * len(at.multiselect[0].value)
     assert [m.label for m in at.metric] == ["Base: expected word in the answer", "Tuned: expected word in the answer"]
+
+
+def test_the_model_is_loaded_once_per_server(app_env, monkeypatch):
+    import streamlit as st
+
+    import pages.common as common
+
+    calls = []
+    real = common.load_model
+
+    def counting(spec, progress=None):
+        calls.append(spec)
+        return real(spec, progress=progress)
+
+    monkeypatch.setattr(common, "load_model", counting)
+    st.cache_resource.clear()
+    at = open_page()
+    for page in ("pages/model.py", "pages/scan.py", "pages/train.py", "pages/home.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+    open_page("pages/pairs.py")  # a second browser tab: a new session, the same server
+    assert len(calls) == 1

@@ -296,7 +296,8 @@ def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None =
                 bs = max(1, bs // 2)
                 torch.cuda.empty_cache()
                 continue
-            result[:, idx] = torch.stack([vecs[k] for k in layers]).to(out_device)
+            # with device_map="auto" the blocks (and so the vectors) may sit on several GPUs
+            result[:, idx] = torch.stack([vecs[k].to(out_device) for k in layers])
             start += len(idx)
             done += len(idx)
             if progress:

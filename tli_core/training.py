@@ -291,7 +291,7 @@ def step_loss(model, tok_src, tok_tgt, idx: Sequence[int], pad_id: int, config: 
             loss, info = triplet_loss(src, tgt, config.margin, same_target)
         else:
             loss, info = infonce_loss(src, tgt, config.temperature, same_target)
-        losses.append(loss)
+        losses.append(loss.to(device))  # target layers may live on different GPUs when sharded
         infos.append(info)
     info = {key: float(np.mean([i[key] for i in infos])) for key in infos[0]}
     return torch.stack(losses).mean(), info
