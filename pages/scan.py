@@ -48,7 +48,7 @@ st.caption(f"Scan took {result.seconds:.2f} s (cached: changing a page or coming
 show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
 curve = result.curve
 sugg = suggest_layers(curve, show)
-st.session_state["scan_suggestion"] = sugg
+st.session_state["scan_suggestion"] = dict(sugg, model=lm.spec)
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
 m1.metric("Raw-cosine peak (the paper's rule)", f"layer {sugg['raw_peak']}")

@@ -18,7 +18,9 @@ n = lm.facts.num_layers
 helps = TLIConfig.help()
 paper = TLIConfig()
 sugg = st.session_state.get("scan_suggestion")
-default_target = sugg["gap_peak"] if sugg and sugg["gap_peak"] > 0 else min(paper.target_layers[0], n)
+if not sugg or sugg.get("model") != lm.spec or not 0 < sugg["gap_peak"] <= n:
+    sugg = None  # a scan of another model (or none yet): start from the paper's layer
+default_target = sugg["gap_peak"] if sugg else min(paper.target_layers[0], n)
 
 
 def layer_label(k: int) -> str:
