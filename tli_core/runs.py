@@ -135,6 +135,8 @@ class Run:
         st = self.raw_status()
         tag = st.get("process") or read_tag(self.path / "worker.pid")
         if st.get("state") in ACTIVE and tag and not process_alive(tag):
+            st = self.raw_status()  # it may have finished between our two reads; dead, it writes no more
+        if st.get("state") in ACTIVE and tag and not process_alive(tag):
             st = self.update_status(state="failed", finished=now(),
                                     message=f"the worker process (pid {tag.split(':')[0]}) ended without finishing "
                                             f"(killed or crashed) during {st.get('phase', 'the run')}; "

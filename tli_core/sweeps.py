@@ -84,6 +84,8 @@ class Sweep:
         st = read_json(self.path / "status.json", {}) or {}
         tag = st.get("process") or read_tag(self.path / "worker.pid")
         if st.get("state") in ("queued", "running") and tag and not process_alive(tag):
+            st = read_json(self.path / "status.json", {}) or {}  # it may have just finished
+        if st.get("state") in ("queued", "running") and tag and not process_alive(tag):
             st.update(state="interrupted", message="the sweep process ended before the last cell; start it again "
                                                    "to resume")
             write_json(self.path / "status.json", st)
