@@ -236,3 +236,37 @@ def sidebar() -> None:
             st_ = active[0].status()
             st.caption(f"{active[0].id}: {st_.get('phase')} — step {st_.get('step', 0)}/{st_.get('total_steps') or '?'}")
         st.caption("Layers: 0 = input embeddings, k = output of decoder block k, L = final output.")
+
+
+# --------------------------------------------------------------------------- re-evaluating a saved adapter
+
+def evaluation_panel(run, key: str) -> None:
+    """State of a run's re-evaluation, or a button that starts one in the background.
+
+    One job at a time per runs directory (the evaluator takes the training lock); a started
+    evaluation shows as running from the first instant, so a second click cannot start another.
+    """
+    from tli_core.runs import busy_message, launch
+
+    ev = run.evaluation()
+    if ev.get("state") == "running":
+        st.info(f"Evaluating the saved adapter: {ev.get('phase', 'starting')} (started {ev.get('started', 'now')}). "
+                f"This page updates when it is done.", icon=":material/hourglass_top:")
+        _poll_evaluation(run)
+        return
+    if ev.get("state") == "failed":
+        st.error(f"The last evaluation failed: {ev.get('message')}")
+    busy = busy_message(run.path.parent)
+    if busy:
+        st.caption(f"Evaluation waits: {busy}.")
+    label = "Evaluate again" if ev.get("state") == "failed" else "Evaluate this run"
+    if st.button(label, type="primary", key=key, disabled=bool(busy), icon=":material/analytics:"):
+        launch(run, command="evaluate-worker")
+        st.toast("Evaluation started in the background.")
+        st.rerun()
+
+
+@st.fragment(run_every=2.0)
+def _poll_evaluation(run) -> None:
+    if not run.is_evaluating():
+        st.rerun(scope="app")

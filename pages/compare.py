@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import download_csv, plot, runs_dir, searchable, show_error
+from pages.common import download_csv, evaluation_panel, plot, runs_dir, searchable, show_error
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
 from tli_core.models import layer_name
-from tli_core.runs import launch, list_runs
+from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, stats_table
 
 st.title("Compare")
@@ -73,9 +73,7 @@ if source.startswith("a training run"):
         elif run.has_adapter():
             st.warning(f"Run {rid} is {status.get('state')} and has not been evaluated. Evaluate its saved adapter "
                        f"(before/after on every layer) in the background:")
-            if st.button("Evaluate this run", type="primary"):
-                launch(run, command="evaluate-worker")
-                st.toast("Evaluation started; this page shows it when it is done.")
+            evaluation_panel(run, key=f"evaluate-{rid}")
         else:
             st.error(status.get("message") or f"Run {rid} has no results.")
         st.stop()

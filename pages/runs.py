@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from pages.common import download_csv, runs_dir, show_error
-from tli_core.runs import delete_run, diff_configs, launch, list_runs, runs_table
+from pages.common import download_csv, evaluation_panel, runs_dir, show_error
+from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
 
 st.title("Runs")
 st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
@@ -46,10 +46,6 @@ elif len(selected) == 1:
         if c2.button("Stop", icon=":material/stop_circle:"):
             run.request_stop()
             st.toast("Stop requested.")
-    elif run.has_adapter() and run.summary() is None:
-        if c2.button("Evaluate", icon=":material/analytics:"):
-            launch(run, command="evaluate-worker")
-            st.toast("Evaluation started in the background.")
     if run.summary() is not None:
         if c3.button("Open in Compare", icon=":material/compare_arrows:"):
             st.session_state["watch_run"] = run.id
@@ -63,6 +59,9 @@ elif len(selected) == 1:
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
+    if not run.is_active() and run.has_adapter() and run.summary() is None:
+        st.caption("This run's saved adapter has no before/after statistics yet.")
+        evaluation_panel(run, key=f"evaluate-{run.id}")
     with st.expander("Config"):
         st.json(run.config_dict())
     with st.expander("Log"):

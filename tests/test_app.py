@@ -170,6 +170,24 @@ def test_compare_page_shows_the_statistics_for_a_run(finished_run):
     assert "layer 1 (block 1)" in texts(at)
 
 
+def test_compare_page_offers_to_evaluate_a_stopped_run(finished_run):
+    (finished_run.path / "summary.json").unlink()
+    finished_run.update_status(state="stopped")
+    at = open_page("pages/compare.py")
+    assert "has not been evaluated" in texts(at)
+    button = next(b for b in at.button if b.label == "Evaluate this run")
+    button.click().run()
+    assert not at.exception
+    assert "Evaluating the saved adapter" in texts(at)  # no second button while it runs
+    assert not any(b.label == "Evaluate this run" for b in at.button)
+    end = time.monotonic() + TIMEOUT
+    while finished_run.is_evaluating() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert finished_run.evaluation()["state"] == "done", finished_run.log_tail()
+    at.run()
+    assert at.table and list(at.table[0].value["set"]) == ["trained", "control"]
+
+
 def test_compare_page_imports_a_csv(app_env, tmp_path):
     at = open_page("pages/compare.py")
     at.radio[0].set_value("an imported per-pair table (CSV)").run()

@@ -195,3 +195,53 @@ def test_one_training_job_at_a_time(tmp_path, tiny_model_dir, pair_files):
     finally:
         lock.release()
     assert busy_message(runs_dir) is None
+
+
+def unevaluated_copy(done_run, tmp_path) -> Run:
+    """A copy of a finished run as a stopped run whose adapter was never evaluated."""
+    import shutil
+
+    path = tmp_path / "runs" / "stopped-run"
+    shutil.copytree(done_run.path, path)
+    (path / "summary.json").unlink()
+    run = Run(path)
+    run.update_status(state="stopped", message="stopped by request", evaluation=None)
+    return run
+
+
+def test_evaluating_a_saved_adapter_from_the_dashboard(done_run, tmp_path):
+    run = unevaluated_copy(done_run, tmp_path)
+    assert run.evaluation() == {}
+    launch(run, command="evaluate-worker")
+    # running from the first instant, so the page shows progress instead of a second button
+    assert run.is_evaluating() and run.evaluation()["process"]
+    assert busy_message(run.path.parent) is None or "evaluation of run" in busy_message(run.path.parent)
+    with pytest.raises(TLIError, match="being evaluated"):
+        delete_run(run)
+    assert wait_for(lambda: not run.is_evaluating(), 120), run.log_tail()
+    ev = run.evaluation()
+    assert ev["state"] == "done", ev
+    assert run.raw_status()["state"] == "stopped"  # training's outcome is not rewritten
+    np.testing.assert_allclose(run.table("pairs")["after"], done_run.table("pairs")["after"], atol=1e-5)
+    assert run.summary()["groups"]["control"]["n"] == done_run.summary()["groups"]["control"]["n"]
+
+
+def test_evaluation_waits_for_the_job_lock_and_a_dead_evaluator_shows_as_failed(done_run, tmp_path):
+    from tli_core.worker import evaluate_run
+
+    run = unevaluated_copy(done_run, tmp_path)
+    lock = TrainingLock(run.path.parent)
+    assert lock.acquire("a training job")
+    try:
+        with pytest.raises(TLIError, match="one job at a time"):
+            evaluate_run(run)
+    finally:
+        lock.release()
+    ev = run.evaluation()
+    assert ev["state"] == "failed" and "a training job" in ev["message"]
+    assert run.summary() is None
+    # an evaluator killed mid-way (its process gone) lists as failed, not as evaluating forever
+    run.update_status(evaluation={"state": "running", "phase": "embedding after", "process": "999999999:1"})
+    assert not run.is_evaluating()
+    assert "ended without finishing" in run.evaluation()["message"]
+    assert run.raw_status()["evaluation"]["state"] == "failed"

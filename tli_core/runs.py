@@ -2,7 +2,8 @@
 
     <runs>/<run id>/
       config.json          the TLIConfig, verbatim
-      status.json          state (queued/running/done/failed/stopped), phase, pid, step/total, times, versions
+      status.json          state (queued/running/done/failed/stopped), phase, pid, step/total, times, versions;
+                           "evaluation": a later re-evaluation of the saved adapter (running/done/failed)
       metrics.jsonl        one JSON object per optimiser step
       train.log            the worker's log
       pairs_trained.csv    the exact pairs used (copies, so the run is self-contained)
@@ -142,6 +143,28 @@ class Run:
                                             f"(killed or crashed) during {st.get('phase', 'the run')}; "
                                             f"see train.log")
         return st
+
+    def evaluation(self) -> dict:
+        """The latest re-evaluation of the saved adapter ({} if none): running, done or failed.
+
+        A launched evaluator counts as running from its first instant (its tag is in
+        ``evaluate.pid`` before it writes anything); a dead one that never finished is failed.
+        """
+        ev = self.raw_status().get("evaluation") or {}
+        launched = read_tag(self.path / "evaluate.pid")
+        if launched and launched != ev.get("process") and process_alive(launched):
+            return {"state": "running", "phase": "starting", "process": launched}
+        if ev.get("state") == "running" and not process_alive(ev.get("process")):
+            ev = self.raw_status().get("evaluation") or {}  # it may have finished between the two reads
+            if ev.get("state") == "running" and not process_alive(ev.get("process")):
+                ev = dict(ev, state="failed", finished=now(),
+                          message=f"the evaluation process (pid {str(ev.get('process')).split(':')[0]}) ended "
+                                  f"without finishing (killed or crashed); see train.log")
+                self.update_status(evaluation=ev)
+        return ev
+
+    def is_evaluating(self) -> bool:
+        return self.evaluation().get("state") == "running"
 
     def is_active(self) -> bool:
         """Running, or queued with a live worker; a queued run nobody started is not active."""
@@ -293,6 +316,8 @@ def load_run(path_or_id: str | Path, runs_dir: str | Path | None = None) -> Run:
 def delete_run(run: Run) -> None:
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; stop it before deleting")
+    if run.is_evaluating():
+        raise TLIError(f"run {run.id} is being evaluated; wait for the evaluation to end before deleting")
     trash = run.path.with_name(f".{run.id}.deleting")
     os.replace(run.path, trash)  # disappears from listings at once
     shutil.rmtree(trash, ignore_errors=True)
@@ -396,21 +421,21 @@ class TrainingLock:
 
 
 def busy_message(runs_dir: str | Path) -> str | None:
-    """Why a new training job cannot start now, or None if it can."""
+    """Why a new training (or evaluation) job cannot start now, or None if it can."""
     holder = TrainingLock(runs_dir).holder()
     if holder:
-        return f"a training job is already running ({holder}); wait for it or stop it on the Train page"
+        return f"a job is already running ({holder}); wait for it or stop it on the Train page"
     active = active_runs(runs_dir)
     if active:
         return f"run {active[0].id} is {active[0].status()['state']}; wait for it or stop it first"
     return None
 
 
-def spawn_worker(command: str, target: Path, log_path: Path) -> int:
+def spawn_worker(command: str, target: Path, log_path: Path, pid_file: str = "worker.pid") -> int:
     """Start ``python -m tli_core COMMAND TARGET`` in its own session; return its pid.
 
     Closing the browser or restarting the page does not stop it; a thread reaps it when it
-    ends so it never lingers as a zombie. Its process tag goes to ``TARGET/worker.pid``.
+    ends so it never lingers as a zombie. Its process tag goes to ``TARGET/<pid_file>``.
     """
     from .files import write_text
 
@@ -422,11 +447,12 @@ def spawn_worker(command: str, target: Path, log_path: Path) -> int:
                             cwd=str(PROJECT_ROOT), env=env)
     log.close()
     tag = process_tag(proc.pid) or f"{proc.pid}:?"
-    write_text(Path(target) / "worker.pid", tag)  # status.json is the worker's alone to write
+    write_text(Path(target) / pid_file, tag)  # status.json is the worker's alone to write
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid
 
 
 def launch(run: Run, command: str = "worker") -> int:
     """Start the worker process for a run (the CLI's entry point) and return its pid."""
-    return spawn_worker(command, run.path, run.log_path)
+    pid_file = "evaluate.pid" if command == "evaluate-worker" else "worker.pid"
+    return spawn_worker(command, run.path, run.log_path, pid_file)

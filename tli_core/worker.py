@@ -220,7 +220,49 @@ def _finish(run: Run, config: TLIConfig, sets, before, after, facts, train_info:
 
 
 def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = _no_progress) -> dict:
-    """Re-evaluate a run from its saved adapter on a freshly loaded base model."""
+    """Re-evaluate a run from its saved adapter on a freshly loaded base model.
+
+    Holds the runs directory's job lock (a model load is as heavy as training's), and records
+    its progress under ``evaluation`` in status.json so the dashboard can show it.
+    """
+    if run.is_active():
+        raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
+    tag = my_process_tag()
+    started = now()
+
+    def record(**ev):
+        run.update_status(evaluation=dict(ev, process=tag, started=started))
+
+    lock = TrainingLock(run.path.parent)
+    if not lock.acquire(f"evaluation of run {run.id}, pid {os.getpid()}"):
+        message = f"another job holds the lock ({TrainingLock(run.path.parent).holder()}); one job at a time"
+        record(state="failed", finished=now(), message=message)
+        raise TLIError(message)
+
+    last = {"phase": None}
+
+    def report(phase, done, total, extra=""):
+        progress(phase, done, total, extra)
+        if phase != last["phase"]:  # one status write per phase, not per batch
+            last["phase"] = phase
+            record(state="running", phase=phase)
+
+    try:
+        record(state="running", phase="loading the model")
+        summary = _evaluate_run(run, adapter, report)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, TLIError) else f"{type(exc).__name__}: {exc} (see train.log)"
+        if not isinstance(exc, TLIError):
+            run.log("unexpected error during evaluation:\n" + traceback.format_exc())
+        record(state="failed", finished=now(), message=message)
+        raise
+    finally:
+        lock.release()
+    record(state="done", finished=now())
+    return summary
+
+
+def _evaluate_run(run: Run, adapter: str | None, progress: Progress) -> dict:
     from peft import PeftModel
 
     from .evaluation import embed_sets
