@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import tli_core.embeddings as embeddings_module
 from tli_core.embeddings import (POOLINGS, bytes_per_word, choose_batch_size, decoder_parts, embed,
-                                 pooled_hidden_states, make_batch, tokenise)
+                                 plan_batches, pooled_hidden_states, make_batch, tokenise)
 from tli_core.errors import TLIError
 
 WORDS = ["maji", "water", "kitabu", "book", "habari za asubuhi", "good morning", "a", "mbwa"]
@@ -60,6 +61,47 @@ def test_batched_equals_unbatched(tiny):
     one = embed(tiny.model, tiny.tokenizer, WORDS, batch_size=1)
     many = embed(tiny.model, tiny.tokenizer, WORDS, batch_size=len(WORDS))
     torch.testing.assert_close(one.vectors, many.vectors, atol=1e-5, rtol=0)
+
+
+def test_batch_plan_covers_every_word_once_within_capacity_and_without_padding():
+    rng = np.random.default_rng(0)
+    lengths = list(rng.integers(1, 7, size=500)) + [15, 12, 12]  # many short words, a few long phrases
+    capacity = lambda n: 2048 // n  # noqa: E731  (tokens per batch, like the CPU default)
+    batches = plan_batches(lengths, capacity)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    for b in batches:
+        top = max(lengths[i] for i in b)
+        assert len(b) <= capacity(top)
+    # padded rows x tokens, against a plain count-based split of the length-sorted words
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    plain = sum(len(order[s:s + 256]) * lengths[order[s]] for s in range(0, len(order), 256))
+    assert padded - sum(lengths) == 2 * (15 - 12)  # only the long phrases share a padded batch
+    assert padded < plain
+    # a fixed number of words per batch is honoured exactly
+    assert all(len(b) <= 7 for b in plan_batches(lengths, lambda n: 7))
+
+
+def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(tiny, monkeypatch):
+    """On CUDA a batch that does not fit is split; simulated here on CPU."""
+    expected = embed(tiny.model, tiny.tokenizer, WORDS)
+    real = embeddings_module.pooled_hidden_states
+    sizes = []
+
+    def small_memory(model, ids, *args, **kwargs):
+        sizes.append(len(ids))
+        if len(ids) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(embeddings_module, "pooled_hidden_states", small_memory)
+    got = embed(tiny.model, tiny.tokenizer, WORDS)
+    torch.testing.assert_close(got.vectors, expected.vectors, atol=1e-5, rtol=0)
+    failed = [i for i, n in enumerate(sizes) if n > 2]
+    assert failed, sizes  # the simulation did bite
+    assert all(sizes[i + 1] <= sizes[i] // 2 for i in failed), sizes  # the retry is at most half as big
+    assert sum(n for n in sizes if n <= 2) == len(WORDS)  # every word ran once in a batch that fit
 
 
 def test_order_is_the_input_order(tiny):

@@ -3,6 +3,7 @@
 Measured in a fresh process as the growth of the resident set's high-water mark (VmHWM, reset
 through /proc/self/clear_refs) while embedding long words with the chosen batch size. Large
 tensors are allocated with mmap and returned on free, so the peak follows the live tensors.
+The words all have one length, the chooser's worst case: every batch is as long as the longest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from tli_core.embeddings import choose_batch_size, embed, tokenise
 torch.set_num_threads(1)
 path = build_tiny_model(__import__("pathlib").Path(sys.argv[2]), layers=4, hidden=256)
 lm = load_model(ModelSpec(model=str(path), quantization="fp32", device="cpu"))
-words = ["habari za asubuhi njema sana rafiki wangu mpendwa"[: 20 + i % 30] for i in range(400)]
+# 400 different words of one token length: batches fill to the chosen size (words of mixed
+# lengths are split into smaller, padding-free batches, which would flatter the chooser)
+text = "habari za asubuhi njema sana rafiki wangu mpendwa " * 2
+words = [text[i % 50: i % 50 + 49] for i in range(400)]
 embed(lm.model, lm.tokenizer, words[:4])  # warm up allocator and kernels
 
 def status(field):

@@ -18,6 +18,7 @@ Pooling modes:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -259,6 +260,37 @@ def choose_batch_size(model, seq_len: int, n_kept: int, budget: int | None = Non
     return int(max(1, min(cap, budget // per_word)))
 
 
+# rows (words x tokens) per forward: enough to keep the matmuls efficient, and the chooser's
+# memory budget still applies on top
+TOKEN_CAP = {"cuda": 16384, "cpu": 2048}
+MIN_FILL = 16  # a batch this full is closed rather than padded for a shorter word
+
+
+def plan_batches(lengths: Sequence[int], capacity: Callable[[int], int], min_fill: int = MIN_FILL) -> list[list[int]]:
+    """Split word indices into batches, longest first, with little or no padding.
+
+    Words are taken in order of decreasing token length (stable); a batch closes when it
+    holds ``capacity(its longest length)`` words, or when the next word is shorter and either
+    the batch already holds ``min_fill`` words or the word would be more than half padding.
+    Single words are mostly 1-6 tokens, so batches come out as padding-free buckets of one
+    length; a count-based split of the sorted list pads ~45% extra tokens on the default pairs.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current:
+            top = lengths[current[0]]
+            shorter = lengths[i] < top
+            if len(current) >= capacity(top) or (shorter and (len(current) >= min_fill or 2 * lengths[i] < top)):
+                batches.append(current)
+                current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 # --------------------------------------------------------------------------- public entry
 
 def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None = None,
@@ -266,8 +298,10 @@ def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None =
           drop_dims: Sequence[int] | None = None, out_device: str = "cpu") -> Embeddings:
     """Embeddings of ``words`` at ``layers`` (default: all, 0..L) from one pass per batch.
 
-    Words are sorted by token length so batches carry little padding; results come back in
-    the input order. Under inference mode; on CUDA a batch that runs out of memory is split.
+    Words are grouped by token length so batches carry little or no padding
+    (``plan_batches``); results come back in the input order. ``batch_size`` caps the words
+    per batch; by default it is chosen per length from free memory. Under inference mode; on
+    CUDA a batch that runs out of memory is split in two.
     """
     if pooling not in POOLINGS:
         raise TLIError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -277,28 +311,40 @@ def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None =
     n_layers = num_layers(model)
     layers = list(range(n_layers + 1)) if layers is None else sorted({resolve_layer(k, n_layers) for k in layers})
     tok = tokenise(tokenizer, words)
-    order = sorted(range(len(words)), key=lambda i: -tok.lengths[i])
     device = input_device(model)
     dim = model.get_input_embeddings().weight.shape[1]
-    bs = batch_size or choose_batch_size(model, max(tok.lengths), len(layers))
+    if batch_size:
+        capacity = lambda length: batch_size  # noqa: E731
+    else:
+        token_cap = TOKEN_CAP["cuda" if device.type == "cuda" else "cpu"]
+        capacity = functools.lru_cache(maxsize=None)(
+            lambda length: choose_batch_size(model, length, len(layers), cap=max(1, token_cap // length)))
+    max_tokens = None  # after a CUDA out-of-memory: half the padded tokens of the batch that failed
+
+    def plan(indices: list[int]) -> list[list[int]]:
+        fits = capacity if max_tokens is None else lambda n: max(1, min(capacity(n), max_tokens // n))
+        sub = plan_batches([tok.lengths[i] for i in indices], fits)
+        return [[indices[j] for j in batch] for batch in sub]
+
+    queue = plan(list(range(len(words))))
     result = torch.empty((len(layers), len(words), dim), dtype=torch.float32, device=out_device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    done, start = 0, 0
+    done = 0
     with torch.inference_mode():
-        while start < len(order):
-            idx = order[start:start + bs]
+        while queue:
+            idx = queue.pop(0)
             ids, mask, weights = make_batch(tok, idx, pad_id, pooling, device)
             try:
                 vecs = pooled_hidden_states(model, ids, mask, weights, layers, drop_dims)
             except torch.cuda.OutOfMemoryError:
-                if bs == 1:
+                if len(idx) == 1:
                     raise TLIError("out of GPU memory even for a single word") from None
-                bs = max(1, bs // 2)
                 torch.cuda.empty_cache()
+                max_tokens = len(idx) * max(tok.lengths[i] for i in idx) // 2
+                queue = plan(idx + [i for batch in queue for i in batch])
                 continue
             # with device_map="auto" the blocks (and so the vectors) may sit on several GPUs
             result[:, idx] = torch.stack([vecs[k].to(out_device) for k in layers])
-            start += len(idx)
             done += len(idx)
             if progress:
                 progress(done, len(words))
