@@ -23,7 +23,9 @@ with st.form("load-model"):
                          help="nf4: 4-bit NormalFloat via bitsandbytes, as the paper")
     device = c2.selectbox("Device", DEVICES, index=DEVICES.index(start.device),
                           help="auto: every visible GPU (sharded by accelerate), else CPU")
-    compute = c3.selectbox("Compute dtype (nf4)", COMPUTE_DTYPES, index=0, help="the paper: bfloat16")
+    compute = c3.selectbox("Compute dtype (nf4)", COMPUTE_DTYPES, index=0,
+                           help="the paper: bfloat16. On a CPU without bf16 matrix units float32 is often "
+                                "faster, and exact (bench/README.md)")
     with st.expander("Advanced"):
         revision = st.text_input("Revision (branch, tag or commit)", value="")
         max_memory = st.text_input("max_memory for sharding", value="", placeholder="0:20GiB,1:20GiB,cpu:64GiB")
