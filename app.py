@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import autoload, current_model, default_spec, ensure_model, show_error, sidebar
+from pages.common import DEEP_LINK, FRAMED, autoload, current_model, default_spec, ensure_model, show_error, sidebar
 from tli_core.cli import quiet_libraries
 
 st.set_page_config(page_title="TLI Studio", page_icon=":material/translate:", layout="wide")
@@ -26,6 +26,9 @@ PAGES = {
     ],
 }
 navigation = st.navigation(PAGES)
+st.session_state[FRAMED] = True  # pages check it (pages.common.framed)
+if DEEP_LINK in st.session_state:  # a deep link that Streamlit's legacy mode opened without this frame
+    st.switch_page(st.session_state.pop(DEEP_LINK))
 
 if autoload() and current_model() is None and not st.session_state.get("autoload_tried"):
     st.session_state["autoload_tried"] = True  # once per session; the model itself is cached per server

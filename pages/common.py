@@ -270,3 +270,24 @@ def evaluation_panel(run, key: str) -> None:
 def _poll_evaluation(run) -> None:
     if not run.is_evaluating():
         st.rerun(scope="app")
+
+
+# --------------------------------------------------------------------------- the app.py frame
+
+FRAMED = "_tli_framed"
+DEEP_LINK = "_tli_deep_link"
+
+
+def framed(page_file: str) -> None:
+    """Make sure this page runs inside app.py's navigation and sidebar.
+
+    Streamlit treats a ``pages/`` folder next to the entry point as a legacy multipage app
+    until app.py has called ``st.navigation`` once in the server's life. A bookmarked or
+    refreshed deep link (``/train``) opened first on a fresh server would run the page alone,
+    with no model sidebar and a file-name menu. Such a page hands over to app.py, which opens
+    the same page inside the frame.
+    """
+    if st.session_state.get(FRAMED):
+        return
+    st.session_state[DEEP_LINK] = os.path.relpath(page_file, os.path.dirname(os.path.dirname(__file__)))
+    st.switch_page("app.py")

@@ -3,11 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import download_csv, evaluation_panel, plot, runs_dir, searchable, show_error
+from pages.common import download_csv, evaluation_panel, framed, plot, runs_dir, searchable, show_error
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
 from tli_core.models import layer_name
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, stats_table
+
+framed(__file__)
 
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)

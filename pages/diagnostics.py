@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from pages.common import download_csv, get_pairs, plot, require_model, show_error, spec_key, frame_hash
+from pages.common import download_csv, frame_hash, framed, get_pairs, plot, require_model, show_error, spec_key
 from tli_core.diagnostics import compare_without_artifacts, dominated_layers
 from tli_core.figures import activation_figure, variants_figure
+
+framed(__file__)
 
 st.title("Artifact diagnostics")
 st.caption("Does a high similarity come from the words, or from a few massive activations? Per layer: the first "

@@ -2,11 +2,13 @@
 
 import streamlit as st
 
-from pages.common import download_csv, get_pairs, plot, require_model, runs_dir, show_error, spec_key
+from pages.common import download_csv, framed, get_pairs, plot, require_model, runs_dir, show_error, spec_key
 from tli_core.figures import embedding_map_figure
 from tli_core.models import layer_name
 from tli_core.projection import METHODS, map_points
 from tli_core.runs import list_runs
+
+framed(__file__)
 
 st.title("Embedding map")
 st.caption("Translation pairs are joined by a line; circles are trained pairs, diamonds control pairs. Before and "

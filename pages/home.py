@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from pages.common import current_model, get_pairs, runs_dir
+from pages.common import current_model, framed, get_pairs, runs_dir
 from tli_core.runs import list_runs
+
+framed(__file__)
 
 st.title("TLI Studio")
 st.markdown(

@@ -3,8 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import current_model, default_spec, ensure_model, loaded_models, show_error, spec_key, unload_model
+from pages.common import (current_model, default_spec, ensure_model, framed, loaded_models, show_error, spec_key,
+                          unload_model)
 from tli_core.models import COMPUTE_DTYPES, DEMO, DEVICES, QUANTIZATIONS, ModelSpec
+
+framed(__file__)
 
 st.title("Model")
 st.caption("Loaded once per server and shared by every page and browser tab; training loads its own copy in a "

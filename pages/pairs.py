@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from pages.common import get_pairs, searchable, set_pairs, show_error
+from pages.common import framed, get_pairs, searchable, set_pairs, show_error
 from tli_core.pairs import (DEFAULT_CONTROL, DEFAULT_TRAINED, FORMATS, check_leakage, pairs_to_bytes, read_pairs,
                             split_pairs)
+
+framed(__file__)
 
 st.title("Word pairs")
 st.caption("Trained pairs are what TLI trains on; control pairs are never trained on and test generalisation. "

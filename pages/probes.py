@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from pages.common import download_csv, get_pairs, require_model, runs_dir, show_error
+from pages.common import download_csv, framed, get_pairs, require_model, runs_dir, show_error
 from tli_core.probes import TEMPLATES, run_probes
 from tli_core.runs import list_runs
+
+framed(__file__)
 
 st.title("Generation probes")
 st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "

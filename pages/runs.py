@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from pages.common import download_csv, evaluation_panel, runs_dir, show_error
+from pages.common import download_csv, evaluation_panel, framed, runs_dir, show_error
 from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
+
+framed(__file__)
 
 st.title("Runs")
 st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "

@@ -2,10 +2,12 @@
 
 import streamlit as st
 
-from pages.common import cached_scan, download_csv, get_pairs, plot, require_model, searchable, show_error
+from pages.common import cached_scan, download_csv, framed, get_pairs, plot, require_model, searchable, show_error
 from tli_core.alignment import CENTERING, indistinguishable_layers, suggest_layers
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import curve_figure, heatmap_figure, mark_layers
+
+framed(__file__)
 
 st.title("Layer scan")
 lm = require_model()

@@ -3,7 +3,7 @@
 
 import streamlit as st
 
-from pages.common import download_csv, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
+from pages.common import download_csv, framed, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
 from tli_core.figures import sweep_heatmap
 from tli_core.models import layer_name, paper_eval_layer
 from tli_core.runs import busy_message
@@ -11,6 +11,8 @@ from tli_core.stats import CORRECTIONS
 from tli_core.sweeps import (Sweep, SweepSpec, best_cell, create_sweep, launch_sweep, list_sweeps, parse_grid_layers,
                              sweep_results)
 from tli_core.training import PLACEMENTS, TLIConfig
+
+framed(__file__)
 
 st.title("Sweeps")
 st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "

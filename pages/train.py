@@ -3,13 +3,15 @@
 import dataclasses
 import streamlit as st
 
-from pages.common import get_pairs, pairs_file, plot, require_model, runs_dir, show_error
+from pages.common import framed, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.models import layer_name, paper_eval_layer
 from tli_core.runs import ACTIVE, Run, active_runs, busy_message, create_run, launch, list_runs
 from tli_core.training import LOSSES, PLACEMENTS, TLIConfig
 from tli_core.worker import check_config
+
+framed(__file__)
 
 st.title("Train")
 lm = require_model()

@@ -87,6 +87,16 @@ def test_walk_through_scan_train_compare(server):
         page.set_default_timeout(120_000)
         expect.set_options(timeout=120_000)
 
+        # A deep link opened first on a fresh server (a refresh after `make run` restarted) gets the
+        # app's frame, not Streamlit's legacy pages/ mode (file-name menu, no model sidebar)
+        page.goto(server["url"] + "/runs")
+        expect(page.get_by_role("heading", name="Runs")).to_be_visible(timeout=300_000)
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_role("link", name="Layer scan")).to_be_visible()
+        expect(sidebar.get_by_text("Loaded model")).to_be_visible(timeout=180_000)
+        assert sidebar.get_by_role("link", name="common").count() == 0
+        assert page.url.endswith("/runs")
+
         # Home: the demo model loads by itself (once per server)
         page.goto(server["url"])
         expect(page.get_by_role("heading", name="TLI Studio")).to_be_visible(timeout=300_000)
@@ -134,6 +144,7 @@ def test_walk_through_scan_train_compare(server):
         # Runs: the run is listed as done
         sidebar.get_by_role("link", name="Runs").click()
         expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+        expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "06-runs.png"), full_page=True)
 
         # Research views. A 2 x 2 sweep (target layers 1, 2 x ranks 4, 16) on small subsets
