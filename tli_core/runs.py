@@ -155,12 +155,12 @@ class Run:
         if launched and launched != ev.get("process") and process_alive(launched):
             return {"state": "running", "phase": "starting", "process": launched}
         if ev.get("state") == "running" and not process_alive(ev.get("process")):
-            ev = self.raw_status().get("evaluation") or {}  # it may have finished between the two reads
-            if ev.get("state") == "running" and not process_alive(ev.get("process")):
-                ev = dict(ev, state="failed", finished=now(),
-                          message=f"the evaluation process (pid {str(ev.get('process')).split(':')[0]}) ended "
-                                  f"without finishing (killed or crashed); see train.log")
-                self.update_status(evaluation=ev)
+            ev = self.raw_status().get("evaluation") or {}  # it may have finished between our two reads
+        if ev.get("state") == "running" and not process_alive(ev.get("process")):
+            ev = dict(ev, state="failed", finished=now(),
+                      message=f"the evaluation process (pid {str(ev.get('process')).split(':')[0]}) ended "
+                              f"without finishing (killed or crashed); see train.log")
+            self.update_status(evaluation=ev)
         return ev
 
     def is_evaluating(self) -> bool:

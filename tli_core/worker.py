@@ -235,7 +235,7 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = _no_
 
     lock = TrainingLock(run.path.parent)
     if not lock.acquire(f"evaluation of run {run.id}, pid {os.getpid()}"):
-        message = f"another job holds the lock ({TrainingLock(run.path.parent).holder()}); one job at a time"
+        message = f"another job holds the lock ({lock.holder()}); one job at a time"
         record(state="failed", finished=now(), message=message)
         raise TLIError(message)
 
