@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8501
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo run test test-fast browser clean
+.PHONY: install demo run test test-fast lint browser clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,9 @@ install: $(STAMP)
 demo: install
 	$(PY) -m tli_core prepare-demo
 
+# ui.serve: `streamlit run app.py` with app.py's st.navigation as the router from the first request
 run: demo
-	$(VENV)/bin/streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	$(PY) -m ui.serve --server.address $(HOST) --server.port $(PORT) \
 		--server.fileWatcherType none --server.headless true --browser.gatherUsageStats false
 
 # Debian's chromium for the headless-browser walk-through (Playwright's own download is not used).
@@ -35,6 +36,9 @@ browser:
 
 test: demo browser
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(PY) -m pytest -q -m "not demo and not browser"

@@ -1,12 +1,16 @@
-"""TLI Studio: the Streamlit entry point. Run with `make run` (127.0.0.1:8501)."""
+"""TLI Studio: the Streamlit entry point and router. Run with `make run` (127.0.0.1:8501)."""
 
-import streamlit as st
+from tli_core.util import quiet_libraries
 
-from pages.common import DEEP_LINK, FRAMED, autoload, current_model, default_spec, ensure_model, show_error, sidebar
-from tli_core.cli import quiet_libraries
+quiet_libraries()  # before the libraries are imported: some log at import time
+
+import streamlit as st  # noqa: E402
+
+from ui import state  # noqa: E402
+from ui.models import autoload, current_model, default_spec, ensure_model  # noqa: E402
+from ui.widgets import show_error, sidebar  # noqa: E402
 
 st.set_page_config(page_title="TLI Studio", page_icon=":material/translate:", layout="wide")
-quiet_libraries()
 
 PAGES = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
@@ -26,13 +30,9 @@ PAGES = {
     ],
 }
 navigation = st.navigation(PAGES)
-st.session_state[FRAMED] = True  # pages check it (pages.common.framed)
-if DEEP_LINK in st.session_state:  # a deep link that Streamlit's legacy mode opened without this frame
-    st.switch_page(st.session_state.pop(DEEP_LINK))
 
-if autoload() and current_model() is None and not st.session_state.get("autoload_tried"):
-    st.session_state["autoload_tried"] = True  # once per session; the model itself is cached per server
-    try:
+if autoload() and current_model() is None and not state.autoload_tried():
+    try:  # once per session; the model itself is cached per server
         ensure_model(default_spec())
     except Exception as exc:  # shown, not fatal: the Model page lets the user choose another
         show_error(exc)

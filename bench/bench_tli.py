@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tli_core.cli import quiet_libraries  # noqa: E402
+from tli_core.util import quiet_libraries  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -139,12 +139,14 @@ def bench_scan(lm, words, ref_words, repeats, device):
 
 
 def bench_train(lm, trained, steps, device, target=2):
+    from tli_core.config import TLIConfig, resolve
     from tli_core.embeddings import tokenise
-    from tli_core.training import TLIConfig, attach_lora, epoch_batches, step_loss
+    from tli_core.training import attach_lora, epoch_batches, step_loss
 
     out = {}
     config = TLIConfig(model=lm.spec, target_layers=[target])
-    peft_model = attach_lora(lm.model, config, lm.facts.num_layers)
+    resolved, _ = resolve(config, lm.facts.shape())
+    peft_model = attach_lora(lm.model, config, resolved)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
     tok_s = tokenise(lm.tokenizer, list(trained["swahili"]))
@@ -159,7 +161,7 @@ def bench_train(lm, trained, steps, device, target=2):
             b = batches[i % len(batches)]
             sync(device)
             t0 = time.perf_counter()
-            loss, _ = step_loss(peft_model, tok_s, tok_t, b, pad, cfg, None, device)
+            loss, _ = step_loss(peft_model, tok_s, tok_t, b, pad, cfg, resolved.target_layers, None, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -177,14 +179,16 @@ def bench_train(lm, trained, steps, device, target=2):
 def bench_epochs(lm, trained, device, target=2):
     """Measured, not estimated: ``training.train`` with the paper's settings (5 epochs, r=16, lr 2e-4,
     batch 8, triplet loss) at the target layer, early exit on, from freshly attached adapters."""
-    from tli_core.training import TLIConfig, attach_lora, train
+    from tli_core.config import TLIConfig, resolve
+    from tli_core.training import attach_lora, train
 
     config = TLIConfig(model=lm.spec, target_layers=[target])
-    peft_model = attach_lora(lm.model, config, lm.facts.num_layers)
+    resolved, _ = resolve(config, lm.facts.shape())
+    peft_model = attach_lora(lm.model, config, resolved)
     losses = []
     sync(device)
     t0 = time.perf_counter()
-    result = train(peft_model, lm.tokenizer, trained, config, lm.facts.num_layers,
+    result = train(peft_model, lm.tokenizer, trained, config, resolved,
                    on_step=lambda m: losses.append(m["loss"]))
     sync(device)
     wall = time.perf_counter() - t0
@@ -240,7 +244,8 @@ def main() -> int:
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
     }
     s, t = scan, train
-    print(f"{result['model']} [{args.quant}, {args.compute_dtype} compute, {args.device}], {result['machine']}, torch threads {result['torch_threads']}")
+    print(f"{result['model']} [{args.quant}, {args.compute_dtype} compute, {args.device}], {result['machine']}, "
+          f"torch threads {result['torch_threads']}")
     print(f"load: {load_s:.1f} s")
     print(f"scan, {s['words']} words x {s['layers']} layers:")
     print(f"  engine (one batched pass)  {s['engine_s']:.3f} s  (median of {len(s['engine_runs_s'])}: "

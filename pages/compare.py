@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import download_csv, evaluation_panel, framed, plot, runs_dir, searchable, show_error
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
-from tli_core.models import layer_name
+from tli_core.layers import layer_name
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, stats_table
-
-framed(__file__)
+from ui import state
+from ui.models import runs_dir
+from ui.widgets import download_csv, evaluation_panel, plot, searchable, show_error
 
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
@@ -21,8 +21,9 @@ STAT_FORMATS = {"p (paired t)": "{:.3g}", "p (Wilcoxon)": "{:.3g}", "% change": 
 def show_stats(table: pd.DataFrame, key: str) -> None:
     """Headline per group, then the full statistics table (static, so it reads and copies as text)."""
     cols = st.columns(len(table))
-    for col, (_, row) in zip(cols, table.iterrows()):
-        col.metric(f"{row['group']}: mean cosine (n = {row['n']})", f"{row['mean_before']:.4f} → {row['mean_after']:.4f}",
+    for col, (_, row) in zip(cols, table.iterrows(), strict=True):
+        col.metric(f"{row['group']}: mean cosine (n = {row['n']})",
+                   f"{row['mean_before']:.4f} → {row['mean_after']:.4f}",
                    f"{row['pct_change']:+.2f} %  ·  p = {row['p']:.3g}")
     shown = table.rename(columns=STAT_LABELS)
     fmt = {c: STAT_FORMATS.get(c, "{:.4f}") for c in shown.columns if c != "set"}
@@ -33,7 +34,7 @@ def show_stats(table: pd.DataFrame, key: str) -> None:
 def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str, key: str) -> None:
     kind = st.radio("Distribution as", ["histogram", "violin"], horizontal=True, key=f"kind-{key}")
     cols = st.columns(len(groups))
-    for col, g in zip(cols, groups):
+    for col, g in zip(cols, groups, strict=True):
         with col:
             st.markdown(f"#### {g}")
             plot(distribution_figure(data, g, kind, before, after), key=f"dist-{key}-{g}")
@@ -58,7 +59,7 @@ if source.startswith("a training run"):
         st.info("No runs yet.")
         st.page_link("pages/train.py", label="Launch one on the Train page", icon=":material/model_training:")
         st.stop()
-    chosen = st.session_state.get("watch_run")
+    chosen = state.watched_run()
     ids = [r.id for r in runs]
 
     def describe(rid: str) -> str:
@@ -111,7 +112,7 @@ if source.startswith("a training run"):
     side_by_side(data, groups, "before", "after", rid)
     st.subheader("The whole layer curve before vs after")
     cols = st.columns(len(groups))
-    for col, g in zip(cols, groups):
+    for col, g in zip(cols, groups, strict=True):
         with col:
             plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")), key=f"curve-{rid}-{g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
@@ -132,14 +133,16 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     before = c1.selectbox("Before column", cols, index=cols.index(numeric[0]) if numeric else 0)
     after = c2.selectbox("After column", cols, index=cols.index(numeric[1]) if len(numeric) > 1 else 0)
-    group = c3.selectbox("Group column", ["(none)"] + cols, index=(["(none)"] + cols).index("set") if "set" in cols else 0)
+    group = c3.selectbox("Group column", ["(none)"] + cols,
+                         index=(["(none)"] + cols).index("set") if "set" in cols else 0)
     drop = c4.checkbox("Drop rows with missing numbers", False)
     try:
         table, used = compare_table(df, before, after, None if group == "(none)" else group, drop_nan=drop)
     except Exception as exc:
         show_error(exc)
         st.stop()
-    st.caption(f"Using before = `{before}`, after = `{after}`" + (f", groups from `{group}`" if group != "(none)" else "")
+    st.caption(f"Using before = `{before}`, after = `{after}`"
+               + (f", groups from `{group}`" if group != "(none)" else "")
                + (f"; dropped {used.dropped} row(s) with a missing number." if used.dropped else "."))
     show_stats(table, "imported")
     data = used.df.rename(columns={before: "before", after: "after"})

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from pages.common import download_csv, frame_hash, framed, get_pairs, plot, require_model, show_error, spec_key
 from tli_core.diagnostics import compare_without_artifacts, dominated_layers
 from tli_core.figures import activation_figure, variants_figure
-
-framed(__file__)
+from ui import state
+from ui.models import frame_hash, get_pairs, require_model, spec_key
+from ui.widgets import download_csv, plot, show_error
 
 st.title("Artifact diagnostics")
 st.caption("Does a high similarity come from the words, or from a few massive activations? Per layer: the first "
@@ -20,7 +20,7 @@ which = c1.radio("Set", ["trained", "control"], horizontal=True)
 sample = c2.number_input("Words sampled for the activation statistics", 20, 5000, 200)
 dims_text = c3.text_input("Dimensions to leave out (empty = the ones found)", "")
 key = (spec_key(lm.spec), frame_hash(pairs[which]), which, int(sample), dims_text)
-cache = st.session_state.setdefault("diagnostics", {})
+cache = state.results("diagnostics")
 if key not in cache and st.button("Run diagnostics", type="primary", icon=":material/troubleshoot:"):
     try:
         dims = [int(d) for d in dims_text.replace(" ", "").split(",") if d] or None

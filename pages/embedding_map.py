@@ -2,13 +2,13 @@
 
 import streamlit as st
 
-from pages.common import download_csv, framed, get_pairs, plot, require_model, runs_dir, show_error, spec_key
 from tli_core.figures import embedding_map_figure
-from tli_core.models import layer_name
+from tli_core.layers import layer_name
 from tli_core.projection import METHODS, map_points
 from tli_core.runs import list_runs
-
-framed(__file__)
+from ui import state
+from ui.models import get_pairs, require_model, runs_dir, spec_key
+from ui.widgets import download_csv, plot, show_error
 
 st.title("Embedding map")
 st.caption("Translation pairs are joined by a line; circles are trained pairs, diamonds control pairs. Before and "
@@ -32,7 +32,7 @@ if run is not None:
 else:
     sets = get_pairs()
 key = (spec_key(lm.spec), run.id if run else None, layer, method, int(max_pairs))
-cache = st.session_state.setdefault("maps", {})
+cache = state.results("maps")
 if key not in cache and st.button("Draw the map", type="primary", icon=":material/scatter_plot:"):
     try:
         with st.spinner(f"embedding words at layer {layer} and projecting ({method}) …"):

@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from pages.common import current_model, framed, get_pairs, runs_dir
 from tli_core.runs import list_runs
-
-framed(__file__)
+from ui.models import current_model, get_pairs, runs_dir
 
 st.title("TLI Studio")
 st.markdown(

@@ -3,11 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import (current_model, default_spec, ensure_model, framed, loaded_models, show_error, spec_key,
-                          unload_model)
-from tli_core.models import COMPUTE_DTYPES, DEMO, DEVICES, QUANTIZATIONS, ModelSpec
-
-framed(__file__)
+from tli_core.demo import DEMO
+from tli_core.models import COMPUTE_DTYPES, DEVICES, QUANTIZATIONS, ModelSpec
+from ui import state
+from ui.models import current_model, default_spec, ensure_model, loaded_models, spec_key, unload_model
+from ui.widgets import show_error
 
 st.title("Model")
 st.caption("Loaded once per server and shared by every page and browser tab; training loads its own copy in a "
@@ -66,7 +66,7 @@ if len(others) > 1:
     choice = st.radio("Use", list(others), format_func=lambda k: others[k].spec.label(),
                       index=list(others).index(spec_key(lm.spec)))
     if choice != spec_key(lm.spec):
-        st.session_state["model_key"] = choice
+        state.set_model_key(choice)
         st.rerun()
 
 if st.button("Unload this model", icon=":material/eject:"):

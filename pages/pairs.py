@@ -2,11 +2,18 @@
 
 import streamlit as st
 
-from pages.common import framed, get_pairs, searchable, set_pairs, show_error
-from tli_core.pairs import (DEFAULT_CONTROL, DEFAULT_TRAINED, FORMATS, check_leakage, pairs_to_bytes, read_pairs,
-                            split_pairs)
-
-framed(__file__)
+from tli_core.pairs import (
+    DEFAULT_CONTROL,
+    DEFAULT_TRAINED,
+    FORMATS,
+    check_leakage,
+    pairs_to_bytes,
+    read_pairs,
+    split_pairs,
+)
+from ui import state
+from ui.models import get_pairs, pair_reports, pair_sources, set_pairs
+from ui.widgets import searchable, show_error
 
 st.title("Word pairs")
 st.caption("Trained pairs are what TLI trains on; control pairs are never trained on and test generalisation. "
@@ -14,8 +21,8 @@ st.caption("Trained pairs are what TLI trains on; control pairs are never traine
            '`{"pairs": [...]}`), or JSONL. Text is NFC-normalised and trimmed; multi-word expressions are kept.')
 
 pairs = get_pairs()
-sources = st.session_state["pairs_source"]
-reports = st.session_state["pairs_report"]
+sources = pair_sources()
+reports = pair_reports()
 
 leak = check_leakage(pairs["trained"], pairs["control"])
 if leak.leaks:
@@ -27,7 +34,7 @@ else:
     st.success("No overlap between the trained and control sets.", icon=":material/check_circle:")
 
 tabs = st.tabs([f"Trained ({len(pairs['trained'])})", f"Control ({len(pairs['control'])})", "Split one file"])
-for tab, which in zip(tabs, ("trained", "control")):
+for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
     with tab:
         st.caption(f"Source: {sources[which]}")
         report = reports.get(which)
@@ -46,11 +53,11 @@ for tab, which in zip(tabs, ("trained", "control")):
         c1.download_button(f"Download {which} pairs", pairs_to_bytes(pairs[which], fmt),
                            file_name=f"pairs_{which}.{fmt}", key=f"dl-{which}", icon=":material/download:")
         upload = c2.file_uploader(f"Replace the {which} set", type=list(FORMATS) + ["txt"], key=f"up-{which}")
-        if upload is not None and st.session_state.get(f"loaded-{which}") != (upload.name, upload.size):
+        if upload is not None and state.uploaded_marker(which) != (upload.name, upload.size):
             try:
                 df, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
                 set_pairs(which, df, f"upload: {upload.name}", rep)
-                st.session_state[f"loaded-{which}"] = (upload.name, upload.size)
+                state.set_uploaded_marker(which, (upload.name, upload.size))
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
@@ -58,7 +65,7 @@ for tab, which in zip(tabs, ("trained", "control")):
             path = DEFAULT_TRAINED if which == "trained" else DEFAULT_CONTROL
             df, rep = read_pairs(path)
             set_pairs(which, df, f"default ({path.parent.name}/{path.name})", rep)
-            st.session_state.pop(f"loaded-{which}", None)
+            state.set_uploaded_marker(which, None)
             st.rerun()
 
 with tabs[2]:
@@ -72,7 +79,8 @@ with tabs[2]:
             c1, c2, c3 = st.columns(3)
             n_control = c1.number_input("Control pairs", 1, max(1, len(full) - 2), min(63, max(1, len(full) // 10)))
             seed = c2.number_input("Seed", 0, 10**6, 0)
-            strat = c3.selectbox("Stratify by", ["(none)"] + [c for c in full.columns if c not in ("swahili", "english")])
+            strat = c3.selectbox("Stratify by",
+                                 ["(none)"] + [c for c in full.columns if c not in ("swahili", "english")])
             if st.button("Split and use", type="primary"):
                 trained, control = split_pairs(full, int(n_control), int(seed), None if strat == "(none)" else strat)
                 set_pairs("trained", trained, f"split of {upload.name} (seed {seed})", None)

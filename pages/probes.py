@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from pages.common import download_csv, framed, get_pairs, require_model, runs_dir, show_error
 from tli_core.probes import TEMPLATES, run_probes
 from tli_core.runs import list_runs
-
-framed(__file__)
+from ui import state
+from ui.models import get_pairs, require_model, runs_dir
+from ui.widgets import download_csv, show_error
 
 st.title("Generation probes")
 st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "
@@ -28,13 +28,13 @@ if st.button("Run the probes", type="primary", icon=":material/chat:", disabled=
     try:
         subset = pool[pool["swahili"].isin(chosen)].assign(set=which)
         with st.spinner(f"generating {2 * len(subset)} answers per model …"):
-            st.session_state["probes"] = run_probes(lm.model, lm.tokenizer, subset,
+            state.results("probes")["table"] = run_probes(lm.model, lm.tokenizer, subset,
                                                     {"sw→en": sw_en, "en→sw": en_sw},
                                                     adapter_dir=run.adapter_dir if run else None,
                                                     max_new_tokens=int(max_new))
     except Exception as exc:
         show_error(exc)
-table = st.session_state.get("probes")
+table = state.results("probes").get("table")
 if table is not None:
     cols = st.columns(2 if "tuned" in table else 1)
     cols[0].metric("Base: expected word in the answer", f"{table['base_correct'].mean():.0%}")

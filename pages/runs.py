@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from pages.common import download_csv, evaluation_panel, framed, runs_dir, show_error
 from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
-
-framed(__file__)
+from ui import state
+from ui.models import runs_dir
+from ui.widgets import download_csv, evaluation_panel, show_error
 
 st.title("Runs")
 st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
@@ -50,7 +50,7 @@ elif len(selected) == 1:
             st.toast("Stop requested.")
     if run.summary() is not None:
         if c3.button("Open in Compare", icon=":material/compare_arrows:"):
-            st.session_state["watch_run"] = run.id
+            state.set_watched_run(run.id)
             st.switch_page("pages/compare.py")
     if not run.is_active():
         confirm = c4.checkbox("Confirm delete", key=f"confirm-{run.id}")

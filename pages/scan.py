@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from pages.common import cached_scan, download_csv, framed, get_pairs, plot, require_model, searchable, show_error
 from tli_core.alignment import CENTERING, indistinguishable_layers, suggest_layers
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import curve_figure, heatmap_figure, mark_layers
-
-framed(__file__)
+from ui import state
+from ui.models import cached_scan, get_pairs, require_model
+from ui.widgets import download_csv, plot, searchable, show_error
 
 st.title("Layer scan")
 lm = require_model()
@@ -16,14 +16,10 @@ n_layers = lm.facts.num_layers
 st.caption(f"{lm.facts.name}: hidden states 0–{n_layers} (0 = input embeddings, {n_layers} = final output after "
            f"the norm). Each word is embedded once; all layers come from the same forward pass.")
 
-POOLING_HELP = {"mean": "mean over all tokens, BOS included (the paper's)",
-                "mean_words": "special tokens (BOS) stay as context but are left out of the average",
-                "mean_no_first": "the first token (BOS or first word piece) is left out of the average",
-                "last": "the last token's state"}
 CENTER_HELP = {"none": "raw cosines (the paper's)", "joint": "subtract the mean of all words first",
                "language": "subtract each language's mean first"}
 c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
-pooling = c1.selectbox("Pooling", POOLINGS, format_func=lambda p: f"{p} — {POOLING_HELP[p]}")
+pooling = c1.selectbox("Pooling", list(POOLINGS), format_func=lambda p: f"{p} — {POOLINGS[p]}")
 centering = c2.selectbox("Mean-centering", CENTERING, format_func=lambda c: f"{c} — {CENTER_HELP[c]}")
 which = c3.multiselect("Sets", ["trained", "control"], default=["trained", "control"])
 seed = c4.number_input("Shuffle seed", 0, 10**6, 0, help="seed of the derangement behind the shuffled baseline")
@@ -37,7 +33,7 @@ if result is None and sets:
         bar = st.progress(0.0, text="embedding words …")
         try:
             cached_scan(lm, sets, pooling, centering, int(seed),
-                        progress=lambda d, t: bar.progress(d / t, text=f"embedded {d} of {t} words"))
+                        progress=lambda phase, d, t, detail="": bar.progress(d / t, text=f"embedded {d} of {t} words"))
             st.rerun()  # show the result without the button
         except Exception as exc:
             show_error(exc)
@@ -50,7 +46,7 @@ st.caption(f"Scan took {result.seconds:.2f} s (cached: changing a page or coming
 show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
 curve = result.curve
 sugg = suggest_layers(curve, show)
-st.session_state["scan_suggestion"] = dict(sugg, model=lm.spec)
+state.set_scan_suggestion(dict(sugg, model=lm.spec))
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
 m1.metric("Raw-cosine peak (the paper's rule)", f"layer {sugg['raw_peak']}")

@@ -3,16 +3,15 @@
 
 import streamlit as st
 
-from pages.common import download_csv, framed, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
+from tli_core.config import PLACEMENTS, TLIConfig
 from tli_core.figures import sweep_heatmap
-from tli_core.models import layer_name, paper_eval_layer
-from tli_core.runs import busy_message
+from tli_core.jobs.runner import resume_sweep, start_sweep
+from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.stats import CORRECTIONS
-from tli_core.sweeps import (Sweep, SweepSpec, best_cell, create_sweep, launch_sweep, list_sweeps, parse_grid_layers,
-                             sweep_results)
-from tli_core.training import PLACEMENTS, TLIConfig
-
-framed(__file__)
+from tli_core.sweeps import Sweep, SweepSpec, best_cell, list_sweeps, parse_grid_layers, sweep_results
+from ui import state
+from ui.models import get_pairs, pairs_file, require_model, runs_dir
+from ui.widgets import download_csv, plot, show_error
 
 st.title("Sweeps")
 st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "
@@ -45,14 +44,9 @@ if start:
                          trained_subset=int(sub_t) or None, learning_rate=float(lr), eval_layer=int(eval_layer))
         spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
                          placements=placements, correction=correction)
-        busy = busy_message(runs_dir())
-        if busy:
-            st.error(busy, icon="⏳")
-        else:
-            sweep = create_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
-            launch_sweep(sweep)
-            st.session_state["watch_sweep"] = sweep.id
-            st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
+        sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
+        state.set_watched_sweep(sweep.id)
+        st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
     except Exception as exc:
         show_error(exc)
 
@@ -61,7 +55,7 @@ if not sweeps:
     st.info("No sweeps yet.")
     st.stop()
 ids = [s.id for s in sweeps]
-wanted = st.session_state.get("watch_sweep")
+wanted = state.watched_sweep()
 sid = st.selectbox("Sweep", ids, index=ids.index(wanted) if wanted in ids else 0,
                    format_func=lambda i: f"{i} — {Sweep(runs_dir() / 'sweeps' / i).status().get('state')}")
 sweep = next(s for s in sweeps if s.id == sid)
@@ -77,7 +71,10 @@ def show(sweep: Sweep) -> None:
     if status.get("state") in ("queued", "running") and st.button("Stop the sweep", icon=":material/stop_circle:"):
         sweep.request_stop()
     if status.get("state") in ("interrupted", "stopped", "failed") and st.button("Resume", icon=":material/replay:"):
-        launch_sweep(sweep)
+        try:
+            resume_sweep(sweep)
+        except Exception as exc:
+            show_error(exc)
     method = st.radio("Correction", CORRECTIONS, horizontal=True, key=f"corr-{sweep.id}",
                       index=CORRECTIONS.index(sweep.spec().correction))
     results = sweep_results(sweep, method)

@@ -1,17 +1,17 @@
 """Train: every TLIConfig setting (defaults = the paper), launch a worker process, watch it live."""
 
-import dataclasses
 import streamlit as st
 
-from pages.common import framed, get_pairs, pairs_file, plot, require_model, runs_dir, show_error
+from tli_core.config import LOSSES, PLACEMENTS, TLIConfig
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import loss_figure, similarity_figure
-from tli_core.models import layer_name, paper_eval_layer
-from tli_core.runs import ACTIVE, Run, active_runs, busy_message, create_run, launch, list_runs
-from tli_core.training import LOSSES, PLACEMENTS, TLIConfig
-from tli_core.worker import check_config
-
-framed(__file__)
+from tli_core.jobs.jobdir import ACTIVE
+from tli_core.jobs.runner import start_run
+from tli_core.layers import layer_name, paper_eval_layer
+from tli_core.runs import Run, active_runs, list_runs
+from ui import state
+from ui.models import get_pairs, pairs_file, require_model, runs_dir
+from ui.widgets import plot, show_error
 
 st.title("Train")
 lm = require_model()
@@ -19,7 +19,7 @@ pairs = get_pairs()
 n = lm.facts.num_layers
 helps = TLIConfig.help()
 paper = TLIConfig()
-sugg = st.session_state.get("scan_suggestion")
+sugg = state.scan_suggestion()
 if not sugg or sugg.get("model") != lm.spec or not 0 < sugg["gap_peak"] <= n:
     sugg = None  # a scan of another model (or none yet): start from the paper's layer
 default_target = sugg["gap_peak"] if sugg else min(paper.target_layers[0], n)
@@ -41,7 +41,7 @@ with st.form("tli-config"):
                              format_func=layer_label, help=helps["target_layers"])
     eval_layer = c2.selectbox("Evaluation layer", list(range(n + 1)), index=paper_eval_layer(n),
                               format_func=layer_label, help=helps["eval_layer"])
-    pooling = c3.selectbox("Pooling", POOLINGS, help=helps["pooling"])
+    pooling = c3.selectbox("Pooling", list(POOLINGS), help=helps["pooling"])
     st.markdown("##### LoRA")
     c1, c2, c3, c4 = st.columns(4)
     rank = c1.number_input("Rank r", 1, 1024, paper.lora_r, help=helps["lora_r"])
@@ -84,23 +84,16 @@ if launch_clicked:
             temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
             batch_size=int(batch), weight_decay=float(wd), grad_clip=float(clip) or None, seed=int(seed),
             early_exit=early, allow_overlap=overlap)
-        warnings = check_config(dataclasses.replace(config), pairs["trained"], pairs["control"])
-        busy = busy_message(runs_dir())
-        if busy:
-            st.error(busy, icon="⏳")
-        else:
-            run = create_run(config, runs_dir(), trained=pairs["trained"], control=pairs["control"])
-            launch(run)
-            st.session_state["watch_run"] = run.id
-            st.session_state["launch_warnings"] = warnings
-            st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
+        run, _, warnings = start_run(config, runs_dir(), trained=pairs["trained"], control=pairs["control"])
+        state.set_watched_run(run.id, warnings)
+        st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
     except Exception as exc:
         show_error(exc)
 
 
 def run_to_watch() -> Run | None:
     """This session's run, else the one training now, else the newest: a reload re-attaches."""
-    wanted = st.session_state.get("watch_run")
+    wanted = state.watched_run()
     runs = list_runs(runs_dir())
     by_id = {r.id: r for r in runs}
     if wanted in by_id:
@@ -114,13 +107,13 @@ def render(run: Run | None) -> None:
         st.info("No runs yet: set up the run above and launch it.")
         return
     status = run.status()
-    state, phase = status.get("state"), status.get("phase")
+    run_state, phase = status.get("state"), status.get("phase")
     st.subheader(f"Run {run.id}")
-    for w in st.session_state.get("launch_warnings", []) if st.session_state.get("watch_run") == run.id else []:
+    for w in state.launch_warnings(run.id):
         st.caption(f"⚠️ {w}")
     step, total = int(status.get("step") or 0), status.get("total_steps")
     metrics = run.metrics()
-    if state in ACTIVE:
+    if run_state in ACTIVE:
         elapsed = float(status.get("elapsed") or 0)
         eta = elapsed / step * (total - step) if step and total else None
         label = f"{phase}: step {step}/{total or '?'}" + (f" · ETA {eta:.0f} s" if eta is not None else "")
@@ -128,12 +121,12 @@ def render(run: Run | None) -> None:
         if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run.id}"):
             run.request_stop()
             st.toast("Stop requested: the run ends after its current step and saves the adapter.")
-    elif state == "done":
+    elif run_state == "done":
         st.success(f"Done: {step} steps. Results are on the Compare page.", icon=":material/check_circle:")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare_arrows:")
-    elif state == "stopped":
+    elif run_state == "stopped":
         st.warning(status.get("message") or "Stopped.", icon=":material/stop_circle:")
-    elif state == "failed":
+    elif run_state == "failed":
         st.error(status.get("message") or "Failed.", icon="⚠️")
     learn = status.get("learning_blocks")
     if learn:
@@ -153,7 +146,7 @@ def render(run: Run | None) -> None:
                    f"{last['step_time'] * 1000:.0f} ms/step")
     with st.expander("Log"):
         st.code(run.log_tail(30) or "(empty)", language=None)
-    if state not in ACTIVE:
+    if run_state not in ACTIVE:
         st.caption("Not running. Launch a new run above, or pick any run on the Runs page.")
 
 

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from tli_core.alignment import (center, csls_scores, curve, derangement, indistinguishable_layers, layer_metrics,
-                                scan, suggest_layers)
+from tli_core.alignment import (
+    center,
+    csls_scores,
+    curve,
+    derangement,
+    indistinguishable_layers,
+    layer_metrics,
+    scan,
+    suggest_layers,
+)
 from tli_core.embeddings import Embeddings
 from tli_core.errors import TLIError
 
@@ -130,7 +138,7 @@ def test_curve_and_layer_suggestions():
     rng = np.random.default_rng(4)
     noise = [0.05, 5.0, 0.3]  # layer 1 is noise, layer 2 is aligned with a moderate offset
     src = [unit(rng.normal(size=(10, 8))) for _ in noise]
-    tgt = [unit(s + n * rng.normal(size=(10, 8))) for s, n in zip(src, noise)]
+    tgt = [unit(s + n * rng.normal(size=(10, 8))) for s, n in zip(src, noise, strict=True)]
     c = curve(_emb(src, 2), _emb(tgt, 2))
     assert list(c["layer"]) == [0, 1, 2]
     assert list(c["layer_name"]) == ["embeddings", "block 1", "block 2 + final norm"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tli_core.config import TLIConfig
 from tli_core.models import ModelSpec
 from tli_core.runs import Run, create_run, list_runs
-from tli_core.training import TLIConfig
 from tli_core.worker import execute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_pairs_page_shows_both_sets_and_no_leakage(app_env):
     assert len(at.dataframe[0].value) >= 600 and len(at.dataframe[1].value) >= 60
     at.text_input[0].set_value("maji").run()
     assert all("maji" in s or "maji" in e for s, e in zip(at.dataframe[0].value["swahili"],
-                                                           at.dataframe[0].value["english"]))
+                                                           at.dataframe[0].value["english"], strict=True))
 
 
 def test_scan_page_runs_and_draws_the_curve(app_env):
@@ -130,9 +130,9 @@ def test_train_page_launches_a_run_directory(app_env):
 
 
 def test_a_second_launch_while_one_runs_is_refused(app_env, tiny_model_dir, pair_files):
-    from tli_core.runs import TrainingLock
+    from tli_core.jobs.process import JobLock
 
-    lock = TrainingLock(app_env)
+    lock = JobLock(app_env)
     assert lock.acquire("run X, pid 1")
     try:
         at = open_page("pages/train.py")
@@ -272,16 +272,16 @@ def test_embedding_map_and_probes_pages(finished_run):
 def test_the_model_is_loaded_once_per_server(app_env, monkeypatch):
     import streamlit as st
 
-    import pages.common as common
+    import ui.models as ui_models
 
     calls = []
-    real = common.load_model
+    real = ui_models.load_model
 
-    def counting(spec, progress=None):
+    def counting(spec, progress):
         calls.append(spec)
         return real(spec, progress=progress)
 
-    monkeypatch.setattr(common, "load_model", counting)
+    monkeypatch.setattr(ui_models, "load_model", counting)
     st.cache_resource.clear()
     at = open_page()
     for page in ("pages/model.py", "pages/scan.py", "pages/train.py", "pages/home.py"):

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from tli_core.cli import main, parse_layers
+from tli_core.cli import main
 from tli_core.errors import TLIError
+from tli_core.layers import parse_layers
 
 
 def run_cli(args, capsys):

@@ -44,7 +44,7 @@ def test_demo_in_nf4_holds_4bit_layers(demo):
 
 
 def test_demo_conversion_is_reused():
-    from tli_core.models import demo_dir, demo_ready, prepare_demo
+    from tli_core.demo import demo_dir, demo_ready, prepare_demo
 
     assert demo_ready()
     before = (demo_dir() / "tli_demo.json").stat().st_mtime

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 import tli_core.embeddings as embeddings_module
-from tli_core.embeddings import (POOLINGS, bytes_per_word, choose_batch_size, decoder_parts, embed,
-                                 plan_batches, pooled_hidden_states, make_batch, tokenise)
+from tli_core.anatomy import decoder_parts
+from tli_core.embeddings import (
+    POOLINGS,
+    bytes_per_word,
+    choose_batch_size,
+    embed,
+    make_batch,
+    plan_batches,
+    pooled_hidden_states,
+    tokenise,
+)
 from tli_core.errors import TLIError
 
 WORDS = ["maji", "water", "kitabu", "book", "habari za asubuhi", "good morning", "a", "mbwa"]
@@ -151,7 +160,7 @@ def test_gradients_flow_through_early_exit(tiny_model_dir):
 
 def test_progress_reports_every_word(tiny):
     seen = []
-    embed(tiny.model, tiny.tokenizer, WORDS, batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    embed(tiny.model, tiny.tokenizer, WORDS, batch_size=3, progress=lambda phase, d, t, detail="": seen.append((d, t)))
     assert seen[-1] == (len(WORDS), len(WORDS))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 

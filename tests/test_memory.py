@@ -60,7 +60,8 @@ def test_chosen_batch_stays_within_the_budget(tmp_path, budget_mib):
     budget = budget_mib * 2**20
     # a fixed mmap threshold: glibc otherwise keeps freed blocks in the heap and the peak stops tracking tensors
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT), str(tmp_path / "m"), str(budget)],
-                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072"))
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072"))
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["chosen"] > 1

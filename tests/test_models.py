@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tli_core.errors import TLIError
-from tli_core.models import (ModelSpec, count_quantized, layer_name, load_model, paper_eval_layer, resolve_layer)
+from tli_core.layers import layer_name, paper_eval_layer, resolve_layer
+from tli_core.models import ModelSpec, count_quantized, load_model
 
 
 def test_fp32_facts(tiny):
@@ -36,9 +37,9 @@ def test_nf4_holds_bitsandbytes_4bit_layers(tiny_model_dir):
 
 def test_nf4_cpu_weights_survive_state_dict_and_train(tiny_model_dir):
     """Regression: bitsandbytes' CPU weight repacking broke gradients and state_dict (see models.py)."""
-    from tli_core.embeddings import embed
-    from tli_core.training import TLIConfig, attach_lora, step_loss
-    from tli_core.embeddings import tokenise
+    from tli_core.config import TLIConfig, resolve
+    from tli_core.embeddings import embed, tokenise
+    from tli_core.training import attach_lora, step_loss
 
     lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="nf4", device="cpu"))
     words = ["maji", "water", "paka", "cat"]
@@ -46,10 +47,12 @@ def test_nf4_cpu_weights_survive_state_dict_and_train(tiny_model_dir):
     lm.model.state_dict()  # PEFT calls this when it saves an adapter
     torch.testing.assert_close(embed(lm.model, lm.tokenizer, words).vectors, before)
     cfg = TLIConfig(target_layers=[2], batch_size=2)
-    peft_model = attach_lora(lm.model, cfg, 4)
+    r, _ = resolve(cfg, lm.facts.shape())
+    peft_model = attach_lora(lm.model, cfg, r)
     peft_model.train()
     tok_s, tok_t = tokenise(lm.tokenizer, words[0::2]), tokenise(lm.tokenizer, words[1::2])
-    loss, _ = step_loss(peft_model, tok_s, tok_t, [0, 1], lm.tokenizer.pad_token_id, cfg, None, "cpu")
+    loss, _ = step_loss(peft_model, tok_s, tok_t, [0, 1], lm.tokenizer.pad_token_id, cfg, r.target_layers, None,
+                        "cpu")
     loss.backward()
     grads = [p.grad.abs().sum().item() for n, p in peft_model.named_parameters() if "lora_B" in n and ".0." in n]
     assert grads and all(g > 0 for g in grads)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tli_core.errors import TLIError
-from tli_core.pairs import (check_leakage, load_default_pairs, pairs_to_bytes, read_pairs, split_pairs)
+from tli_core.pairs import check_leakage, load_default_pairs, pairs_to_bytes, read_pairs, split_pairs
 
 ROWS = [{"swahili": "maji", "english": "water"}, {"swahili": "habari za asubuhi", "english": "good morning"}]
 

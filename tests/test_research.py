@@ -38,9 +38,9 @@ def test_tsne_keeps_clusters_apart():
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory):
     from tests.conftest import WORDS
+    from tli_core.config import TLIConfig
     from tli_core.models import ModelSpec
     from tli_core.runs import create_run
-    from tli_core.training import TLIConfig
     from tli_core.worker import execute
 
     d = tmp_path_factory.mktemp("research")

@@ -1,11 +1,11 @@
 """Run directories end to end on the tiny model: files, statistics, adapters, stop, SIGKILL, lock."""
 
+import io
 import json
 import os
 import signal
 import time
 import zipfile
-import io
 
 import numpy as np
 import pandas as pd
@@ -13,11 +13,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from tli_core.config import TLIConfig
 from tli_core.errors import TLIError
-from tli_core.runs import (Run, TrainingLock, busy_message, create_run, delete_run, diff_configs, launch, list_runs,
-                           runs_table)
-from tli_core.training import TLIConfig
+from tli_core.jobs.process import JobLock, spawn_worker
+from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.models import ModelSpec
+from tli_core.runs import Run, create_run, delete_run, diff_configs, list_runs, runs_table
 from tli_core.worker import execute
 
 
@@ -152,7 +153,7 @@ def wait_for(predicate, timeout=60.0):
 
 def start_long_run(tmp_path, tiny_model_dir, pair_files):
     run = create_run(tiny_config(tiny_model_dir, pair_files, epochs=500, batch_size=4), tmp_path / "runs")
-    pid = launch(run)
+    pid = spawn_worker("worker", run.path, run.log_path)
     assert wait_for(lambda: len(run.metrics()) >= 3), run.log_tail()
     return run, pid
 
@@ -180,12 +181,12 @@ def test_sigkill_leaves_a_failed_run_and_no_half_written_json(tmp_path, tiny_mod
     assert wait_for(lambda: run.status()["state"] == "failed", 20)
     assert "ended without finishing" in run.status()["message"]
     all_json_parses(run)
-    assert wait_for(lambda: TrainingLock(run.path.parent).holder() is None, 10)  # the OS released the lock
+    assert wait_for(lambda: JobLock(run.path.parent).holder() is None, 10)  # the OS released the lock
 
 
 def test_one_training_job_at_a_time(tmp_path, tiny_model_dir, pair_files):
     runs_dir = tmp_path / "runs"
-    lock = TrainingLock(runs_dir)
+    lock = JobLock(runs_dir)
     assert lock.acquire("a test holding the GPU")
     try:
         run = create_run(tiny_config(tiny_model_dir, pair_files), runs_dir)
@@ -212,7 +213,7 @@ def unevaluated_copy(done_run, tmp_path) -> Run:
 def test_evaluating_a_saved_adapter_from_the_dashboard(done_run, tmp_path):
     run = unevaluated_copy(done_run, tmp_path)
     assert run.evaluation() == {}
-    launch(run, command="evaluate-worker")
+    start_evaluation(run)
     # running from the first instant, so the page shows progress instead of a second button
     assert run.is_evaluating() and run.evaluation()["process"]
     assert busy_message(run.path.parent) is None or "evaluation of run" in busy_message(run.path.parent)
@@ -230,7 +231,7 @@ def test_evaluation_waits_for_the_job_lock_and_a_dead_evaluator_shows_as_failed(
     from tli_core.worker import evaluate_run
 
     run = unevaluated_copy(done_run, tmp_path)
-    lock = TrainingLock(run.path.parent)
+    lock = JobLock(run.path.parent)
     assert lock.acquire("a training job")
     try:
         with pytest.raises(TLIError, match="one job at a time"):

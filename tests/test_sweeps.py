@@ -7,11 +7,11 @@ import pytest
 from scipy import stats as sps
 
 from tli_core.cli import main
+from tli_core.config import TLIConfig
 from tli_core.figures import sweep_heatmap
 from tli_core.models import ModelSpec
 from tli_core.runs import list_runs
 from tli_core.sweeps import SweepSpec, best_cell, create_sweep, list_sweeps, parse_grid_layers, run_sweep, sweep_results
-from tli_core.training import TLIConfig
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +113,14 @@ def test_a_cell_reads_as_running_while_the_sweep_process_trains_it(tiny_model_di
     its status from another process (the dashboard) must not declare it dead."""
     import time
 
+    from tli_core.jobs.runner import resume_sweep
     from tli_core.runs import Run
-    from tli_core.sweeps import launch_sweep
 
     base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
                      trained_pairs=str(pair_files[0]), control_pairs=str(pair_files[1]), batch_size=4, epochs=400,
                      warmup_steps=1)
     sweep = create_sweep(SweepSpec(base=base, target_layers=[[1]], ranks=[2, 4]), tmp_path / "runs")
-    launch_sweep(sweep)
+    resume_sweep(sweep)
     end = time.monotonic() + 60
     run = None
     while time.monotonic() < end:

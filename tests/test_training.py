@@ -6,11 +6,27 @@ import numpy as np
 import pytest
 import torch
 
+from tli_core.config import TLIConfig, resolve
 from tli_core.embeddings import tokenise
 from tli_core.errors import TLIError
-from tli_core.models import ModelSpec, load_model
-from tli_core.training import (TLIConfig, adapter_blocks, attach_lora, epoch_batches, gradient_blocks,
-                               infonce_loss, learning_blocks, step_loss, total_steps, train, triplet_loss, validate)
+from tli_core.models import ModelShape, ModelSpec, load_model
+from tli_core.training import (
+    attach_lora,
+    epoch_batches,
+    gradient_blocks,
+    infonce_loss,
+    step_loss,
+    total_steps,
+    train,
+    triplet_loss,
+)
+
+TINY = ModelShape(num_layers=4, model_type="llama", linear_modules=frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}))
+
+
+def resolved(config, n_trained=10, n_control=5):
+    return resolve(config, TINY, n_trained, n_control)[0]
 
 
 @pytest.fixture
@@ -53,24 +69,27 @@ def test_steps_of_the_paper_run():
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(TLIError, match=message):
-        validate(dataclasses.replace(TLIConfig(), **changes), num_layers=4, n_trained=10, n_control=5)
+        resolve(dataclasses.replace(TLIConfig(), **changes), TINY, n_trained=10, n_control=5)
 
 
 def test_empty_control_set_is_refused():
     with pytest.raises(TLIError, match="control set is empty"):
-        validate(TLIConfig(), num_layers=4, n_trained=10, n_control=0)
+        resolve(TLIConfig(), TINY, n_trained=10, n_control=0)
 
 
-def test_validation_resolves_layers_and_warns_about_idle_adapters():
+def test_resolution_gives_numbers_warns_about_idle_adapters_and_never_changes_the_config():
     c = TLIConfig(target_layers=[-3])
-    warnings = validate(c, num_layers=4, n_trained=10, n_control=5)
-    assert c.target_layers == [2] and c.eval_layer == 3  # the paper's "layer L-1"
+    before = c.to_dict()
+    r, warnings = resolve(c, TINY, n_trained=10, n_control=5)
+    assert c.to_dict() == before  # the config stays as the user wrote it
+    assert r.target_layers == [2] and r.eval_layer == 3  # the paper's "layer L-1"
     assert "2 of 4 adapter blocks lie beyond target layer 2" in warnings[0]
-    assert adapter_blocks(c, 4) == [1, 2, 3, 4] and learning_blocks(c, 4) == [1, 2]
-    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="up_to_target"), 4) == [1, 2]
-    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="early"), 4) == [1, 2]
-    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="late"), 4) == [3, 4]
-    assert adapter_blocks(dataclasses.replace(c, adapter_blocks="1,3-4"), 4) == [1, 3, 4]
+    assert r.adapter_blocks == [1, 2, 3, 4] and r.learning_blocks == [1, 2]
+    assert r.target_modules == ["q_proj", "v_proj"]
+    assert resolved(dataclasses.replace(c, adapter_blocks="up_to_target")).adapter_blocks == [1, 2]
+    assert resolved(dataclasses.replace(c, adapter_blocks="early")).adapter_blocks == [1, 2]
+    assert resolved(dataclasses.replace(c, adapter_blocks="late", target_layers=[4])).adapter_blocks == [3, 4]
+    assert resolved(dataclasses.replace(c, adapter_blocks="1,3-4")).adapter_blocks == [1, 3, 4]
 
 
 def test_triplet_loss_matches_a_loop():
@@ -110,7 +129,8 @@ def test_infonce_matches_cross_entropy():
 @pytest.mark.parametrize("layers", [[1], [2], [1, 3]])
 def test_early_exit_gives_the_full_forward_loss(fresh, pairs_df, layers):
     config = TLIConfig(target_layers=layers, lora_dropout=0.0)
-    peft_model = attach_lora(fresh.model, config, 4)
+    r = resolved(config)
+    peft_model = attach_lora(fresh.model, config, r)
     with torch.no_grad():  # give the adapters non-zero weights so they matter
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -119,8 +139,9 @@ def test_early_exit_gives_the_full_forward_loss(fresh, pairs_df, layers):
     tok_t = tokenise(fresh.tokenizer, list(pairs_df["english"]))
     idx = list(range(8))
     pad = fresh.tokenizer.pad_token_id
-    early, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, config, None, "cpu")
-    full, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, dataclasses.replace(config, early_exit=False), None, "cpu")
+    early, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, config, r.target_layers, None, "cpu")
+    full, _ = step_loss(peft_model, tok_s, tok_t, idx, pad, dataclasses.replace(config, early_exit=False),
+                        r.target_layers, None, "cpu")
     assert early.item() == pytest.approx(full.item(), abs=1e-6)
     early.backward()
     assert gradient_blocks(peft_model) == list(range(1, max(layers) + 1))
@@ -128,10 +149,10 @@ def test_early_exit_gives_the_full_forward_loss(fresh, pairs_df, layers):
 
 def _train(lm, pairs_df, **changes):
     config = TLIConfig(target_layers=[2], batch_size=4, epochs=2, warmup_steps=1, learning_rate=1e-2, **changes)
-    validate(config, 4, len(pairs_df), 1)
-    peft_model = attach_lora(lm.model, config, 4)
+    r = resolved(config, len(pairs_df), 1)
+    peft_model = attach_lora(lm.model, config, r)
     steps = []
-    result = train(peft_model, lm.tokenizer, pairs_df, config, 4, on_step=steps.append)
+    result = train(peft_model, lm.tokenizer, pairs_df, config, r, on_step=steps.append)
     return peft_model, result, steps
 
 
@@ -160,9 +181,10 @@ def test_training_is_reproducible(tiny_model_dir, pairs_df):
 
 def test_stop_request_is_honoured_between_steps(fresh, pairs_df):
     config = TLIConfig(target_layers=[2], batch_size=4, epochs=3, warmup_steps=1)
-    peft_model = attach_lora(fresh.model, config, 4)
+    r = resolved(config)
+    peft_model = attach_lora(fresh.model, config, r)
     steps = []
-    result = train(peft_model, fresh.tokenizer, pairs_df, config, 4, on_step=steps.append,
+    result = train(peft_model, fresh.tokenizer, pairs_df, config, r, on_step=steps.append,
                    should_stop=lambda: len(steps) >= 3)
     assert result.state == "stopped" and result.steps == 3 and len(steps) == 3
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .embeddings import model_lock
+from .anatomy import model_lock
 from .errors import TLIError
 
 

@@ -9,8 +9,9 @@ towards 1; only the gap and retrieval tell the two apart.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,8 @@ import torch
 
 from .embeddings import Embeddings, embed
 from .errors import TLIError
-from .models import layer_name
+from .layers import layer_name
+from .progress import Progress, no_progress
 
 CENTERING = ("none", "joint", "language")
 CSLS_K = 10
@@ -113,7 +115,7 @@ def curve(src: Embeddings, tgt: Embeddings, centering: str = "none", seed: int =
 def pair_cosines(src: Embeddings, tgt: Embeddings, centering: str = "none") -> np.ndarray:
     """[n_pairs, n_layers] cosine of each translation pair at each computed layer."""
     cols = []
-    for s, t in zip(src.vectors, tgt.vectors):
+    for s, t in zip(src.vectors, tgt.vectors, strict=True):
         s, t = center(s.float(), t.float(), centering)
         cols.append((s * t).sum(-1))
     return torch.stack(cols, 1).cpu().numpy()
@@ -163,15 +165,13 @@ class ScanResult:
 
 def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean", centering: str = "none",
          layers: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
-         progress: Callable[[int, int], None] | None = None, keep_embeddings: bool = False,
+         progress: Progress = no_progress, keep_embeddings: bool = False,
          drop_dims: Sequence[int] | None = None) -> ScanResult:
     """The layer scan ("pilot"): embed every word of every set once, all layers, and score them.
 
     ``sets`` maps a set name (``trained``, ``control``) to its pair frame. All words go through
     the model in one batched pass, then each set is scored on its own pool.
     """
-    import time
-
     if centering not in CENTERING:
         raise TLIError(f"unknown centering {centering!r}; use one of {', '.join(CENTERING)}")
     start = time.perf_counter()

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .embeddings import input_device, make_batch, num_layers, run_layers, tokenise
-from .models import layer_name
+from .alignment import scan
+from .anatomy import input_device, num_layers
+from .embeddings import make_batch, run_layers, tokenise
+from .layers import layer_name
 
 TOP_DIMS = 3
 
@@ -55,7 +57,7 @@ def activation_report(model, tokenizer, words: Sequence[str], batch_size: int = 
         for start in range(0, len(words), batch_size):
             idx = list(range(start, min(start + batch_size, len(words))))
             ids, mask, _ = make_batch(tok, idx, pad, "mean", device)
-            stats = run_layers(model, ids, mask, layers, lambda k, h: _layer_stats(h, mask))
+            stats = run_layers(model, ids, mask, layers, lambda k, h, mask=mask: _layer_stats(h, mask))
             for k, s in stats.items():
                 a = acc.setdefault(k, {"first_norm_sum": 0.0, "n_first": 0, "rest_norm_sum": 0.0, "n_rest": 0,
                                        "max_abs": 0.0, "medians": [], "dim_abs_sum": 0, "n_tokens": 0})
@@ -110,8 +112,6 @@ class ArtifactComparison:
 def compare_without_artifacts(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
                               dims: Sequence[int] | None = None, sample: int = 200,
                               seed: int = 0) -> ArtifactComparison:
-    from .alignment import scan
-
     words = []
     for df in sets.values():
         words += list(df["swahili"]) + list(df["english"])

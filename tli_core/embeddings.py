@@ -6,36 +6,34 @@ after the norm), pooled on the device as each layer is produced, so no stack of 
 states is ever kept. The same forward (``pooled_hidden_states``) serves training with
 gradients; asked only for layers up to k, it stops after decoder block k (early exit).
 
-Pooling modes:
-  ``mean``        mean over all attention-masked tokens, BOS included (the paper's);
-  ``mean_words``  BOS/other special tokens stay in the input as context but are left out
-                  of the average;
-  ``mean_no_first`` the first token (BOS, or the first word piece where there is no BOS)
-                  stays as context but is left out -- the attention-sink position where
-                  massive activations live (a one-token word keeps its only token);
-  ``last``        the last attended token.
+Pooling modes are described once, in ``POOLINGS``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .anatomy import decoder_parts, input_device, model_lock, num_layers
 from .errors import TLIError
-from .models import resolve_layer
+from .layers import resolve_layer
+from .progress import Progress, no_progress
 
-POOLINGS = ("mean", "mean_words", "mean_no_first", "last")
-ProgressFn = Callable[[int, int], None]
-
-_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+# The pooling modes: how a word's token states become one vector (one description, used by CLI and UI).
+POOLINGS = {
+    "mean": "mean over all attention-masked tokens, BOS included (the paper's)",
+    "mean_words": "special tokens (BOS, EOS) stay in the input as context but are left out of the average "
+                  "(the authors' evaluation script)",
+    "mean_no_first": "the first token (BOS, or the first word piece where there is none) stays as context but is "
+                     "left out of the average: the attention-sink position where massive activations live",
+    "last": "the last attended token's state",
+}
+PHASE = "embedding"
 
 
 class _EarlyExit(Exception):
@@ -58,35 +56,6 @@ class Embeddings:
         if k not in self.layers:
             raise TLIError(f"layer {k} was not computed (have {self.layers[0]}..{self.layers[-1]})")
         return self.vectors[self.layers.index(k)]
-
-
-# --------------------------------------------------------------------------- model anatomy
-
-def decoder_parts(model) -> tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.Module]:
-    """(decoder module, its list of blocks, its final norm) for a causal LM, PEFT-wrapped or not."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model", base)
-    blocks = getattr(decoder, "layers", None)
-    norm = getattr(decoder, "norm", None)
-    if not isinstance(blocks, torch.nn.ModuleList) or norm is None:
-        raise TLIError(f"unsupported architecture {type(base).__name__}: TLI Studio needs a decoder with "
-                       f"`.layers` and a final `.norm` (Llama, Mistral, Qwen2, Gemma, Phi-3 ... all have them)")
-    return decoder, blocks, norm
-
-
-def num_layers(model) -> int:
-    return len(decoder_parts(model)[1])
-
-
-def input_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def model_lock(model) -> threading.RLock:
-    """One forward at a time per model: hooks are installed on shared modules."""
-    decoder = decoder_parts(model)[0]
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(decoder, threading.RLock())
 
 
 # --------------------------------------------------------------------------- the forward
@@ -174,7 +143,7 @@ def tokenise(tokenizer, words: Sequence[str]) -> Tokenised:
     """Tokenise single words/phrases the paper's way (tokenizer defaults: Llama-3 adds BOS)."""
     enc = tokenizer(list(words), add_special_tokens=True, return_special_tokens_mask=True)
     ids, special = enc["input_ids"], enc["special_tokens_mask"]
-    for w, x in zip(words, ids):
+    for w, x in zip(words, ids, strict=True):
         if not x:
             raise TLIError(f"the tokenizer produced no tokens for {w!r}")
     return Tokenised(ids, special)
@@ -294,7 +263,7 @@ def plan_batches(lengths: Sequence[int], capacity: Callable[[int], int], min_fil
 # --------------------------------------------------------------------------- public entry
 
 def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None = None,
-          pooling: str = "mean", batch_size: int | None = None, progress: ProgressFn | None = None,
+          pooling: str = "mean", batch_size: int | None = None, progress: Progress = no_progress,
           drop_dims: Sequence[int] | None = None, out_device: str = "cpu") -> Embeddings:
     """Embeddings of ``words`` at ``layers`` (default: all, 0..L) from one pass per batch.
 
@@ -346,6 +315,5 @@ def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None =
             # with device_map="auto" the blocks (and so the vectors) may sit on several GPUs
             result[:, idx] = torch.stack([vecs[k].to(out_device) for k in layers])
             done += len(idx)
-            if progress:
-                progress(done, len(words))
+            progress(PHASE, done, len(words))
     return Embeddings(vectors=result, layers=layers, words=words, num_layers=n_layers, pooling=pooling)

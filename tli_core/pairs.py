@@ -224,8 +224,9 @@ def check_leakage(trained: pd.DataFrame, control: pd.DataFrame) -> LeakageReport
     def key(df, col):
         return df[col].str.casefold()
 
-    t_pairs = set(zip(key(trained, "swahili"), key(trained, "english")))
-    same_pair = sorted({(s, e) for s, e in zip(key(control, "swahili"), key(control, "english")) if (s, e) in t_pairs})
+    t_pairs = set(zip(key(trained, "swahili"), key(trained, "english"), strict=True))
+    same_pair = sorted({(s, e) for s, e in zip(key(control, "swahili"), key(control, "english"), strict=True)
+                        if (s, e) in t_pairs})
     same_sw = sorted(set(key(trained, "swahili")) & set(key(control, "swahili")))
     same_en = sorted(set(key(trained, "english")) & set(key(control, "english")))
     return LeakageReport(same_pair=same_pair, same_swahili=same_sw, same_english=same_en)

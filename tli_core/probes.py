@@ -12,7 +12,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .embeddings import input_device, model_lock
+from .adapters import temporary_adapter
+from .anatomy import input_device, model_lock
 from .errors import TLIError
 
 TEMPLATES = {
@@ -67,8 +68,6 @@ def run_probes(model, tokenizer, pairs: pd.DataFrame, templates: dict[str, str] 
     """One row per (pair, direction): prompt, expected word, base output (and, with a run's
     adapter, the tuned output). The base model answers first, before the adapter is attached:
     attaching injects LoRA into the same modules."""
-    from .adapters import temporary_adapter
-
     table = prompts_for(pairs, templates or TEMPLATES)
     prompts = list(table["prompt"])
     columns = {"base": generate(model, tokenizer, prompts, max_new_tokens)}
@@ -77,6 +76,6 @@ def run_probes(model, tokenizer, pairs: pd.DataFrame, templates: dict[str, str] 
             columns["tuned"] = generate(tuned, tokenizer, prompts, max_new_tokens)
     for name, raw in columns.items():
         table[name] = [answer(t) for t in raw]
-        table[f"{name}_correct"] = [_correct(e, t) for e, t in zip(table["expected"], raw)]
+        table[f"{name}_correct"] = [_correct(e, t) for e, t in zip(table["expected"], raw, strict=True)]
         table[f"{name}_text"] = [t.strip() for t in raw]
     return table

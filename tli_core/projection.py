@@ -7,8 +7,11 @@ optimisation (t-SNE), and translation pairs can be joined by lines.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
+from .adapters import temporary_adapter
+from .embeddings import embed
 from .errors import TLIError
 
 METHODS = ("pca", "tsne")
@@ -91,17 +94,12 @@ def map_points(model, tokenizer, sets: dict, layer: int, pooling: str = "mean", 
     """Points of the embedding map: every word of a (sampled) pair set at ``layer``, before and,
     with a run's adapter, after; projected jointly. Returns a DataFrame with phase, language,
     set, pair, word, partner, x, y."""
-    import pandas as pd
-
-    from .adapters import temporary_adapter
-    from .embeddings import embed
-
     rows, words = [], []
     rng = np.random.default_rng(seed)
     for name, df in sets.items():
         if max_pairs and len(df) > max_pairs:
             df = df.iloc[np.sort(rng.choice(len(df), max_pairs, replace=False))]
-        for i, (sw, en) in enumerate(zip(df["swahili"], df["english"])):
+        for i, (sw, en) in enumerate(zip(df["swahili"], df["english"], strict=True)):
             pair = f"{name}:{i}"
             rows += [{"language": "swahili", "set": name, "pair": pair, "word": sw, "partner": en},
                      {"language": "english", "set": name, "pair": pair, "word": en, "partner": sw}]

@@ -15,99 +15,46 @@
       STOP                 present when a stop was requested
 
 A run whose worker process died (crash, SIGKILL, reboot) is reported as failed the next
-time it is read, never as running forever. One training job at a time per runs directory:
-the worker holds an exclusive lock on ``<runs>/.train.lock`` while it lives; the operating
-system drops the lock when the process ends, however it ends.
+time it is read, never as running forever (``jobs.jobdir``); one job at a time per runs
+directory (``jobs.process.JobLock``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
-import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
+from .config import TLIConfig
 from .errors import TLIError
-from .files import read_json, write_json
-from .training import TLIConfig
+from .files import publish_dir, read_json, write_csv, write_json
+from .jobs.jobdir import JobDir
+from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
+from .pairs import load_pairs
 
 STATES = ("queued", "running", "done", "failed", "stopped")
-ACTIVE = ("queued", "running")
-LOCK_NAME = ".train.lock"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_runs_dir() -> Path:
     return Path(os.environ.get("TLI_RUNS_DIR", PROJECT_ROOT / "runs")).expanduser()
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def process_tag(pid: int) -> str | None:
-    """'pid:start' -- the start time (clock ticks since boot, from /proc) makes a reused pid differ.
-
-    None if there is no such process or it is a zombie (it has ended, its parent has not reaped it).
-    Without /proc (not Linux) the tag is 'pid:?' and only the pid is checked.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        if Path("/proc/self/stat").exists():
-            return None
-        try:
-            os.kill(int(pid), 0)
-        except OSError:
-            return None
-        return f"{pid}:?"
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else f"{pid}:{fields[19]}"
-
-
-def my_process_tag() -> str:
-    return process_tag(os.getpid()) or f"{os.getpid()}:?"
-
-
-def process_alive(tag: str | None) -> bool:
-    if not tag:
-        return False
-    pid, _, _ = str(tag).partition(":")
-    try:
-        return process_tag(int(pid)) == str(tag)
-    except ValueError:
-        return False
-
-
-def read_tag(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-class Run:
+class Run(JobDir):
     """One run directory."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise TLIError(f"{self.path} is not a TLI run directory (no config.json)")
+    kind = "run"
 
-    @property
-    def id(self) -> str:
-        return self.path.name
+    def dead_message(self, status: dict, pid: str) -> str:
+        return (f"the worker process (pid {pid}) ended without finishing (killed or crashed) during "
+                f"{status.get('phase', 'the run')}; see train.log")
 
     # ---------------------------------------------------------------- files
     @property
@@ -127,22 +74,6 @@ class Run:
 
     def config_dict(self) -> dict:
         return read_json(self.path / "config.json", {})
-
-    def raw_status(self) -> dict:
-        return read_json(self.path / "status.json", {}) or {}
-
-    def status(self) -> dict:
-        """status.json, with a dead worker's run turned into ``failed`` (and saved so)."""
-        st = self.raw_status()
-        tag = st.get("process") or read_tag(self.path / "worker.pid")
-        if st.get("state") in ACTIVE and tag and not process_alive(tag):
-            st = self.raw_status()  # it may have finished between our two reads; dead, it writes no more
-        if st.get("state") in ACTIVE and tag and not process_alive(tag):
-            st = self.update_status(state="failed", finished=now(),
-                                    message=f"the worker process (pid {tag.split(':')[0]}) ended without finishing "
-                                            f"(killed or crashed) during {st.get('phase', 'the run')}; "
-                                            f"see train.log")
-        return st
 
     def evaluation(self) -> dict:
         """The latest re-evaluation of the saved adapter ({} if none): running, done or failed.
@@ -165,19 +96,6 @@ class Run:
 
     def is_evaluating(self) -> bool:
         return self.evaluation().get("state") == "running"
-
-    def is_active(self) -> bool:
-        """Running, or queued with a live worker; a queued run nobody started is not active."""
-        st = self.status()
-        if st.get("state") == "running":
-            return True
-        return st.get("state") == "queued" and bool(st.get("process") or read_tag(self.path / "worker.pid"))
-
-    def update_status(self, **changes) -> dict:
-        st = self.raw_status()
-        st.update(changes, updated=now())
-        write_json(self.path / "status.json", st)
-        return st
 
     def append_metric(self, row: dict) -> None:
         # One write() of one line: a reader (or a SIGKILL) never sees half a line.
@@ -209,12 +127,6 @@ class Run:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def request_stop(self) -> None:
-        (self.path / "STOP").write_text(now())
-
-    def stop_requested(self) -> bool:
-        return (self.path / "STOP").exists()
-
     def summary(self) -> dict | None:
         return read_json(self.path / "summary.json")
 
@@ -223,8 +135,6 @@ class Run:
         return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
 
     def pairs(self, which: str) -> pd.DataFrame:
-        from .pairs import load_pairs
-
         return load_pairs(self.path / f"pairs_{which}.csv")
 
     def checkpoints(self) -> list[Path]:
@@ -238,8 +148,6 @@ class Run:
 
     def save_adapter(self, peft_model, target: Path) -> None:
         """save_pretrained into a temporary directory, then rename: never half an adapter."""
-        from .files import publish_dir
-
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -270,9 +178,6 @@ def _slug(config: TLIConfig) -> str:
 def create_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
                control: pd.DataFrame | None = None, name: str | None = None) -> Run:
     """Make a queued run directory holding the config and copies of the pairs it will use."""
-    from .files import write_csv
-    from .pairs import load_pairs
-
     runs_dir = Path(runs_dir or default_runs_dir())
     trained = load_pairs(config.trained_pairs) if trained is None else trained
     control = load_pairs(config.control_pairs) if control is None else control
@@ -374,85 +279,3 @@ def diff_configs(a: Run, b: Run, only_different: bool = True) -> pd.DataFrame:
         if not only_different or va != vb:
             rows.append({"setting": key, a.id: json.dumps(va), b.id: json.dumps(vb)})
     return pd.DataFrame(rows, columns=["setting", a.id, b.id])
-
-
-# --------------------------------------------------------------------------- one job at a time
-
-class TrainingLock:
-    """Exclusive, process-lifetime lock on a runs directory (released by the OS on any exit)."""
-
-    def __init__(self, runs_dir: str | Path):
-        self.path = Path(runs_dir) / LOCK_NAME
-        self._fh = None
-
-    def acquire(self, holder: str) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        fh.seek(0)
-        fh.truncate()
-        fh.write(holder)
-        fh.flush()
-        self._fh = fh
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def holder(self) -> str | None:
-        """Who holds the lock right now, or None if it is free."""
-        if not self.path.exists():
-            return None
-        with open(self.path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                return fh.read().strip() or "another process"
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return None
-
-
-def busy_message(runs_dir: str | Path) -> str | None:
-    """Why a new training (or evaluation) job cannot start now, or None if it can."""
-    holder = TrainingLock(runs_dir).holder()
-    if holder:
-        return f"a job is already running ({holder}); wait for it or stop it on the Train page"
-    active = active_runs(runs_dir)
-    if active:
-        return f"run {active[0].id} is {active[0].status()['state']}; wait for it or stop it first"
-    return None
-
-
-def spawn_worker(command: str, target: Path, log_path: Path, pid_file: str = "worker.pid") -> int:
-    """Start ``python -m tli_core COMMAND TARGET`` in its own session; return its pid.
-
-    Closing the browser or restarting the page does not stop it; a thread reaps it when it
-    ends so it never lingers as a zombie. Its process tag goes to ``TARGET/<pid_file>``.
-    """
-    from .files import write_text
-
-    log = open(log_path, "ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-m", "tli_core", command, str(target)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            cwd=str(PROJECT_ROOT), env=env)
-    log.close()
-    tag = process_tag(proc.pid) or f"{proc.pid}:?"
-    write_text(Path(target) / pid_file, tag)  # status.json is the worker's alone to write
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid
-
-
-def launch(run: Run, command: str = "worker") -> int:
-    """Start the worker process for a run (the CLI's entry point) and return its pid."""
-    pid_file = "evaluate.pid" if command == "evaluate-worker" else "worker.pid"
-    return spawn_worker(command, run.path, run.log_path, pid_file)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import TLIConfig
 from .errors import TLIError
-from .files import read_json, write_json
-from .runs import Run, TrainingLock, create_run, default_runs_dir, my_process_tag, now, process_alive, read_tag
+from .files import read_json, write_csv, write_json
+from .jobs.jobdir import JobDir
+from .jobs.process import JobLock, my_process_tag, now
+from .models import load_model
+from .pairs import load_pairs
+from .runs import Run, create_run, default_runs_dir
 from .stats import correct_pvalues
-from .training import TLIConfig
+from .util import parse_int_ranges
+from .worker import check_config, execute
 
 SWEEPS = "sweeps"
 
@@ -57,15 +62,13 @@ class SweepSpec:
                    correction=d.get("correction", "bh"))
 
 
-class Sweep:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "sweep.json").is_file():
-            raise TLIError(f"{self.path} is not a sweep directory (no sweep.json)")
+class Sweep(JobDir):
+    marker = "sweep.json"
+    kind = "sweep"
+    dead_state = "interrupted"
 
-    @property
-    def id(self) -> str:
-        return self.path.name
+    def dead_message(self, status: dict, pid: str) -> str:
+        return "the sweep process ended before the last cell; start it again to resume"
 
     @property
     def runs_dir(self) -> Path:
@@ -80,47 +83,17 @@ class Sweep:
     def save_cells(self, cells: list[dict]) -> None:
         write_json(self.path / "cells.json", cells)
 
-    def status(self) -> dict:
-        st = read_json(self.path / "status.json", {}) or {}
-        tag = st.get("process") or read_tag(self.path / "worker.pid")
-        if st.get("state") in ("queued", "running") and tag and not process_alive(tag):
-            st = read_json(self.path / "status.json", {}) or {}  # it may have just finished
-        if st.get("state") in ("queued", "running") and tag and not process_alive(tag):
-            st.update(state="interrupted", message="the sweep process ended before the last cell; start it again "
-                                                   "to resume")
-            write_json(self.path / "status.json", st)
-        return st
-
-    def update_status(self, **changes) -> dict:
-        st = read_json(self.path / "status.json", {}) or {}
-        st.update(changes, updated=now())
-        write_json(self.path / "status.json", st)
-        return st
-
     def request_stop(self) -> None:
         """Stop after the current cell's current step (its adapter is saved), then stop the queue."""
-        (self.path / "STOP").write_text(now())
+        super().request_stop()
         for cell in self.cells():
             if cell["state"] == "running" and cell["run"] and (self.runs_dir / cell["run"]).is_dir():
                 Run(self.runs_dir / cell["run"]).request_stop()
-
-    def stop_requested(self) -> bool:
-        return (self.path / "STOP").exists()
-
-
-def launch_sweep(sweep: Sweep) -> int:
-    """Run the sweep in a background process (the dashboard's way); returns its pid."""
-    from .runs import spawn_worker
-
-    return spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
 
 
 def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=None, control=None,
                  name: str | None = None) -> Sweep:
     """Write the sweep's directory (and the pair sets every cell will use); nothing runs yet."""
-    from .files import write_csv
-    from .pairs import load_pairs
-
     if not spec.target_layers or not spec.ranks or not spec.placements:
         raise TLIError("a sweep needs at least one target layer setting, one rank and one placement")
     if any(r < 1 for r in spec.ranks):
@@ -154,11 +127,7 @@ def list_sweeps(runs_dir: str | Path | None = None) -> list[Sweep]:
 
 def run_sweep(sweep: Sweep, progress=None) -> dict:
     """Train every cell that is not done yet, one after the other; returns the sweep's status."""
-    from .models import load_model
-    from .pairs import load_pairs
-    from .worker import check_config, execute
-
-    lock = TrainingLock(sweep.runs_dir)
+    lock = JobLock(sweep.runs_dir)
     if not lock.acquire(f"sweep {sweep.id}, pid {os.getpid()}"):
         return sweep.update_status(state="failed", message="another training job holds the lock; one at a time")
     try:
@@ -174,7 +143,7 @@ def run_sweep(sweep: Sweep, progress=None) -> dict:
                 return sweep.update_status(state="stopped", message="stopped between cells")
             config = spec.config_for(cell)
             try:
-                check_config(dataclasses.replace(config), trained, control)
+                check_config(config, trained, control)
             except TLIError as exc:
                 cell.update(state="invalid", reason=str(exc))
                 sweep.save_cells(cells)
@@ -239,12 +208,11 @@ def parse_grid_layers(text: str) -> list[list[int]]:
     """'1,2,1+2' -> [[1], [2], [1, 2]]: commas separate settings, '+' joins layers trained together."""
     out = []
     for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not re.fullmatch(r"-?\d+(\+-?\d+)*", part):
-            raise TLIError(f"cannot read sweep layers {text!r}: use e.g. 1,2,1+2")
-        out.append([int(x) for x in part.split("+")])
+        if part.strip():
+            try:
+                out.append(parse_int_ranges(part.replace("+", ","), "sweep layers", "1,2,1+2"))
+            except TLIError:
+                raise TLIError(f"cannot read sweep layers {text!r}: use e.g. 1,2,1+2") from None
     if not out:
         raise TLIError("no target layers given for the sweep")
     return out

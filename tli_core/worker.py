@@ -11,45 +11,30 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
-from typing import Callable
 
+from peft import PeftModel
+
+from .config import Resolved, TLIConfig, resolve
 from .errors import TLIError
+from .evaluation import embed_sets, evaluate, write_eval
 from .files import write_json
-from .models import load_model, package_versions, resolve_source
-from .runs import Run, TrainingLock, my_process_tag, now
-from .training import TLIConfig, attach_lora, gradient_blocks, learning_blocks, train, validate
-
-Progress = Callable[[str, int, int, str], None]  # phase, done, total, extra text
-
-
-def _no_progress(phase: str, done: int, total: int, extra: str = "") -> None:
-    pass
+from .jobs.process import JobLock, my_process_tag, now
+from .models import load_model, model_shape, package_versions
+from .pairs import check_leakage, load_pairs
+from .progress import Progress, in_phase, no_progress
+from .runs import Run
+from .training import attach_lora, gradient_blocks, total_steps, train
 
 
-def model_num_layers(config: TLIConfig) -> int:
-    """Decoder blocks of the configured model, from its config alone (before loading weights)."""
-    from transformers import AutoConfig
-
-    _, path, extra = resolve_source(config.model)
-    try:
-        cfg = AutoConfig.from_pretrained(path, revision=config.model.revision,
-                                         trust_remote_code=config.model.trust_remote_code, **extra)
-    except (OSError, ValueError) as exc:
-        raise TLIError(f"cannot read the config of {config.model.model!r}: {str(exc).splitlines()[0]}") from None
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return int(cfg.num_hidden_layers)
-
-
-def check_config(config: TLIConfig, trained=None, control=None) -> list[str]:
-    """Every check that needs no compute: settings, layers against the model, pair sets, leakage."""
-    from .pairs import check_leakage, load_pairs
-
-    validate(config)
+def check_config(config: TLIConfig, trained=None, control=None) -> tuple[Resolved, list[str]]:
+    """Every check that needs no compute: settings, layers and modules against the model's config,
+    pair sets, leakage. Returns the resolved settings and the warnings."""
     trained = load_pairs(config.trained_pairs) if trained is None else trained
     control = load_pairs(config.control_pairs) if control is None else control
-    warnings = validate(config, model_num_layers(config), len(trained), len(control))
+    resolved, warnings = resolve(config, model_shape(config.model), len(trained), len(control))
     leak = check_leakage(trained, control)
     if leak.leaks:
         detail = "; ".join(leak.lines())
@@ -57,7 +42,7 @@ def check_config(config: TLIConfig, trained=None, control=None) -> list[str]:
             raise TLIError(f"trained and control sets overlap ({detail}); the control set must be unseen. "
                            f"Remove the overlap, or accept it explicitly (--allow-overlap)")
         warnings.append(f"accepted overlap between trained and control: {detail}")
-    return warnings
+    return resolved, warnings
 
 
 def subset(df, n: int | None, seed: int):
@@ -77,15 +62,15 @@ class _StopFlag:
         return self.signalled or self.run.stop_requested()
 
 
-def execute(run: Run, progress: Progress = _no_progress, lock_held: bool = False, lm=None) -> dict:
+def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False, lm=None) -> dict:
     """Train and evaluate ``run``; returns the final status. Never raises for user errors.
 
     ``lock_held``: the caller (a sweep) already holds the training lock. ``lm``: a loaded
     model to reuse (a sweep loads it once); its adapters are removed again afterwards.
     """
-    lock = TrainingLock(run.path.parent)
+    lock = JobLock(run.path.parent)
     if not lock_held and not lock.acquire(f"run {run.id}, pid {os.getpid()}"):
-        holder = TrainingLock(run.path.parent).holder()
+        holder = JobLock(run.path.parent).holder()
         return run.update_status(state="failed", finished=now(),
                                  message=f"another training job holds the lock ({holder}); one job at a time")
     stop = _StopFlag(run)
@@ -109,14 +94,10 @@ def execute(run: Run, progress: Progress = _no_progress, lock_held: bool = False
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
 def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
-    from .evaluation import embed_sets
-
     config = run.config()
     run.update_status(state="running", phase="checking", pid=os.getpid(), process=my_process_tag(),
                       host=socket.gethostname(),
@@ -124,42 +105,37 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     run.log(f"run {run.id} started (pid {os.getpid()})")
     trained = subset(run.pairs("trained"), config.trained_subset, config.seed)
     control = subset(run.pairs("control"), config.control_subset, config.seed)
-    warnings = check_config(config, trained, control)
+    resolved, warnings = check_config(config, trained, control)
     for w in warnings:
         run.log(f"warning: {w}")
-    run.update_status(phase="loading model", warnings=warnings, eval_layer=config.eval_layer,
-                      target_layers=config.target_layers)
+    run.update_status(phase="loading model", warnings=warnings, eval_layer=resolved.eval_layer,
+                      target_layers=resolved.target_layers, resolved=resolved.to_dict())
     if lm is None or lm.spec != config.model:
         progress("loading model", 0, 1, config.model.label())
-        lm = load_model(config.model, progress=lambda f, m: run.log(f"load: {m}"))
+        lm = load_model(config.model, progress=lambda phase, done, total, detail="": run.log(f"load: {detail}"))
     if stop():
         return run.update_status(state="stopped", phase="stopped", finished=now(),
                                  message="stopped before training started (no adapter)")
-    n_layers = lm.facts.num_layers
     write_json(run.path / "model_facts.json", lm.facts.__dict__)
     sets = {"trained": trained, "control": control}
 
     run.update_status(phase="embedding before")
     before = embed_sets(lm.model, lm.tokenizer, sets, config.pooling,
-                        progress=lambda d, t: progress("embedding before", d, t, ""))
+                        progress=in_phase(progress, "embedding before"))
 
-    peft_model = attach_lora(lm.model, config, n_layers)
+    peft_model = attach_lora(lm.model, config, resolved)
     try:
-        return _train_and_evaluate(run, config, lm, peft_model, sets, before, progress, stop)
+        return _train_and_evaluate(run, config, resolved, lm, peft_model, sets, before, progress, stop)
     finally:
         peft_model.unload()  # the base model goes back exactly as it was (adapters removed, not merged)
 
 
-def _train_and_evaluate(run: Run, config: TLIConfig, lm, peft_model, sets, before, progress: Progress,
-                        stop: _StopFlag) -> dict:
-    from .evaluation import embed_sets
-    from .training import total_steps
-
-    n_layers = lm.facts.num_layers
+def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, peft_model, sets, before,
+                        progress: Progress, stop: _StopFlag) -> dict:
     trained = sets["trained"]
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    learn = learning_blocks(config, n_layers)
-    run.log(f"LoRA: {trainable:,} trainable parameters; the loss on layer(s) {config.target_layers} reaches "
+    learn = resolved.learning_blocks
+    run.log(f"LoRA: {trainable:,} trainable parameters; the loss on layer(s) {resolved.target_layers} reaches "
             f"adapters in blocks {learn[0]}..{learn[-1]} only"
             + (" (early exit: blocks beyond are not run)" if config.early_exit else ""))
     total = total_steps(len(trained), config.batch_size, config.epochs)
@@ -181,7 +157,7 @@ def _train_and_evaluate(run: Run, config: TLIConfig, lm, peft_model, sets, befor
         run.save_adapter(model, run.path / "checkpoints" / f"epoch_{epoch}")
         run.log(f"epoch {epoch} done; adapter saved to checkpoints/epoch_{epoch}")
 
-    result = train(peft_model, lm.tokenizer, trained, config, n_layers, on_step=on_step, on_epoch=on_epoch,
+    result = train(peft_model, lm.tokenizer, trained, config, resolved, on_step=on_step, on_epoch=on_epoch,
                    should_stop=stop)
     run.log(f"training {result.state} after {result.steps}/{result.total_steps} steps in {result.seconds:.1f} s"
             + (f": {result.message}" if result.message else ""))
@@ -199,17 +175,15 @@ def _train_and_evaluate(run: Run, config: TLIConfig, lm, peft_model, sets, befor
 
     run.update_status(phase="embedding after", step=result.steps)
     after = embed_sets(peft_model, lm.tokenizer, sets, config.pooling,
-                       progress=lambda d, t: progress("embedding after", d, t, ""))
-    _finish(run, config, sets, before, after, lm.facts, train_info)
+                       progress=in_phase(progress, "embedding after"))
+    _finish(run, resolved, sets, before, after, lm.facts, train_info)
     return run.update_status(state="done", phase="done", finished=now(), step=result.steps, message="")
 
 
-def _finish(run: Run, config: TLIConfig, sets, before, after, facts, train_info: dict) -> dict:
-    from .evaluation import evaluate, write_eval
-
-    result = evaluate(sets, before, after, config.eval_layer, seed=0)
+def _finish(run: Run, resolved: Resolved, sets, before, after, facts, train_info: dict) -> dict:
+    result = evaluate(sets, before, after, resolved.eval_layer, seed=0)
     write_eval(run, result)
-    summary = dict(result.summary, run=run.id, model=facts.name, target_layers=config.target_layers,
+    summary = dict(result.summary, run=run.id, model=facts.name, target_layers=resolved.target_layers,
                    train=train_info, finished=now())
     write_json(run.path / "summary.json", summary)
     g = summary["groups"]
@@ -219,7 +193,7 @@ def _finish(run: Run, config: TLIConfig, sets, before, after, facts, train_info:
     return summary
 
 
-def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = _no_progress) -> dict:
+def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_progress) -> dict:
     """Re-evaluate a run from its saved adapter on a freshly loaded base model.
 
     Holds the runs directory's job lock (a model load is as heavy as training's), and records
@@ -233,7 +207,7 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = _no_
     def record(**ev):
         run.update_status(evaluation=dict(ev, process=tag, started=started))
 
-    lock = TrainingLock(run.path.parent)
+    lock = JobLock(run.path.parent)
     if not lock.acquire(f"evaluation of run {run.id}, pid {os.getpid()}"):
         message = f"another job holds the lock ({lock.holder()}); one job at a time"
         record(state="failed", finished=now(), message=message)
@@ -263,10 +237,6 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = _no_
 
 
 def _evaluate_run(run: Run, adapter: str | None, progress: Progress) -> dict:
-    from peft import PeftModel
-
-    from .evaluation import embed_sets
-
     config = run.config()
     adapter_dir = run.path / adapter if adapter else run.adapter_dir
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -274,16 +244,14 @@ def _evaluate_run(run: Run, adapter: str | None, progress: Progress) -> dict:
     trained = subset(run.pairs("trained"), config.trained_subset, config.seed)
     control = subset(run.pairs("control"), config.control_subset, config.seed)
     lm = load_model(config.model)
-    validate(config, lm.facts.num_layers)
+    resolved, _ = resolve(config, lm.facts.shape())
     sets = {"trained": trained, "control": control}
-    before = embed_sets(lm.model, lm.tokenizer, sets, config.pooling,
-                        progress=lambda d, t: progress("embedding before", d, t, ""))
+    before = embed_sets(lm.model, lm.tokenizer, sets, config.pooling, progress=in_phase(progress, "embedding before"))
     model = PeftModel.from_pretrained(lm.model, str(adapter_dir))
     model.eval()
-    after = embed_sets(model, lm.tokenizer, sets, config.pooling,
-                       progress=lambda d, t: progress("embedding after", d, t, ""))
+    after = embed_sets(model, lm.tokenizer, sets, config.pooling, progress=in_phase(progress, "embedding after"))
     train_info = (run.raw_status().get("train") or {}) | {"evaluated_adapter": str(adapter_dir.relative_to(run.path))}
-    summary = _finish(run, config, sets, before, after, lm.facts, train_info)
+    summary = _finish(run, resolved, sets, before, after, lm.facts, train_info)
     if run.raw_status().get("state") == "stopped":
         run.update_status(message="stopped; evaluated from the saved adapter")
     return summary

@@ -1,0 +1,130 @@
+"""``scan`` (the layer scan), ``info`` (model facts) and ``prepare-demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import alignment
+from ..alignment import CENTERING
+from ..demo import demo_dir, demo_ready, prepare_demo
+from ..embeddings import POOLINGS
+from ..files import write_csv, write_json
+from ..layers import CONVENTION, parse_layers, resolve_layer
+from ..pairs import check_leakage, read_pairs
+from .common import TerminalProgress, add_model_args, load, spec_from_args
+
+
+def format_curve(curve) -> str:
+    """The layer curve as a fixed-width table (one block per set)."""
+    cols = ["layer", "layer_name", "n", "true_mean", "true_std", "shuffled_mean", "gap",
+            "p1_nn", "p1_csls", "p5_csls", "chance_p1"]
+    heads = ["layer", "name", "n", "true cos", "std", "shuffled", "gap", "P@1 NN", "P@1 CSLS", "P@5 CSLS",
+             "chance@1"]
+    out = []
+    for name, df in curve.groupby("set", sort=False):
+        out.append(f"\n{name} set ({int(df['n'].iloc[0])} pairs)")
+        table = df[cols].copy()
+        table.columns = heads
+        out.append(table.to_string(index=False, formatters={
+            "true cos": "{:.5f}".format, "std": "{:.4f}".format, "shuffled": "{:.5f}".format,
+            "gap": "{:+.5f}".format, "P@1 NN": "{:.3f}".format, "P@1 CSLS": "{:.3f}".format,
+            "P@5 CSLS": "{:.3f}".format, "chance@1": "{:.3f}".format}))
+    return "\n".join(out)
+
+
+def cmd_scan(args) -> int:
+    trained, report = read_pairs(args.pairs)
+    sets = {"trained": trained}
+    notes = report.lines()[1:]
+    if args.control:
+        control, creport = read_pairs(args.control)
+        sets["control"] = control
+        notes += creport.lines()[1:] + [line for line in check_leakage(trained, control).lines()
+                                        if not line.startswith("no overlap")]
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
+    layers = parse_layers(args.layers)
+    lm = load(spec_from_args(args), args.quiet)
+    if layers is not None:
+        layers = [resolve_layer(k, lm.facts.num_layers) for k in layers]
+    bar = TerminalProgress(enabled=not args.quiet)
+    try:
+        result = alignment.scan(lm.model, lm.tokenizer, sets, pooling=args.pooling, centering=args.center,
+                                layers=layers, seed=args.seed, batch_size=args.batch_size, progress=bar)
+    finally:
+        bar.close()
+    print(f"{lm.facts.name}: {lm.facts.num_layers} decoder blocks, hidden states 0..{lm.facts.num_layers} "
+          f"(0 = input embeddings, {lm.facts.num_layers} = final output after the norm); pooling={args.pooling}, "
+          f"centering={args.center}, shuffled baseline seed={args.seed}; scan {result.seconds:.2f} s")
+    print(format_curve(result.curve))
+    sugg = alignment.suggest_layers(result.curve)
+    print(f"\nsuggested target layer: raw-cosine peak {sugg['raw_peak']} (the paper's rule), "
+          f"gap peak {sugg['gap_peak']}, retrieval (P@1 CSLS) peak {sugg['retrieval_peak']}")
+    flat = alignment.indistinguishable_layers(result.curve)
+    if flat:
+        print(f"warning: at layers {','.join(map(str, flat))} true pairs are no more similar than shuffled pairs "
+              f"(gap < 0.02): a high cosine there is not evidence of alignment")
+    if args.out:
+        out = Path(args.out)
+        write_csv(out / "curve.csv", result.curve)
+        write_csv(out / "pairs.csv", result.pairs)
+        write_json(out / "scan.json", {
+            "model": lm.spec.to_dict(), "facts": lm.facts.__dict__, "pooling": args.pooling,
+            "centering": args.center, "seed": args.seed, "pairs": args.pairs, "control": args.control,
+            "seconds": result.seconds, "suggested": sugg,
+            "layer_convention": CONVENTION.replace("L =", f"{lm.facts.num_layers} =")})
+        print(f"\nwrote {out / 'curve.csv'}, {out / 'pairs.csv'} and {out / 'scan.json'}")
+    return 0
+
+
+def cmd_prepare_demo(args) -> int:
+    if not demo_ready():
+        prepare_demo(progress=lambda phase, done, total, detail="": print(
+            f"[{done / (total or 100):4.0%}] {detail}", file=sys.stderr))
+    print(f"demo model ready in {demo_dir()}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    lm = load(spec_from_args(args), args.quiet)
+    width = max(len(k) for k, _ in lm.facts.rows())
+    for label, value in lm.facts.rows():
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def pooling_help() -> str:
+    return "; ".join(f"{name} = {text}" for name, text in POOLINGS.items()) + " (default: mean)"
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("scan", help="layer scan: translation-pair cosine, shuffled baseline, gap and "
+                                    "retrieval precision for every layer",
+                       description="Embed every word once (all layers from one batched forward) and print, "
+                                   "per layer, the mean cosine of true translation pairs, the same for "
+                                   "shuffled pairs, their gap, and precision@1/5 by nearest neighbour and CSLS.")
+    p.add_argument("--pairs", required=True,
+                   help="trained word pairs: CSV/TSV with a header swahili,english (or source,target), "
+                        "JSON list of objects or {\"pairs\": [...]}, or JSONL")
+    p.add_argument("--control", default=None, help="control word pairs, same formats; scored as a second set")
+    p.add_argument("--pooling", choices=list(POOLINGS), default="mean", help=pooling_help())
+    p.add_argument("--center", nargs="?", const="joint", default="none", choices=CENTERING,
+                   help="mean-centering correction before cosines: joint (the flag alone) removes the mean "
+                        "of all words, language removes each language's mean (default: none)")
+    p.add_argument("--layers", default=None, help="layers to scan, e.g. 0-5,30 (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled-pair derangement (default: 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="words per forward (default: chosen from free memory)")
+    p.add_argument("--out", default=None, help="directory for curve.csv, pairs.csv and scan.json")
+    p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
+    add_model_args(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("prepare-demo", help="convert the embedded demo model once (make run/test do this)")
+    p.set_defaults(func=cmd_prepare_demo)
+
+    p = sub.add_parser("info", help="load a model and print its facts (layers, dtypes, memory, BOS ...)")
+    p.add_argument("--quiet", action="store_true")
+    add_model_args(p)
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,175 @@
+"""``train``, ``evaluate`` and the dashboard's hidden worker entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from ..config import TLIConfig, read_config_file
+from ..errors import TLIError
+from ..jobs.runner import start_run
+from ..layers import parse_layers
+from ..models import ModelSpec
+from ..runs import Run, default_runs_dir, load_run
+from ..stats import format_stats
+from ..worker import evaluate_run, execute, worker_main
+from .common import MODEL_FLAGS, TerminalProgress, add_model_args
+
+# TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
+TRAIN_FLAGS = {
+    "trained_pairs": ("--pairs", str), "control_pairs": ("--control", str),
+    "trained_subset": ("--trained-subset", int), "control_subset": ("--control-subset", int),
+    "target_layers": ("--target-layers", str), "eval_layer": ("--eval-layer", int),
+    "pooling": ("--pooling", str), "lora_r": ("--rank", int), "lora_alpha": ("--alpha", int),
+    "lora_dropout": ("--lora-dropout", float), "target_modules": ("--target-modules", str),
+    "adapter_blocks": ("--adapter-blocks", str), "loss": ("--loss", str), "margin": ("--margin", float),
+    "temperature": ("--temperature", float), "learning_rate": ("--lr", float),
+    "warmup_steps": ("--warmup-steps", int), "epochs": ("--epochs", int), "batch_size": ("--batch-size", int),
+    "weight_decay": ("--weight-decay", float), "grad_clip": ("--grad-clip", str), "seed": ("--seed", int),
+}
+
+
+def parse_grad_clip(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise TLIError(f"--grad-clip must be a positive number or none (got {text!r})") from None
+
+
+def config_from_args(args) -> TLIConfig:
+    """TLIConfig from an optional config file, overridden by any flag given on the command line."""
+    values = TLIConfig.from_dict(read_config_file(args.config) if args.config else {}).to_dict()
+    model = values["model"]
+    for dest, key in MODEL_FLAGS.items():
+        if getattr(args, dest, None) is not None:
+            model[key] = getattr(args, dest)
+    values["model"] = ModelSpec.from_dict(model)
+    for key, (flag, _) in TRAIN_FLAGS.items():
+        v = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if v is None:
+            continue
+        if key == "target_layers":
+            v = parse_layers(v)
+        elif key == "target_modules":
+            v = [m.strip() for m in v.split(",") if m.strip()]
+        elif key == "grad_clip":
+            v = parse_grad_clip(v)
+        values[key] = v
+    if args.early_exit is not None:
+        values["early_exit"] = args.early_exit
+    if args.allow_overlap:
+        values["allow_overlap"] = True
+    return TLIConfig.from_dict(values)
+
+
+def print_summary(run: Run) -> None:
+    summary = run.summary()
+    if not summary:
+        return
+    table = pd.DataFrame(list(summary["groups"].values()))
+    print(f"\nbefore/after at layer {summary['eval_layer']} ({summary['eval_layer_name']}), "
+          f"pooling={summary['pooling']}:")
+    cols = ["group", "n", "mean_before", "std_before", "mean_after", "std_after", "change", "pct_change", "t", "p",
+            "wilcoxon_p", "cohens_dz", "ci_low", "ci_high"]
+    print(format_stats(table[cols]))
+    print("\nshuffled baseline and retrieval at that layer (before -> after):")
+    for g in summary["groups"].values():
+        print(f"  {g['group']}: shuffled {g['shuffled_mean_before']:.4f} -> {g['shuffled_mean_after']:.4f}, "
+              f"gap {g['gap_before']:+.4f} -> {g['gap_after']:+.4f}, P@1 NN {g['p1_nn_before']:.3f} -> "
+              f"{g['p1_nn_after']:.3f}, P@1 CSLS {g['p1_csls_before']:.3f} -> {g['p1_csls_after']:.3f} "
+              f"(chance {g['chance_p1_before']:.3f})")
+
+
+def cmd_train(args) -> int:
+    config = config_from_args(args)
+    run, _, warnings = start_run(config, args.runs_dir or default_runs_dir(), name=args.name, launch=False)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"run directory: {run.path}", file=sys.stderr)
+    bars = TerminalProgress(not args.quiet)
+    try:
+        status = execute(run, progress=bars)
+    finally:
+        bars.close()
+    print(f"run {run.id}: {status.get('state')}" + (f" — {status['message']}" if status.get("message") else ""))
+    print_summary(run)
+    if status.get("state") == "failed":
+        print(f"see {run.log_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    run = load_run(args.run, args.runs_dir)
+    bars = TerminalProgress(not args.quiet)
+    try:
+        evaluate_run(run, adapter=args.adapter, progress=bars)
+    finally:
+        bars.close()
+    print(f"run {run.id}: evaluated; tables in {run.eval_dir}")
+    print_summary(run)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    return worker_main(args.run_dir)
+
+
+def cmd_evaluate_worker(args) -> int:
+    """Evaluate in a background process (the dashboard's Evaluate button)."""
+    run = Run(args.run_dir)
+    try:
+        evaluate_run(run)
+    except TLIError as exc:
+        run.log(f"evaluation failed: {exc}")
+        return 2
+    return 0
+
+
+def add_training_flags(p, skip=()) -> None:
+    """Every TLIConfig setting as a flag (help text from the dataclass), plus --config and the model."""
+    helps = TLIConfig.help()
+    p.add_argument("--config", default=None, help="JSON/YAML file of TLIConfig settings (e.g. a run's config.json)")
+    for key, (flag, typ) in TRAIN_FLAGS.items():
+        if key not in skip:
+            p.add_argument(flag, type=typ, default=None, help=helps[key] + (
+                " (comma-separated)" if key in ("target_layers", "target_modules") else ""))
+    p.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
+                   help=helps["early_exit"] + " (default: on)")
+    p.add_argument("--allow-overlap", action="store_true", help=helps["allow_overlap"])
+    p.add_argument("--runs-dir", default=None, help="where run directories go (default: ./runs or $TLI_RUNS_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_args(p, defaults=False)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train TLI adapters and evaluate before/after (writes a run directory)",
+                       description="Train LoRA adapters with the TLI loss on a target layer, then evaluate "
+                                   "trained and control pairs before and after. Defaults are the paper's. "
+                                   "Settings come from --config (JSON or YAML, the run's config.json format) "
+                                   "and any flag given overrides the file.")
+    add_training_flags(p)
+    p.add_argument("--name", default=None, help="run directory name (default: time, model, layer and rank)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a run from its saved adapter",
+                       description="Load the base model fresh, attach the run's saved adapter, and recompute the "
+                                   "before/after tables and statistics.")
+    p.add_argument("--run", required=True, help="run directory (or its id under --runs-dir)")
+    p.add_argument("--adapter", default=None, help="adapter inside the run, e.g. checkpoints/epoch_3 "
+                                                   "(default: adapter/)")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("evaluate-worker", help=argparse.SUPPRESS)
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_evaluate_worker)

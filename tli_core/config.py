@@ -1,0 +1,254 @@
+"""``TLIConfig``: one TLI run's settings, saved verbatim as ``config.json``, shown in the UI, read by the CLI.
+
+Defaults are the paper's published settings (arXiv 2506.15415). Checks that need no model run
+when a config is made (``__post_init__``); the settings that depend on a model (layers, blocks,
+target modules) stay as the user wrote them and are resolved by the pure function
+:func:`resolve`, which returns a new :class:`Resolved` object and a list of warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .anatomy import default_lora_targets
+from .embeddings import POOLINGS
+from .errors import TLIError
+from .layers import paper_eval_layer, parse_blocks, resolve_layer
+from .models import ModelShape, ModelSpec
+from .pairs import DEFAULT_CONTROL, DEFAULT_TRAINED
+
+LOSSES = ("triplet", "infonce")
+PLACEMENTS = ("all", "up_to_target", "early", "late")
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TLIConfig:
+    """One TLI run. Defaults are the paper's published settings (arXiv 2506.15415)."""
+
+    model: ModelSpec = _help("the model and how to load it (default: demo, NF4 as the paper)",
+                             default_factory=ModelSpec)
+    trained_pairs: str = _help("word pairs to train on (CSV/TSV/JSON/JSONL)", default=str(DEFAULT_TRAINED))
+    control_pairs: str = _help("unseen word pairs, evaluated only", default=str(DEFAULT_CONTROL))
+    trained_subset: int | None = _help("train on a seeded random sample of this many pairs (default: all)",
+                                       default=None)
+    control_subset: int | None = _help("evaluate a seeded random sample of this many control pairs",
+                                       default=None)
+    target_layers: list[int] = _help("layer(s) whose embeddings the loss is computed on (loss averaged); "
+                                     "the paper: 2", default_factory=lambda: [2])
+    eval_layer: int | None = _help("layer for the before/after statistics; default: the paper's 'layer 31' "
+                                   "= hidden_states[L-1], output of block L-1", default=None)
+    pooling: str = _help("mean (paper) | mean_words | mean_no_first | last", default="mean")
+    lora_r: int = _help("LoRA rank", default=16)
+    lora_alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=32)
+    lora_dropout: float = _help("dropout on the LoRA input", default=0.05)
+    target_modules: list[str] | None = _help("modules that get adapters (default per architecture: "
+                                             "q_proj, v_proj)", default=None)
+    adapter_blocks: str = _help("which blocks get adapters: all (paper) | up_to_target | early (first half) | "
+                                "late (second half) | a list such as 1-4,8 (blocks numbered from 1)",
+                                default="all")
+    loss: str = _help("triplet (paper: hardest in-batch negative with margin) | infonce", default="triplet")
+    margin: float = _help("triplet margin", default=0.4)
+    temperature: float = _help("InfoNCE temperature", default=0.05)
+    learning_rate: float = _help("AdamW learning rate", default=2e-4)
+    warmup_steps: int = _help("linear warm-up steps, then linear decay to 0", default=50)
+    epochs: int = _help("passes over the trained pairs; the adapter is saved after each", default=5)
+    batch_size: int = _help("pairs per step (in-batch negatives need at least 2)", default=8)
+    weight_decay: float = _help("AdamW weight decay (not published; torch's default)", default=0.01)
+    grad_clip: float | None = _help("clip the gradient norm (not published; the transformers Trainer "
+                                    "default 1.0); none = off", default=1.0)
+    seed: int = _help("seed for LoRA initialisation, dropout and batch order", default=42)
+    early_exit: bool = _help("stop the forward after the deepest target layer (same loss, faster)",
+                             default=True)
+    allow_overlap: bool = _help("accept trained/control overlap (otherwise an error)", default=False)
+
+    def __post_init__(self):
+        check_settings(self)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TLIConfig":
+        if not isinstance(d, dict):
+            raise TLIError("a TLI config must be a mapping of settings")
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TLIError(f"unknown setting(s) in the config: {', '.join(sorted(unknown))}")
+        model = d.pop("model", {})
+        d["model"] = model if isinstance(model, ModelSpec) else ModelSpec.from_dict(model or {})
+        if "target_layers" in d:
+            tl = d["target_layers"]
+            d["target_layers"] = [tl] if isinstance(tl, int) else list(tl)
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TLIConfig":
+        return cls.from_dict(read_config_file(path))
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings in a JSON or YAML file (e.g. a run's config.json), as a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise TLIError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types; both mean a bad file
+        raise TLIError(f"cannot read config file {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise TLIError(f"config file {p} must hold a mapping of settings")
+    return data
+
+
+# --------------------------------------------------------------------------- checks without a model
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise TLIError(f"{what} must be a whole number (got {value!r})")
+    return int(value)
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TLIError(f"{what} must be a number (got {value!r})")
+    if not math.isfinite(value):
+        raise TLIError(f"{what} must be a finite number (got {value!r})")
+    return float(value)
+
+
+def check_settings(c: TLIConfig) -> None:
+    """Raise TLIError for settings that cannot work on any model, naming the setting the user typed."""
+    if _whole(c.lora_r, "LoRA rank") < 1:
+        raise TLIError(f"LoRA rank must be at least 1 (got {c.lora_r})")
+    if not _number(c.lora_alpha, "LoRA alpha") > 0:
+        raise TLIError(f"LoRA alpha must be positive (got {c.lora_alpha})")
+    if not 0 <= _number(c.lora_dropout, "LoRA dropout") < 1:
+        raise TLIError(f"LoRA dropout must be in [0, 1) (got {c.lora_dropout})")
+    if c.loss not in LOSSES:
+        raise TLIError(f"unknown loss {c.loss!r}; use one of {', '.join(LOSSES)}")
+    if _whole(c.batch_size, "batch size") < 2:
+        raise TLIError(f"batch size {c.batch_size} leaves no in-batch negatives: the {c.loss} loss "
+                       f"compares each Swahili word with the other English words in its batch; use 2 or more")
+    if _whole(c.epochs, "epochs") < 1:
+        raise TLIError(f"epochs must be at least 1 (got {c.epochs})")
+    if not _number(c.learning_rate, "learning rate") > 0:
+        raise TLIError(f"learning rate must be positive (got {c.learning_rate})")
+    if _whole(c.warmup_steps, "warm-up steps") < 0:
+        raise TLIError(f"warm-up steps cannot be negative (got {c.warmup_steps})")
+    if _number(c.margin, "triplet margin") < 0:
+        raise TLIError(f"triplet margin cannot be negative (got {c.margin})")
+    if c.loss == "infonce" and not _number(c.temperature, "InfoNCE temperature") > 0:
+        raise TLIError(f"InfoNCE temperature must be positive (got {c.temperature})")
+    if _number(c.weight_decay, "weight decay") < 0:
+        raise TLIError(f"weight decay cannot be negative (got {c.weight_decay})")
+    if c.grad_clip is not None and not _number(c.grad_clip, "gradient clipping") > 0:
+        raise TLIError(f"gradient clipping must be positive or none (got {c.grad_clip})")
+    _whole(c.seed, "seed")
+    if c.pooling not in POOLINGS:
+        raise TLIError(f"unknown pooling {c.pooling!r}; use one of {', '.join(POOLINGS)}")
+    if not c.target_layers:
+        raise TLIError("at least one target layer is needed")
+    for k in c.target_layers:
+        _whole(k, "target layer")
+    if c.eval_layer is not None:
+        _whole(c.eval_layer, "evaluation layer")
+    for name, n in (("trained", c.trained_subset), ("control", c.control_subset)):
+        if n is not None and _whole(n, f"{name} subset") < 2:
+            raise TLIError(f"a {name} subset needs at least 2 pairs (got {n})")
+
+
+# --------------------------------------------------------------------------- resolution against a model
+
+@dataclass(frozen=True)
+class Resolved:
+    """The model-dependent settings of a run, as numbers: what the worker actually uses."""
+
+    num_layers: int
+    target_layers: list[int]
+    eval_layer: int
+    adapter_blocks: list[int]  # blocks (1..L) that get LoRA adapters
+    learning_blocks: list[int]  # of those, the ones a loss on the target layers can reach
+    target_modules: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def adapter_block_list(spec: str, deepest_target: int, num_layers: int) -> list[int]:
+    """Blocks (numbered 1..L, block k produces layer k) named by an adapter-placement setting."""
+    spec = str(spec).strip()
+    half = max(1, num_layers // 2)
+    if spec == "all":
+        return list(range(1, num_layers + 1))
+    if spec == "up_to_target":
+        return list(range(1, deepest_target + 1))
+    if spec == "early":
+        return list(range(1, half + 1))
+    if spec == "late":
+        return list(range(half + 1, num_layers + 1))
+    return parse_blocks(spec, num_layers)
+
+
+def resolve(config: TLIConfig, shape: ModelShape, n_trained: int | None = None,
+            n_control: int | None = None) -> tuple[Resolved, list[str]]:
+    """The config's settings resolved against a model (and pair-set sizes); never changes ``config``.
+
+    Raises TLIError for settings that cannot work on this model; returns warnings for ones that
+    are unusual.
+    """
+    warnings: list[str] = []
+    n = shape.num_layers
+    targets = sorted({resolve_layer(k, n, "target layer") for k in config.target_layers})
+    if 0 in targets:
+        raise TLIError("target layer 0 is the input embedding table: LoRA adapters on attention "
+                       "cannot change it; use layer 1 or deeper (the paper: 2)")
+    eval_layer = resolve_layer(paper_eval_layer(n) if config.eval_layer is None else config.eval_layer, n,
+                               "evaluation layer")
+    deepest = max(targets)
+    blocks = adapter_block_list(config.adapter_blocks, deepest, n)
+    learning = [b for b in blocks if b <= deepest]
+    if not learning:
+        raise TLIError(f"no adapter sits in blocks 1..{deepest}: a loss on layer {deepest} cannot reach "
+                       f"adapters in blocks {blocks[0]}..{blocks[-1]}, so nothing would train")
+    idle = len(blocks) - len(learning)
+    if idle:
+        warnings.append(f"{idle} of {len(blocks)} adapter blocks lie beyond target layer {deepest}: "
+                        f"they get no gradient and stay at zero (only blocks 1..{deepest} learn)")
+    modules = list(config.target_modules or default_lora_targets(shape.model_type))
+    if shape.linear_modules is not None:
+        missing = [m for m in modules if m not in shape.linear_modules]
+        if missing:
+            raise TLIError(f"target module(s) {', '.join(missing)} do not exist in this model's blocks; "
+                           f"its linear layers are {', '.join(sorted(shape.linear_modules))}")
+    if n_trained is not None:
+        if n_trained < 2:
+            raise TLIError(f"the trained set has {n_trained} pair(s); at least 2 are needed")
+        if n_trained < config.batch_size:
+            warnings.append(f"the trained set ({n_trained} pairs) is smaller than one batch "
+                            f"({config.batch_size}); each step uses all of it")
+    if n_control is not None and n_control == 0:
+        raise TLIError("the control set is empty: TLI's claim is about unseen words; give a control file")
+    return Resolved(num_layers=n, target_layers=targets, eval_layer=eval_layer, adapter_blocks=blocks,
+                    learning_blocks=learning, target_modules=modules), warnings

@@ -1,0 +1,108 @@
+"""Display helpers every page uses: figures, CSV downloads, errors, search, the sidebar, job panels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from tli_core import TLIError
+from tli_core.figures import PLOT_CONFIG
+from tli_core.jobs.runner import busy_message, start_evaluation
+from tli_core.layers import CONVENTION
+from tli_core.runs import active_runs
+
+from .models import current_model, runs_dir
+from .state import pairs_state
+
+
+def plot(fig, key: str | None = None) -> None:
+    """A Plotly figure with its PNG download button (camera icon) in the mode bar."""
+    config = dict(PLOT_CONFIG)
+    if key:
+        config["toImageButtonOptions"] = dict(PLOT_CONFIG["toImageButtonOptions"], filename=f"tli-{key}")
+    st.plotly_chart(fig, key=key, config=config)
+
+
+def download_csv(df: pd.DataFrame, filename: str, label: str = "Download CSV", key: str | None = None) -> None:
+    st.download_button(label, df.to_csv(index=False).encode("utf-8"), file_name=filename, mime="text/csv",
+                       key=key or f"dl-{filename}", icon=":material/download:")
+
+
+def show_error(exc: Exception) -> None:
+    if isinstance(exc, TLIError):
+        st.error(str(exc), icon="⚠️")
+    else:
+        st.exception(exc)
+
+
+def searchable(df: pd.DataFrame, key: str, columns=("swahili", "english"), label="Search words") -> pd.DataFrame:
+    query = st.text_input(label, key=key, placeholder="type part of a Swahili or English word")
+    if not query:
+        return df
+    if not any(c in df for c in columns):  # an imported table: search every text column
+        columns = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
+    mask = pd.Series(False, index=df.index)
+    for col in columns:
+        if col in df:
+            mask = mask | df[col].astype(str).str.contains(query, case=False, regex=False)
+    return df[mask]
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        st.markdown("### Loaded model")
+        lm = current_model()
+        if lm is None:
+            st.caption("none — load one on the Model page")
+        else:
+            f = lm.facts
+            st.markdown(f"**{f.name}**")
+            st.caption(f"{f.architecture} · {f.num_layers} blocks (layers 0–{f.num_layers}) · "
+                       f"hidden {f.hidden_size}\n\n{f.quantization} · {f.device} · {f.memory_bytes / 2**20:,.0f} MiB")
+        pairs = pairs_state()
+        if pairs:
+            st.markdown("### Word pairs")
+            st.caption(f"trained {len(pairs[0]['trained'])} · control {len(pairs[0]['control'])}")
+        try:
+            active = active_runs(runs_dir())
+        except OSError:
+            active = []
+        if active:
+            st.markdown("### Training")
+            st_ = active[0].status()
+            st.caption(f"{active[0].id}: {st_.get('phase')} — step {st_.get('step', 0)}/"
+                       f"{st_.get('total_steps') or '?'}")
+        st.caption(f"Layers: {CONVENTION}.")
+
+
+def evaluation_panel(run, key: str) -> None:
+    """State of a run's re-evaluation, or a button that starts one in the background.
+
+    One job at a time per runs directory (the evaluator takes the job lock); a started
+    evaluation shows as running from the first instant, so a second click cannot start another.
+    """
+    ev = run.evaluation()
+    if ev.get("state") == "running":
+        st.info(f"Evaluating the saved adapter: {ev.get('phase', 'starting')} (started {ev.get('started', 'now')}). "
+                f"This page updates when it is done.", icon=":material/hourglass_top:")
+        _poll_evaluation(run)
+        return
+    if ev.get("state") == "failed":
+        st.error(f"The last evaluation failed: {ev.get('message')}")
+    busy = busy_message(run.path.parent)
+    if busy:
+        st.caption(f"Evaluation waits: {busy}.")
+    label = "Evaluate again" if ev.get("state") == "failed" else "Evaluate this run"
+    if st.button(label, type="primary", key=key, disabled=bool(busy), icon=":material/analytics:"):
+        try:
+            start_evaluation(run)
+            st.toast("Evaluation started in the background.")
+            st.rerun()
+        except TLIError as exc:
+            show_error(exc)
+
+
+@st.fragment(run_every=2.0)
+def _poll_evaluation(run) -> None:
+    if not run.is_evaluating():
+        st.rerun(scope="app")
