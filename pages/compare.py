@@ -3,8 +3,10 @@
 import pandas as pd
 import streamlit as st
 
+from tli_core.evaluation import protocols_side_by_side
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
 from tli_core.layers import layer_name
+from tli_core.protocols import PROTOCOLS
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, stats_table
 from ui import state
@@ -14,7 +16,8 @@ from ui.widgets import download_csv, evaluation_panel, plot, searchable, show_er
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
 
-STAT_FORMATS = {"p (paired t)": "{:.3g}", "p (Wilcoxon)": "{:.3g}", "% change": "{:+.2f} %", "change": "{:+.4f}",
+STAT_FORMATS = {"p (paired t)": "{:.3g}", "p (Wilcoxon)": "{:.3g}", "p (Holm over layers)": "{:.3g}",
+                "% change": "{:+.2f} %", "change": "{:+.4f}",
                 "t": "{:.2f}", "Wilcoxon W": "{:.0f}", "n": "{:d}"}
 
 
@@ -82,20 +85,44 @@ if source.startswith("a training run"):
         st.stop()
 
     cfg = run.config_dict()
-    layers = run.table("pairs_layers")
+    protocols = run.protocols()
+    summaries = {name: (run.summary(name) or summary) for name in protocols}
+    if len(protocols) > 1:
+        st.subheader("The evaluation protocols side by side")
+        st.caption("The same adapter measured the ways the paper's text, the authors' script and this studio "
+                   "measure it (Train page, Evaluation). " + " ".join(
+                       f"**{name}**: {PROTOCOLS[name].describe() if name in PROTOCOLS else 'as recorded'}."
+                       for name in protocols))
+        side = protocols_side_by_side(summaries)
+        st.dataframe(side, hide_index=True, width="stretch", column_config={
+            c: st.column_config.NumberColumn(format="%.4f") for c in side.columns
+            if side[c].dtype.kind == "f" and c not in ("% change", "p (paired t)")} | {
+            "% change": st.column_config.NumberColumn(format="%+.2f%%"),
+            "p (paired t)": st.column_config.NumberColumn(format="%.3g")})
+        download_csv(side, f"protocols_{rid}.csv", "Download the protocols table (CSV)", key="dl-protocols")
+    protocol = st.radio("Protocol shown below", protocols, horizontal=True,
+                        format_func=lambda p: f"{p} ({PROTOCOLS[p].title})" if p in PROTOCOLS else p)
+    summary = summaries[protocol]
+    layers = run.table("pairs_layers", protocol)
     n_layers = int(summary["num_layers"])
-    st.caption(f"Model {summary.get('model')} · target layer(s) {cfg.get('target_layers')} · rank {cfg.get('lora_r')} "
-               f"· {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · pooling {summary['pooling']}")
+    st.caption(f"Model {summary.get('model', run.summary().get('model'))} · target layer(s) {cfg.get('target_layers')} "
+               f"· rank {cfg.get('lora_r')} · {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · **{protocol}**: "
+               f"{summary.get('protocol_description', 'pooling ' + summary['pooling'])} · analysis precision "
+               f"{summary.get('precision', 'the compute dtype')}")
     eval_layer = st.select_slider("Evaluation layer", options=list(range(n_layers + 1)), value=summary["eval_layer"],
                                   format_func=lambda k: f"{k} ({layer_name(k, n_layers)})",
                                   help="the run's own evaluation layer is preselected; every layer was measured")
     data = layers[layers["layer"] == eval_layer].reset_index(drop=True)
     groups = list(dict.fromkeys(data["set"]))
     table = stats_table(data, "before", "after", "set") if eval_layer != summary["eval_layer"] else \
-        pd.DataFrame([summary["groups"][g] for g in groups])[list(STAT_LABELS)]
-    st.subheader(f"Paired statistics at layer {eval_layer} ({layer_name(eval_layer, n_layers)})")
+        pd.DataFrame([summary["groups"][g] for g in groups])[[c for c in STAT_LABELS if c != "p_holm"]]
+    layer_stats = run.table("layer_stats", protocol)
+    if layer_stats is not None and "p_holm" in layer_stats:  # a layer picked after seeing them all is one of many
+        at_layer = layer_stats[layer_stats["layer"] == eval_layer].set_index("set")["p_holm"]
+        table["p_holm"] = [at_layer.get(g) for g in table["group"]]
+    st.subheader(f"Paired statistics at layer {eval_layer} ({layer_name(eval_layer, n_layers)}), {protocol}")
     show_stats(table, f"{rid}-L{eval_layer}")
-    curve = run.table("curve")
+    curve = run.table("curve", protocol)
     at = curve[curve["layer"] == eval_layer]
     base_rows = []
     for g in groups:
@@ -109,14 +136,15 @@ if source.startswith("a training run"):
                "cosine that the shuffled pairs share is not better alignment.")
     st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0] if c != "set"})
-    side_by_side(data, groups, "before", "after", rid)
+    side_by_side(data, groups, "before", "after", f"{rid}-{protocol}")
     st.subheader("The whole layer curve before vs after")
     cols = st.columns(len(groups))
     for col, g in zip(cols, groups, strict=True):
         with col:
-            plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")), key=f"curve-{rid}-{g}")
+            plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")),
+                 key=f"curve-{rid}-{protocol}-{g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
-    word_table(data, f"{rid}-L{eval_layer}")
+    word_table(data, f"{rid}-{protocol}-L{eval_layer}")
 else:
     upload = st.file_uploader("Per-pair table with before and after columns (CSV or TSV)", type=["csv", "tsv", "txt"])
     if upload is None:

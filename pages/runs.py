@@ -2,14 +2,35 @@
 
 import streamlit as st
 
+from tli_core.jobs.runner import import_adapter
+from tli_core.layers import parse_layers
 from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
 from ui import state
-from ui.models import runs_dir
+from ui.models import current_model, get_pairs, runs_dir
 from ui.widgets import download_csv, evaluation_panel, show_error
 
 st.title("Runs")
 st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
            f"before/after tables, and can be re-evaluated from the command line.")
+
+with st.expander("Import a published adapter (any PEFT LoRA directory)"):
+    st.caption("For example the authors' `results/tli_lora_adapters/final` (r=16, α=32, q_proj/v_proj, all layers, "
+               "base Lugha-Llama-8B-wura). It is checked against the loaded model — every tensor's shape, before "
+               "anything is written — and becomes a run you can evaluate under any protocol, on this session's "
+               "word pairs.")
+    c1, c2 = st.columns([3, 1])
+    source = c1.text_input("Adapter directory", placeholder="/path/to/tli_lora_adapters/final")
+    layers_text = c2.text_input("Trained on layer(s)", "2")
+    lm = current_model()
+    if st.button("Import", icon=":material/upload:", disabled=lm is None or not source.strip()):
+        try:
+            pairs = get_pairs()
+            run, info = import_adapter(source.strip(), lm.spec, runs_dir(), pairs["trained"], pairs["control"],
+                                       target_layers=parse_layers(layers_text))
+            st.success(f"Imported as run {run.id} (r={info['adapter_config'].get('r')}, "
+                       f"α={info['adapter_config'].get('lora_alpha')}); select it below to evaluate it.")
+        except Exception as exc:
+            show_error(exc)
 
 table = runs_table(runs_dir())
 if table.empty:
@@ -61,9 +82,18 @@ elif len(selected) == 1:
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
-    if not run.is_active() and run.has_adapter() and run.summary() is None:
-        st.caption("This run's saved adapter has no before/after statistics yet.")
-        evaluation_panel(run, key=f"evaluate-{run.id}")
+    if not run.is_active() and run.has_adapter():
+        if run.summary() is None:
+            st.caption("This run's saved adapter has no before/after statistics yet.")
+            evaluation_panel(run, key=f"evaluate-{run.id}")
+        else:
+            with st.expander(f"Evaluate under other protocols (evaluated: {', '.join(run.protocols())})"):
+                evaluation_panel(run, key=f"evaluate-{run.id}")
+    imported = status.get("import")
+    if imported:
+        with st.expander("Imported adapter", expanded=run.summary() is None):
+            st.caption(f"From {imported['source']} on {imported['imported']}")
+            st.json(imported["adapter_config"])
     with st.expander("Config"):
         st.json(run.config_dict())
     with st.expander("Log"):

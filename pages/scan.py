@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from tli_core.alignment import CENTERING, indistinguishable_layers, suggest_layers
+from tli_core.alignment import CENTERING, indistinguishable_layers, layer_noise, suggest_layers
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import curve_figure, heatmap_figure, mark_layers
+from tli_core.precision import NOISE_LIMIT, PRECISIONS
 from ui import state
 from ui.models import cached_scan, get_pairs, require_model
 from ui.widgets import download_csv, plot, searchable, show_error
@@ -18,21 +19,22 @@ st.caption(f"{lm.facts.name}: hidden states 0–{n_layers} (0 = input embeddings
 
 CENTER_HELP = {"none": "raw cosines (the paper's)", "joint": "subtract the mean of all words first",
                "language": "subtract each language's mean first"}
-c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 1])
 pooling = c1.selectbox("Pooling", list(POOLINGS), format_func=lambda p: f"{p} — {POOLINGS[p]}")
 centering = c2.selectbox("Mean-centering", CENTERING, format_func=lambda c: f"{c} — {CENTER_HELP[c]}")
-which = c3.multiselect("Sets", ["trained", "control"], default=["trained", "control"])
-seed = c4.number_input("Shuffle seed", 0, 10**6, 0, help="seed of the derangement behind the shuffled baseline")
+precision = c3.selectbox("Analysis precision", list(PRECISIONS), format_func=lambda p: f"{p} — {PRECISIONS[p]}")
+which = c4.multiselect("Sets", ["trained", "control"], default=["trained", "control"])
+seed = c5.number_input("Shuffle seed", 0, 10**6, 0, help="seed of the derangement behind the shuffled baseline")
 sets = {name: pairs[name] for name in which}
 
-result = cached_scan(lm, sets, pooling, centering, int(seed), compute=False) if sets else None
+result = cached_scan(lm, sets, pooling, centering, int(seed), precision, compute=False) if sets else None
 if result is None and sets:
     n_words = 2 * sum(len(df) for df in sets.values())
     if st.button(f"Run the scan ({n_words} words × {n_layers + 1} layers)", type="primary",
                  icon=":material/play_arrow:"):
         bar = st.progress(0.0, text="embedding words …")
         try:
-            cached_scan(lm, sets, pooling, centering, int(seed),
+            cached_scan(lm, sets, pooling, centering, int(seed), precision,
                         progress=lambda phase, d, t, detail="": bar.progress(d / t, text=f"embedded {d} of {t} words"))
             st.rerun()  # show the result without the button
         except Exception as exc:
@@ -42,16 +44,34 @@ if result is None:
     st.info("Choose the settings and run the scan." if sets else "Pick at least one set.")
     st.stop()
 
-st.caption(f"Scan took {result.seconds:.2f} s (cached: changing a page or coming back does not recompute it).")
+st.caption(f"Scan took {result.seconds:.2f} s in {result.stats.forwards} forward(s) (cached: changing a page or "
+           f"coming back does not recompute it). Pooling {result.pooling}, centering {result.centering}, analysis "
+           f"precision {result.precision}.")
+flagged = result.flagged_layers
+if result.precision_report is not None:
+    worst = result.precision_report["max_abs_delta"].max()
+    text = (f"Precision check ({result.precision} against float32 on the same weights, "
+            f"{int(result.precision_report['pairs_checked'].iloc[0])} sampled pairs): a pair's cosine moves by up to "
+            f"{worst:.2e}.")
+    if flagged:
+        st.warning(text + f" Per-pair values at layers {', '.join(map(str, flagged))} move by more than "
+                   f"{NOISE_LIMIT:g} and are marked ⚠ below; choose float32 for word-level numbers there.", icon="⚠️")
+    else:
+        st.caption(text + f" No layer above {NOISE_LIMIT:g}.")
+    with st.expander("Precision by layer"):
+        st.dataframe(result.precision_report, hide_index=True, width="stretch")
 show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
 curve = result.curve
-sugg = suggest_layers(curve, show)
+sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report))
 state.set_scan_suggestion(dict(sugg, model=lm.spec))
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
-m1.metric("Raw-cosine peak (the paper's rule)", f"layer {sugg['raw_peak']}")
-m2.metric("Largest gap over shuffled pairs", f"layer {sugg['gap_peak']}")
-m3.metric("Best retrieval (P@1, CSLS)", f"layer {sugg['retrieval_peak']}")
+for col, key, label in ((m1, "raw_peak", "Raw-cosine peak (the paper's rule)"),
+                        (m2, "gap_peak", "Largest gap over shuffled pairs"),
+                        (m3, "retrieval_peak", "Best retrieval (P@1, CSLS)")):
+    tied = sugg["ties"][key]
+    col.metric(label, f"layer {sugg[key]}", f"tied within the noise: {', '.join(map(str, tied))}"
+               if len(tied) > 1 else None, delta_color="off")
 if flat:
     where = "every layer" if len(flat) == n_layers + 1 else f"{len(flat)} of {n_layers + 1} layers " \
         f"({', '.join(map(str, flat))})"
@@ -60,10 +80,10 @@ if flat:
                f"look at the gap and retrieval panels, and at Artifact diagnostics.", icon="⚠️")
 if sugg["raw_peak"] != sugg["gap_peak"]:
     st.info(f"The raw-cosine peak (layer {sugg['raw_peak']}) is not where true pairs stand out most from shuffled "
-            f"ones (layer {sugg['gap_peak']}). The Train page is prefilled with the gap peak; the paper's rule would "
-            f"pick layer {sugg['raw_peak']}.")
+            f"ones (layer {sugg['gap_peak']}). The Train page keeps the paper's layer 2 and offers the gap peak as a "
+            f"one-click choice.")
 
-fig = curve_figure(curve, show)
+fig = curve_figure(curve, show, flagged=flagged, precision=result.precision)
 mark_layers(fig, {"raw-cosine peak": sugg["raw_peak"], "gap peak": sugg["gap_peak"]})
 plot(fig, key=f"scan-curve-{show}")
 table = curve[curve["set"] == show].drop(columns=["set"])
@@ -77,8 +97,11 @@ st.subheader("Word by word")
 words = result.pairs[result.pairs["set"] == show]
 found = searchable(words, key="scan-search")
 st.caption("Each pair's cosine at every layer. Sort by any column; search filters the heatmap and the table.")
-plot(heatmap_figure(found, max_words=80), key=f"scan-heatmap-{show}")
+plot(heatmap_figure(found, max_words=80, flagged=flagged), key=f"scan-heatmap-{show}")
 st.dataframe(found, hide_index=True, width="stretch", height=380,
-             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in found.columns
-                            if c.startswith("layer_")})
+             column_config={c: st.column_config.NumberColumn(
+                 c + (" ⚠" if int(c.split("_")[1]) in flagged else ""), format="%.4f",
+                 help=f"per-pair error above {NOISE_LIMIT:g} in {result.precision}"
+                 if int(c.split("_")[1]) in flagged else None)
+                 for c in found.columns if c.startswith("layer_")})
 download_csv(result.pairs, "scan_pairs.csv", "Download per-pair cosines (CSV, all sets)", key="dl-pairs")

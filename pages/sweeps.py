@@ -20,6 +20,8 @@ lm = require_model()
 pairs = get_pairs()
 n = lm.facts.num_layers
 
+OVERLAP_CONTROL = "Accept pairs that are in both sets"
+
 with st.form("sweep"):
     c1, c2, c3 = st.columns(3)
     layers = c1.text_input("Target-layer settings", "1,2", help="comma-separated; '+' trains layers together, "
@@ -33,22 +35,25 @@ with st.form("sweep"):
     sub_t = c2.number_input("Trained subset (0 = all)", 0, 10**6, 0)
     lr = c3.number_input("Learning rate", 1e-7, 1.0, 2e-4, format="%.1e")
     correction = c4.selectbox("Correction", CORRECTIONS, help="bh = Benjamini–Hochberg (FDR); holm = Holm (FWER)")
-    eval_layer = st.select_slider("Evaluation layer", list(range(n + 1)), value=paper_eval_layer(n),
-                                  format_func=lambda k: f"{k} ({layer_name(k, n)})")
+    c1, c2 = st.columns([3, 1])
+    eval_layer = c1.select_slider("Evaluation layer (studio protocol, the heatmap's headline)", list(range(n + 1)),
+                                  value=paper_eval_layer(n), format_func=lambda k: f"{k} ({layer_name(k, n)})")
+    overlap = c2.checkbox(OVERLAP_CONTROL, False, help=TLIConfig.help()["allow_overlap"])
     start = st.form_submit_button("Start the sweep", type="primary", icon=":material/grid_on:")
 
 if start:
     try:
         base = TLIConfig(model=lm.spec, trained_pairs=pairs_file(pairs["trained"]),
                          control_pairs=pairs_file(pairs["control"]), epochs=int(epochs),
-                         trained_subset=int(sub_t) or None, learning_rate=float(lr), eval_layer=int(eval_layer))
+                         trained_subset=int(sub_t) or None, learning_rate=float(lr), eval_layer=int(eval_layer),
+                         allow_overlap=overlap)
         spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
                          placements=placements, correction=correction)
         sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
         state.set_watched_sweep(sweep.id)
         st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
     except Exception as exc:
-        show_error(exc)
+        show_error(exc, overlap_control=OVERLAP_CONTROL)
 
 sweeps = list_sweeps(runs_dir())
 if not sweeps:

@@ -8,6 +8,8 @@ from tli_core.figures import loss_figure, similarity_figure
 from tli_core.jobs.jobdir import ACTIVE
 from tli_core.jobs.runner import start_run
 from tli_core.layers import layer_name, paper_eval_layer
+from tli_core.precision import PRECISIONS
+from tli_core.protocols import EVAL_LAYERS, PROTOCOLS
 from tli_core.runs import Run, active_runs, list_runs
 from ui import state
 from ui.models import get_pairs, pairs_file, require_model, runs_dir
@@ -25,6 +27,9 @@ if not sugg or sugg.get("model") != lm.spec or not 0 < sugg["gap_peak"] <= n:
 default_target = sugg["gap_peak"] if sugg else min(paper.target_layers[0], n)
 
 
+OVERLAP_CONTROL = "Accept pairs that are in both sets"
+
+
 def layer_label(k: int) -> str:
     return f"{k} — {layer_name(k, n)}"
 
@@ -36,12 +41,22 @@ with st.form("tli-config"):
         f"; the target layer is prefilled from your scan (largest gap over shuffled pairs; the raw-cosine peak "
         f"is layer {sugg['raw_peak']})." if sugg else "; run the Layer scan to prefill the target layer."))
     st.markdown("##### Where")
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), default=[default_target],
                              format_func=layer_label, help=helps["target_layers"])
-    eval_layer = c2.selectbox("Evaluation layer", list(range(n + 1)), index=paper_eval_layer(n),
-                              format_func=layer_label, help=helps["eval_layer"])
-    pooling = c3.selectbox("Pooling", list(POOLINGS), help=helps["pooling"])
+    pooling = c2.selectbox("Training pooling", list(POOLINGS), help=helps["pooling"])
+    st.markdown("##### Evaluation")
+    c1, c2, c3, c4 = st.columns(4)
+    protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), default=paper.protocols,
+                               format_func=lambda p: f"{p} — {PROTOCOLS[p].title}", help=helps["protocols"])
+    eval_layer = c2.selectbox("Studio protocol: evaluation layer", list(EVAL_LAYERS) + list(range(n + 1)),
+                              format_func=lambda k: {"paper": f"paper — L-1 = {paper_eval_layer(n)}",
+                                                     "target": "target — the training layer",
+                                                     "last": f"last — {n}"}.get(k, layer_label(k))
+                              if isinstance(k, str) else layer_label(k), help=helps["eval_layer"])
+    eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS),
+                                index=list(POOLINGS).index(paper.eval_pooling), help=helps["eval_pooling"])
+    precision = c4.selectbox("Analysis precision", list(PRECISIONS), help=helps["analysis_precision"])
     st.markdown("##### LoRA")
     c1, c2, c3, c4 = st.columns(4)
     rank = c1.number_input("Rank r", 1, 1024, paper.lora_r, help=helps["lora_r"])
@@ -65,12 +80,13 @@ with st.form("tli-config"):
     seed = c4.number_input("Seed", 0, 2**31 - 1, paper.seed, help=helps["seed"])
     c1, c2, c3, c4 = st.columns(4)
     wd = c1.number_input("Weight decay", 0.0, 1.0, paper.weight_decay, step=0.01, help=helps["weight_decay"])
-    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(paper.grad_clip), help=helps["grad_clip"])
+    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(paper.grad_clip or 0.0),
+                           help=helps["grad_clip"])
     sub_t = c3.number_input("Trained subset (0 = all)", 0, 10**6, 0, help=helps["trained_subset"])
     sub_c = c4.number_input("Control subset (0 = all)", 0, 10**6, 0, help=helps["control_subset"])
     c1, c2 = st.columns(2)
     early = c1.checkbox("Early exit after the deepest target layer", paper.early_exit, help=helps["early_exit"])
-    overlap = c2.checkbox("Accept trained/control overlap", False, help=helps["allow_overlap"])
+    overlap = c2.checkbox(OVERLAP_CONTROL, False, help=helps["allow_overlap"])
     launch_clicked = st.form_submit_button("Launch training", type="primary", icon=":material/rocket_launch:")
 
 if launch_clicked:
@@ -78,7 +94,8 @@ if launch_clicked:
         config = TLIConfig(
             model=lm.spec, trained_pairs=pairs_file(pairs["trained"]), control_pairs=pairs_file(pairs["control"]),
             trained_subset=int(sub_t) or None, control_subset=int(sub_c) or None, target_layers=sorted(targets),
-            eval_layer=int(eval_layer), pooling=pooling, lora_r=int(rank), lora_alpha=int(alpha),
+            protocols=protocols, eval_layer=eval_layer, eval_pooling=eval_pooling, analysis_precision=precision,
+            pooling=pooling, lora_r=int(rank), lora_alpha=int(alpha),
             lora_dropout=float(dropout), target_modules=[m.strip() for m in modules.split(",") if m.strip()] or None,
             adapter_blocks=custom if placement == "custom" else placement, loss=loss, margin=float(margin),
             temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
@@ -88,7 +105,7 @@ if launch_clicked:
         state.set_watched_run(run.id, warnings)
         st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
     except Exception as exc:
-        show_error(exc)
+        show_error(exc, overlap_control=OVERLAP_CONTROL)
 
 
 def run_to_watch() -> Run | None:

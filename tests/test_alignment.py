@@ -1,6 +1,7 @@
 """Shuffled baseline, precision@k (NN and CSLS) and centering against independent computations."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from tli_core.alignment import (
     derangement,
     indistinguishable_layers,
     layer_metrics,
+    pair_index,
     scan,
     suggest_layers,
 )
@@ -160,3 +162,98 @@ def test_scan_on_the_tiny_model(tiny, pairs_df, control_df):
         row = res.curve[(res.curve["set"] == "trained") & (res.curve["layer"] == k)].iloc[0]
         assert row["true_mean"] == pytest.approx(trained[f"layer_{k}"].mean(), abs=1e-6)
         assert row["chance_p1"] == pytest.approx(1 / len(pairs_df))
+
+
+# --------------------------------------------------------------------------- several gold translations
+
+SYN_SW = ["kioo", "kioo", "mto", "kijana", "mvulana", "paka"]
+SYN_EN = ["mirror", "glass", "river", "boy", "boy", "cat"]
+
+
+def synonym_vectors():
+    """Perfect alignment with synonyms: each Swahili word sits on one of its translations."""
+    rng = np.random.default_rng(5)
+    base = {w: rng.normal(size=16) for w in ["mirror", "glass", "river", "boy", "cat"]}
+    en = unit([base[e] for e in SYN_EN])
+    # kioo is closest to 'mirror' (both of its rows share the one vector of the word 'kioo')
+    sw_vec = {"kioo": base["mirror"] + 0.05 * base["glass"], "mto": base["river"], "kijana": base["boy"],
+              "mvulana": base["boy"] + 0.01, "paka": base["cat"]}
+    sw = unit([sw_vec[s] for s in SYN_SW])
+    return torch.tensor(sw, dtype=torch.float32), torch.tensor(en, dtype=torch.float32)
+
+
+def naive_gold_precision(sw_words, en_words, src, tgt, k):
+    """MUSE by hand: distinct Swahili queries over distinct English targets; a hit is any gold in the top k."""
+    gold = {}
+    for s, e in zip(sw_words, en_words, strict=True):
+        gold.setdefault(s, set()).add(e)
+    queries = {s: src[sw_words.index(s)] for s in dict.fromkeys(sw_words)}
+    targets = {e: tgt[en_words.index(e)] for e in dict.fromkeys(en_words)}
+    hits = []
+    for s, q in queries.items():
+        scores = {e: float(np.dot(q, t)) for e, t in targets.items()}
+        best_gold = max(scores[e] for e in gold[s])
+        ahead = sum(1 for e, v in scores.items() if e not in gold[s] and v >= best_gold)
+        hits.append(ahead < k)
+    return float(np.mean(hits)), len(queries), len(targets)
+
+
+def test_retrieval_counts_every_gold_translation():
+    src, tgt = synonym_vectors()
+    index = pair_index(SYN_SW, SYN_EN)
+    assert len(index.query_rows) == 5 and len(index.target_rows) == 5 and index.several_translations == 1
+    m = layer_metrics(src, tgt, derangement(6, 0, index), index=index)
+    assert m["p1_nn"] == 1.0 and m["p1_csls"] == 1.0  # perfectly aligned, synonyms and all
+    assert (m["queries"], m["targets"]) == (5, 5)
+    for k in (1, 5):
+        expected, _, _ = naive_gold_precision(SYN_SW, SYN_EN, src.numpy(), tgt.numpy(), k)
+        assert m[f"p{k}_nn"] == pytest.approx(expected)
+    # the row-by-row rule of the past would call the 'kioo - glass' row a miss
+    sims = src.numpy() @ tgt.numpy().T
+    assert np.argmax(sims[1]) != 1
+
+
+def test_gold_retrieval_matches_an_independent_loop_on_random_vectors():
+    rng = np.random.default_rng(9)
+    sw = [f"s{i % 17}" for i in range(30)]  # repeated Swahili words (several translations)
+    en = [f"e{(i * 7) % 23}" for i in range(30)]  # repeated English words (several Swahili words)
+    word_vec = {w: rng.normal(size=12) for w in set(sw) | set(en)}
+    src = unit([word_vec[w] for w in sw])
+    tgt = unit([word_vec[w] + 0.8 * word_vec[s] for w, s in zip(en, sw, strict=True)])
+    # one word, one vector: repeated words get the vector of their first row
+    first = {}
+    tgt = np.stack([tgt[first.setdefault(w, i)] for i, w in enumerate(en)])
+    index = pair_index(sw, en)
+    m = layer_metrics(torch.tensor(src), torch.tensor(tgt), derangement(30, 3, index), index=index)
+    for k in (1, 5):
+        expected, nq, nt = naive_gold_precision(sw, en, src, tgt, k)
+        assert m[f"p{k}_nn"] == pytest.approx(expected)
+    # chance: a random ranking of the distinct targets, per query with its number of golds
+    counts = [len({e for s2, e in zip(sw, en, strict=True) if s2 == s}) for s in dict.fromkeys(sw)]
+    for k in (1, 5):
+        expected = np.mean([1 - np.prod([(nt - g - j) / (nt - j) for j in range(k)]) for g in counts])
+        assert m[f"chance_p{k}"] == pytest.approx(expected)
+
+
+def test_the_shuffled_baseline_never_pairs_a_word_with_a_translation():
+    index = pair_index(SYN_SW, SYN_EN)
+    for seed in range(30):
+        perm = derangement(6, seed, index)
+        assert sorted(perm) == list(range(6))
+        for i, j in enumerate(perm):
+            assert SYN_EN[j] not in index.translations[SYN_SW[i]], (seed, i, j)
+    with pytest.raises(TLIError, match="shuffled baseline"):
+        derangement(3, 0, pair_index(["a", "b", "c"], ["x", "x", "x"]))  # every English word is every translation
+
+
+def test_suggestions_report_layers_tied_within_the_noise():
+    rows = [{"set": "trained", "layer": k, "n": 10, "queries": 10, "true_mean": v, "gap": g, "p1_csls": p}
+            for k, v, g, p in [(0, 0.3, 0.0, 0.1), (1, 0.99990, 0.01, 0.2), (2, 0.99998, 0.05, 0.4),
+                               (3, 0.99997, 0.01, 0.4), (4, 0.5, 0.2, 0.1)]]
+    curve_df = pd.DataFrame(rows)
+    exact = suggest_layers(curve_df)  # float32 analysis: 1e-5 differences are real
+    assert exact["raw_peak"] == 2 and exact["ties"]["raw_peak"] == [2, 3]
+    noisy = suggest_layers(curve_df, noise={1: 1e-4, 2: 1e-4, 3: 1e-4, 4: 1e-4})
+    assert noisy["raw_peak"] == 1 and noisy["ties"]["raw_peak"] == [1, 2, 3]  # earliest of the tied
+    assert noisy["retrieval_peak"] == 2 and noisy["ties"]["retrieval_peak"] == [2, 3]
+    assert noisy["gap_peak"] == 4

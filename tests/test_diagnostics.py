@@ -11,17 +11,22 @@ PLANTED_DIM = 7
 
 @pytest.fixture
 def planted(tiny_model_dir):
-    """Block 1 writes +300 into dimension 7 of the first token: a massive activation that the
-    residual stream carries to every later layer, as BOS sinks do in real Llamas."""
+    """Block 1 writes +300 into dimension 7 of each word's first token: a massive activation that the
+    residual stream carries to every later layer, as BOS sinks do in real Llamas. A word's first
+    token is position 0 of its sequence (words packed into one row each start again at 0)."""
     lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
 
-    def plant(module, args, output):
+    def plant(module, args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = hidden.clone()
-        hidden[:, 0, PLANTED_DIM] += 300.0
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            hidden[:, 0, PLANTED_DIM] += 300.0
+        else:
+            hidden[..., PLANTED_DIM] += 300.0 * (positions == 0).expand(hidden.shape[:2]).to(hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = lm.model.model.layers[0].register_forward_hook(plant)
+    handle = lm.model.model.layers[0].register_forward_hook(plant, with_kwargs=True)
     yield lm
     handle.remove()
 

@@ -11,8 +11,10 @@ from tli_core.embeddings import (
     bytes_per_word,
     choose_batch_size,
     embed,
+    embed_poolings,
+    group_rows,
     make_batch,
-    plan_batches,
+    pack_rows,
     pooled_hidden_states,
     tokenise,
 )
@@ -72,45 +74,65 @@ def test_batched_equals_unbatched(tiny):
     torch.testing.assert_close(one.vectors, many.vectors, atol=1e-5, rtol=0)
 
 
-def test_batch_plan_covers_every_word_once_within_capacity_and_without_padding():
+def test_packed_rows_equal_the_per_word_loop_for_every_pooling(tiny):
+    """Many words share a row (own positions, block-diagonal mask): each still sees only itself."""
+    words = WORDS * 3 + ["kichwa", "moyo", "habari"]
+    packed = embed_poolings(tiny.model, tiny.tokenizer, words, list(POOLINGS), row_tokens=24)
+    assert packed["mean"].stats.forwards == 1
+    for pooling, emb in packed.items():
+        for layer in (0, 1, tiny.facts.num_layers):
+            for i, w in enumerate(words):
+                ref = reference_embedding(tiny.model, tiny.tokenizer, w, layer, pooling)
+                np.testing.assert_allclose(emb.at(layer)[i].numpy(), ref, atol=1e-5)
+
+
+def test_packing_covers_every_word_once_within_rows_and_forwards():
     rng = np.random.default_rng(0)
-    lengths = list(rng.integers(1, 7, size=500)) + [15, 12, 12]  # many short words, a few long phrases
-    capacity = lambda n: 2048 // n  # noqa: E731  (tokens per batch, like the CPU default)
-    batches = plan_batches(lengths, capacity)
-    flat = [i for b in batches for i in b]
+    lengths = [int(x) for x in rng.integers(1, 7, size=500)] + [15, 12, 300]  # short words, phrases, one huge
+    rows = pack_rows(lengths, 64)
+    flat = [i for row in rows for i in row]
     assert sorted(flat) == list(range(len(lengths)))
-    for b in batches:
-        top = max(lengths[i] for i in b)
-        assert len(b) <= capacity(top)
-    # padded rows x tokens, against a plain count-based split of the length-sorted words
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    plain = sum(len(order[s:s + 256]) * lengths[order[s]] for s in range(0, len(order), 256))
-    assert padded - sum(lengths) == 2 * (15 - 12)  # only the long phrases share a padded batch
-    assert padded < plain
-    # a fixed number of words per batch is honoured exactly
-    assert all(len(b) <= 7 for b in plan_batches(lengths, lambda n: 7))
+    for row in rows:
+        assert sum(lengths[i] for i in row) <= 64 or len(row) == 1  # only a word longer than a row stands alone
+    padded = sum(64 - sum(lengths[i] for i in row) for row in rows if sum(lengths[i] for i in row) <= 64)
+    assert padded < 64 * 2  # first fit leaves at most a sliver in a row or two
+    forwards = group_rows(rows, lengths, 1024)
+    assert [r for f in forwards for r in f] == rows
+    for f in forwards:
+        width = max(sum(lengths[i] for i in row) for row in f)
+        assert width * len(f) <= 1024 or len(f) == 1
 
 
-def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(tiny, monkeypatch):
-    """On CUDA a batch that does not fit is split; simulated here on CPU."""
+def test_the_default_pairs_need_few_forwards_and_little_padding(tiny):
+    from tli_core.pairs import load_default_pairs
+
+    trained, control = load_default_pairs()
+    words = list(trained["swahili"]) + list(trained["english"]) + list(control["swahili"]) + list(control["english"])
+    tok = tokenise(tiny.tokenizer, words)
+    forwards = embeddings_module.plan(tok, tiny.model, n_kept=tiny.facts.num_layers + 1)
+    padded = sum(len(f) * max(sum(tok.lengths[i] for i in row) for row in f) for f in forwards)
+    assert len(forwards) <= 3 and padded <= 1.05 * sum(tok.lengths)
+
+
+def test_out_of_memory_splits_the_forward_and_gives_the_same_vectors(tiny, monkeypatch):
+    """On CUDA a forward that does not fit is split; simulated here on CPU."""
     expected = embed(tiny.model, tiny.tokenizer, WORDS)
-    real = embeddings_module.pooled_hidden_states
+    real = embeddings_module.run_layers
     sizes = []
 
     def small_memory(model, ids, *args, **kwargs):
-        sizes.append(len(ids))
-        if len(ids) > 2:
+        sizes.append(ids.numel())
+        if ids.numel() > 20:
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(model, ids, *args, **kwargs)
 
-    monkeypatch.setattr(embeddings_module, "pooled_hidden_states", small_memory)
+    monkeypatch.setattr(embeddings_module, "run_layers", small_memory)
     got = embed(tiny.model, tiny.tokenizer, WORDS)
     torch.testing.assert_close(got.vectors, expected.vectors, atol=1e-5, rtol=0)
-    failed = [i for i, n in enumerate(sizes) if n > 2]
+    failed = [i for i, n in enumerate(sizes) if n > 20]
     assert failed, sizes  # the simulation did bite
-    assert all(sizes[i + 1] <= sizes[i] // 2 for i in failed), sizes  # the retry is at most half as big
-    assert sum(n for n in sizes if n <= 2) == len(WORDS)  # every word ran once in a batch that fit
+    assert all(sizes[i + 1] <= sizes[i] // 2 or sizes[i + 1] <= 20 for i in failed), sizes
+    assert got.stats.forwards == sum(n <= 20 for n in sizes)
 
 
 def test_order_is_the_input_order(tiny):

@@ -55,7 +55,7 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_temporary_adapter_gives_after_and_restores_the_model(tiny, trained_run):
-    pairs = trained_run.table("pairs")
+    pairs = trained_run.table("pairs", protocol="paper-text")  # layer L-1 = 3, mean pooling
     words = list(pairs["swahili"][:5]) + list(pairs["english"][:5])
     base = embed(tiny.model, tiny.tokenizer, words, layers=[3]).at(3)
     with temporary_adapter(tiny.model, trained_run.adapter_dir) as tuned:

@@ -57,9 +57,12 @@ def test_a_finished_run_is_complete(done_run):
     for name in ("config.json", "status.json", "metrics.jsonl", "train.log", "summary.json", "model_facts.json",
                  "pairs_trained.csv", "pairs_control.csv", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors", "checkpoints/epoch_1/adapter_config.json",
-                 "checkpoints/epoch_2/adapter_config.json", "eval/pairs.csv", "eval/pairs_layers.csv",
-                 "eval/curve.csv", "eval/layer_stats.csv"):
+                 "checkpoints/epoch_2/adapter_config.json"):
         assert (p / name).is_file(), name
+    assert done_run.protocols() == ["studio", "paper-text", "paper-code"]
+    for protocol in done_run.protocols():
+        for name in ("pairs.csv", "pairs_layers.csv", "curve.csv", "layer_stats.csv", "summary.json"):
+            assert (p / "eval" / protocol / name).is_file(), (protocol, name)
     st = done_run.status()
     assert st["state"] == "done" and st["step"] == st["total_steps"] == 10
     assert {"torch", "transformers", "peft"} <= set(st["versions"])
@@ -100,7 +103,7 @@ def test_saved_adapter_reproduces_the_after_similarities(done_run, tiny_model_di
     lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
     model = PeftModel.from_pretrained(lm.model, str(done_run.adapter_dir))
     model.eval()
-    pairs = done_run.table("pairs")
+    pairs = done_run.table("pairs", protocol="paper-text")  # layer L-1 = 3, mean pooling, adapter attached
     sw = embed(model, lm.tokenizer, list(pairs["swahili"]), layers=[3]).at(3)
     en = embed(model, lm.tokenizer, list(pairs["english"]), layers=[3]).at(3)
     np.testing.assert_allclose((sw * en).sum(1).numpy(), pairs["after"], atol=1e-5)
@@ -116,7 +119,7 @@ def test_evaluate_command_recomputes_the_same_tables(done_run, capsys):
     from tli_core.cli import main
 
     before = done_run.table("pairs")
-    assert main(["evaluate", "--run", str(done_run.path), "--quiet"]) == 0
+    assert main(["evaluate", "--run", done_run.id, "--runs-dir", str(done_run.path.parent), "--quiet"]) == 0
     after = done_run.table("pairs")
     np.testing.assert_allclose(after["after"], before["after"], atol=1e-5)
     out = capsys.readouterr().out

@@ -53,7 +53,7 @@ def test_corrected_p_values_agree_with_an_independent_computation(finished_sweep
     results = sweep_results(finished_sweep, "bh")
     raw = []
     for run_id in results["run"]:
-        pairs = pd.read_csv(finished_sweep.runs_dir / run_id / "eval" / "pairs.csv")
+        pairs = pd.read_csv(finished_sweep.runs_dir / run_id / "eval" / "studio" / "pairs.csv")  # the headline
         ctrl = pairs[pairs["set"] == "control"]
         raw.append(sps.ttest_rel(ctrl["after"], ctrl["before"]).pvalue)
         assert results.loc[results["run"] == run_id, "control change"].iloc[0] == pytest.approx(

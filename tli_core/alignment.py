@@ -1,14 +1,21 @@
 """Layer-by-layer Swahili–English alignment, with the evidence needed to trust it.
 
 For each layer: the mean/std cosine of true translation pairs, the same for shuffled pairs
-(a fixed-seed derangement of the English side), their gap, and retrieval precision@k over
-the pair pool by nearest neighbour and by CSLS (k=10), next to the chance level. A high
-cosine alone is not alignment: massive shared activations push every pair, shuffled or not,
-towards 1; only the gap and retrieval tell the two apart.
+(a fixed-seed derangement of the English side that never pairs a word with one of its own
+translations), their gap, and retrieval precision@k over the pair pool by nearest neighbour
+and by CSLS (k=10), next to the chance level. Retrieval follows MUSE: each distinct Swahili
+word is a query over the distinct English words, and a hit is *any* of its gold translations
+in the top k (54 Swahili words of the authors' list have several). A high cosine alone is not
+alignment: massive shared activations push every pair, shuffled or not, towards 1; only the
+gap and retrieval tell the two apart.
+
+The statistics are computed where the vectors are (the GPU for a GPU model); only the per-layer
+numbers and the per-pair cosines are moved to the host.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,18 +24,70 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .embeddings import Embeddings, embed
+from .embeddings import Embeddings, EmbedStats, embed_poolings
 from .errors import TLIError
 from .layers import layer_name
+from .precision import NOISE_LIMIT
 from .progress import Progress, no_progress
 
 CENTERING = ("none", "joint", "language")
 CSLS_K = 10
 PRECISION_KS = (1, 5)
+QUERY_CHUNK = 4096  # queries scored at a time: bounds the [queries x targets] similarity block
+FP32_NOISE = 1e-5  # float32 analysis: batched and per-word computations agree to this (tests/test_embeddings.py)
 
 
-def derangement(n: int, seed: int = 0) -> np.ndarray:
-    """A permutation with no fixed point (Sattolo's algorithm: one random n-cycle), seeded."""
+# --------------------------------------------------------------------------- which words translate which
+
+@dataclass
+class PairIndex:
+    """The gold standard of a pair set: which Swahili word translates which English word.
+
+    ``queries``/``targets`` are the distinct Swahili/English words (row of their first
+    occurrence); ``gold_targets[q]`` the targets that are valid translations of query q.
+    """
+
+    n: int
+    query_rows: list[int]
+    target_rows: list[int]
+    gold_targets: list[list[int]]
+    translations: dict[str, set[str]]  # Swahili word -> its English translations
+    swahili: list[str]
+    english: list[str]
+
+    def is_gold(self, i: int, j: int) -> bool:
+        """Whether the English word of row j is a valid translation of the Swahili word of row i."""
+        return self.english[j] in self.translations[self.swahili[i]]
+
+    @property
+    def several_translations(self) -> int:
+        return sum(len(t) > 1 for t in self.translations.values())
+
+
+def pair_index(swahili: Sequence[str], english: Sequence[str]) -> PairIndex:
+    swahili, english = [str(s) for s in swahili], [str(e) for e in english]
+    if len(swahili) != len(english):
+        raise TLIError("every Swahili word needs its English translation (columns of different length)")
+    translations: dict[str, set[str]] = {}
+    for s, e in zip(swahili, english, strict=True):
+        translations.setdefault(s, set()).add(e)
+    first_s, first_e = {}, {}
+    for i, (s, e) in enumerate(zip(swahili, english, strict=True)):
+        first_s.setdefault(s, i)
+        first_e.setdefault(e, i)
+    target_of = {e: t for t, e in enumerate(first_e)}
+    gold = [sorted(target_of[e] for e in translations[s]) for s in first_s]
+    return PairIndex(len(swahili), list(first_s.values()), list(first_e.values()), gold, translations,
+                     swahili, english)
+
+
+def derangement(n: int, seed: int = 0, index: PairIndex | None = None) -> np.ndarray:
+    """A seeded permutation pairing no Swahili word with one of its translations (no fixed point either).
+
+    Starts from a single random n-cycle (Sattolo's algorithm) and, where ``index`` says a
+    shuffled pair would be a real translation (a word with several translations, or an English
+    word shared by two Swahili words), swaps in a partner that keeps both positions valid.
+    """
     if n < 2:
         raise TLIError("a shuffled baseline needs at least 2 pairs")
     rng = np.random.default_rng(seed)
@@ -36,8 +95,27 @@ def derangement(n: int, seed: int = 0) -> np.ndarray:
     for i in range(n - 1, 0, -1):
         j = int(rng.integers(0, i))  # j < i: this is what makes it a single cycle
         perm[i], perm[j] = perm[j], perm[i]
-    return perm
+    if index is None:
+        return perm
 
+    def bad(i: int, target: int) -> bool:
+        return target == i or index.is_gold(i, target)
+
+    for _ in range(20 * n):
+        wrong = [i for i in range(n) if bad(i, perm[i])]
+        if not wrong:
+            return perm
+        i = wrong[int(rng.integers(0, len(wrong)))]
+        ok = [j for j in range(n) if j != i and not bad(i, perm[j]) and not bad(j, perm[i])]
+        if not ok:
+            break
+        j = ok[int(rng.integers(0, len(ok)))]
+        perm[i], perm[j] = perm[j], perm[i]
+    raise TLIError("cannot build a shuffled baseline: too many pairs share their words, so almost every "
+                   "shuffled pair would be a real translation; use a larger or more varied pair set")
+
+
+# --------------------------------------------------------------------------- one layer's numbers
 
 def center(src: torch.Tensor, tgt: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-centering correction, then re-normalisation.
@@ -57,92 +135,181 @@ def center(src: torch.Tensor, tgt: torch.Tensor, mode: str) -> tuple[torch.Tenso
     return torch.nn.functional.normalize(src, dim=-1), torch.nn.functional.normalize(tgt, dim=-1)
 
 
-def retrieval_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of the true target (the diagonal) in each row: how many others score at least as high.
+def csls_scores(sims: torch.Tensor, k: int = CSLS_K, r_tgt: torch.Tensor | None = None) -> torch.Tensor:
+    """CSLS (Conneau et al. 2018): 2 cos(x, y) - r_T(x) - r_S(y), mean over k nearest neighbours.
 
-    Ties count against the query, so identical vectors can never look like a hit.
+    ``r_tgt`` (each target's neighbourhood over *all* queries) is given when ``sims`` holds only
+    a chunk of the queries.
     """
-    true = scores.diagonal().unsqueeze(1)
-    ahead = (scores >= true).sum(1) - 1  # minus the diagonal itself
-    return ahead
-
-
-def csls_scores(sims: torch.Tensor, k: int = CSLS_K) -> torch.Tensor:
-    """CSLS (Conneau et al. 2018): 2 cos(x, y) - r_T(x) - r_S(y), mean over k nearest neighbours."""
     k = min(k, sims.shape[1], sims.shape[0])
     r_src = sims.topk(k, dim=1).values.mean(1, keepdim=True)  # each source's neighbourhood in targets
-    r_tgt = sims.topk(k, dim=0).values.mean(0, keepdim=True)  # each target's neighbourhood in sources
+    if r_tgt is None:
+        r_tgt = sims.topk(k, dim=0).values.mean(0, keepdim=True)  # each target's neighbourhood in sources
     return 2 * sims - r_src - r_tgt
 
 
-def layer_metrics(src: torch.Tensor, tgt: torch.Tensor, perm: np.ndarray,
-                  centering: str = "none") -> dict:
-    """All alignment numbers for one layer; rows of src and tgt are translations of each other."""
+def gold_ranks(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Per query: how many non-gold targets score at least as high as its best gold target.
+
+    Ties count against the query, so identical vectors can never look like a hit.
+    """
+    best = scores.masked_fill(~gold, float("-inf")).max(dim=1, keepdim=True).values
+    return ((scores >= best) & ~gold).sum(1)
+
+
+def chance_at_k(gold_counts: Sequence[int], n_targets: int, k: int) -> float:
+    """Expected P@k of a random ranking: 1 - C(T-g, k) / C(T, k), averaged over queries with g golds."""
+    k = min(k, n_targets)
+    miss = [math.comb(n_targets - g, k) / math.comb(n_targets, k) for g in gold_counts]
+    return float(1 - np.mean(miss))
+
+
+def _gold_block(index: PairIndex, queries: range, device) -> torch.Tensor:
+    block = torch.zeros((len(queries), len(index.target_rows)), dtype=torch.bool)
+    for r, q in enumerate(queries):
+        block[r, index.gold_targets[q]] = True
+    return block.to(device)
+
+
+def retrieval(src: torch.Tensor, tgt: torch.Tensor, index: PairIndex) -> dict[str, torch.Tensor]:
+    """P@k by NN and CSLS over the distinct words, gold = every valid translation (device tensors)."""
+    q = src[torch.as_tensor(index.query_rows, device=src.device)]
+    t = tgt[torch.as_tensor(index.target_rows, device=tgt.device)]
+    k = min(CSLS_K, q.shape[0], t.shape[0])
+    # each target's CSLS neighbourhood over all queries, chunked so no [Q x T] block exceeds QUERY_CHUNK rows
+    top = None
+    for start in range(0, q.shape[0], QUERY_CHUNK):
+        chunk = (q[start:start + QUERY_CHUNK] @ t.T).topk(min(k, min(QUERY_CHUNK, q.shape[0] - start)), dim=0).values
+        top = chunk if top is None else torch.cat([top, chunk]).topk(k, dim=0).values
+    r_tgt = top.mean(0, keepdim=True)
+    nn_ranks, csls_ranks = [], []
+    for start in range(0, q.shape[0], QUERY_CHUNK):
+        queries = range(start, min(start + QUERY_CHUNK, q.shape[0]))
+        sims = q[start:queries.stop] @ t.T
+        gold = _gold_block(index, queries, sims.device)
+        nn_ranks.append(gold_ranks(sims, gold))
+        csls_ranks.append(gold_ranks(csls_scores(sims, CSLS_K, r_tgt), gold))
+    nn, csls = torch.cat(nn_ranks), torch.cat(csls_ranks)
+    out = {}
+    for kk in PRECISION_KS:
+        out[f"p{kk}_nn"] = (nn < kk).float().mean()
+        out[f"p{kk}_csls"] = (csls < kk).float().mean()
+    return out
+
+
+def layer_metrics(src: torch.Tensor, tgt: torch.Tensor, perm: np.ndarray, centering: str = "none",
+                  index: PairIndex | None = None) -> dict:
+    """All alignment numbers for one layer; rows of src and tgt are translations of each other.
+
+    Without ``index`` every row is its own word (no synonyms).
+    """
+    n = src.shape[0]
+    index = index or pair_index([f"s{i}" for i in range(n)], [f"t{i}" for i in range(n)])
+    values, _ = _layer_tensors(src, tgt, torch.as_tensor(perm, device=src.device), centering, index)
+    row = {"n": n}
+    row.update({key: float(v) for key, v in zip(_METRICS, values.cpu().tolist(), strict=True)})
+    row.update(_chances(index))
+    return row
+
+
+_METRICS = ("true_mean", "true_std", "shuffled_mean", "shuffled_std", "gap") + tuple(
+    f"p{k}_{m}" for k in PRECISION_KS for m in ("nn", "csls"))
+
+
+def _layer_tensors(src, tgt, perm, centering, index) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the metrics of ``_METRICS`` as one tensor, the per-pair true cosines), on the vectors' device."""
     src, tgt = center(src.float(), tgt.float(), centering)
     n = src.shape[0]
     true = (src * tgt).sum(1)
-    shuffled = (src * tgt[torch.as_tensor(perm)]).sum(1)
-    sims = src @ tgt.T
-    nn_rank = retrieval_ranks(sims)
-    csls_rank = retrieval_ranks(csls_scores(sims))
-    row = {
-        "n": n,
-        "true_mean": true.mean().item(), "true_std": true.std().item() if n > 1 else 0.0,
-        "shuffled_mean": shuffled.mean().item(), "shuffled_std": shuffled.std().item() if n > 1 else 0.0,
-    }
-    row["gap"] = row["true_mean"] - row["shuffled_mean"]
-    for k in PRECISION_KS:
-        row[f"p{k}_nn"] = (nn_rank < k).float().mean().item()
-        row[f"p{k}_csls"] = (csls_rank < k).float().mean().item()
-        row[f"chance_p{k}"] = min(k, n) / n
-    return row
+    shuffled = (src * tgt[perm]).sum(1)
+    zero = torch.zeros((), device=src.device)
+    ret = retrieval(src, tgt, index)
+    values = torch.stack([true.mean(), true.std() if n > 1 else zero, shuffled.mean(),
+                          shuffled.std() if n > 1 else zero, true.mean() - shuffled.mean()]
+                         + [ret[m] for m in _METRICS[5:]])
+    return values, true
+
+
+def _chances(index: PairIndex) -> dict:
+    counts = [len(g) for g in index.gold_targets]
+    return {f"chance_p{k}": chance_at_k(counts, len(index.target_rows), k) for k in PRECISION_KS} | {
+        "queries": len(index.query_rows), "targets": len(index.target_rows)}
+
+
+def _layer_sweep(src: Embeddings, tgt: Embeddings, centering: str, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every layer's metrics [layers x metrics] and per-pair cosines [layers x pairs], moved to the host once."""
+    if src.layers != tgt.layers or len(src.words) != len(tgt.words):
+        raise TLIError("source and target embeddings must cover the same layers and number of pairs")
+    index = pair_index(src.words, tgt.words)
+    perm = torch.as_tensor(derangement(len(src.words), seed, index), device=src.vectors.device)
+    rows, cosines = [], []
+    for i in range(len(src.layers)):
+        values, true = _layer_tensors(src.vectors[i], tgt.vectors[i], perm, centering, index)
+        rows.append(values)
+        cosines.append(true.double())
+    metrics, pairs = torch.stack(rows).cpu(), torch.stack(cosines).cpu()
+    for t in (metrics, pairs):
+        src.stats.add_host_copy(t, src.vectors.device)
+    return metrics.numpy(), pairs.numpy(), _chances(index)
 
 
 def curve(src: Embeddings, tgt: Embeddings, centering: str = "none", seed: int = 0,
           set_name: str = "trained") -> pd.DataFrame:
     """One row per layer: true-pair cosine, shuffled baseline, gap, P@k (NN and CSLS), chance."""
-    if src.layers != tgt.layers or len(src.words) != len(tgt.words):
-        raise TLIError("source and target embeddings must cover the same layers and number of pairs")
-    perm = derangement(len(src.words), seed)
+    return curve_and_cosines(src, tgt, centering, seed, set_name)[0]
+
+
+def curve_and_cosines(src, tgt, centering, seed, set_name) -> tuple[pd.DataFrame, np.ndarray]:
+    metrics, cosines, chances = _layer_sweep(src, tgt, centering, seed)
     rows = []
     for i, k in enumerate(src.layers):
-        row = {"set": set_name, "layer": k, "layer_name": layer_name(k, src.num_layers)}
-        row.update(layer_metrics(src.vectors[i], tgt.vectors[i], perm, centering))
+        row = {"set": set_name, "layer": k, "layer_name": layer_name(k, src.num_layers), "n": len(src.words)}
+        row.update({key: float(v) for key, v in zip(_METRICS, metrics[i], strict=True)})
+        row.update(chances)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), cosines.T
 
 
-def pair_cosines(src: Embeddings, tgt: Embeddings, centering: str = "none") -> np.ndarray:
-    """[n_pairs, n_layers] cosine of each translation pair at each computed layer."""
-    cols = []
-    for s, t in zip(src.vectors, tgt.vectors, strict=True):
-        s, t = center(s.float(), t.float(), centering)
-        cols.append((s * t).sum(-1))
-    return torch.stack(cols, 1).cpu().numpy()
-
-
-def pair_table(pairs: pd.DataFrame, src: Embeddings, tgt: Embeddings, set_name: str,
-               centering: str = "none") -> pd.DataFrame:
+def pair_table(pairs: pd.DataFrame, cosines: np.ndarray, layers: Sequence[int], set_name: str) -> pd.DataFrame:
     """Per pair: its words, its set, and its cosine at every computed layer (``layer_<k>``)."""
-    cos = pair_cosines(src, tgt, centering)
     table = pd.DataFrame({"swahili": pairs["swahili"].to_numpy(), "english": pairs["english"].to_numpy(),
                           "set": set_name})
-    layer_cols = pd.DataFrame(cos, columns=[f"layer_{k}" for k in src.layers])
+    layer_cols = pd.DataFrame(cosines, columns=[f"layer_{k}" for k in layers])
     return pd.concat([table, layer_cols], axis=1)
 
 
-def suggest_layers(curve_df: pd.DataFrame, set_name: str = "trained") -> dict:
-    """Where to inject: the raw-cosine peak (the paper's rule) next to the gap and retrieval peaks."""
+# --------------------------------------------------------------------------- where to inject
+
+def suggest_layers(curve_df: pd.DataFrame, set_name: str = "trained",
+                   noise: dict[int, float] | None = None) -> dict:
+    """Where to inject: the raw-cosine peak (the paper's rule) next to the gap and retrieval peaks.
+
+    Layers whose value is within the measured noise of the best (``noise``: layer -> bound on a
+    layer mean's error; float32 analysis by default) are *tied*; the suggestion is the earliest
+    of the tied layers (the cheapest to train), and the ties are returned alongside, so no
+    suggestion rests on a difference smaller than the noise.
+    """
     df = curve_df[curve_df["set"] == set_name]
     if df.empty:
         raise TLIError(f"no curve rows for set {set_name!r}")
     inner = df[df["layer"] > 0]  # layer 0 is the embedding table, not something LoRA can train
     inner = inner if not inner.empty else df
+    queries = int(inner["queries"].iloc[0]) if "queries" in inner else int(inner["n"].iloc[0])
+    out: dict = {"ties": {}}
+    for key, col, kind in (("raw_peak", "true_mean", "mean"), ("gap_peak", "gap", "gap"),
+                           ("retrieval_peak", "p1_csls", "retrieval")):
+        values = inner.set_index("layer")[col]
 
-    def best(col):
-        return int(inner.loc[inner[col].idxmax(), "layer"])
+        def margin(k, kind=kind):
+            if kind == "retrieval":  # counts of queries: only exact ties
+                return 0.25 / max(queries, 1)
+            return (2.0 if kind == "gap" else 1.0) * (noise or {}).get(int(k), FP32_NOISE)
 
-    return {"raw_peak": best("true_mean"), "gap_peak": best("gap"), "retrieval_peak": best("p1_csls")}
+        top = values.idxmax()
+        tied = sorted(int(k) for k, v in values.items() if values[top] - v <= margin(k) + margin(top))
+        out[key] = tied[0]
+        out["ties"][key] = tied
+    return out
 
 
 def indistinguishable_layers(curve_df: pd.DataFrame, min_gap: float = 0.02,
@@ -152,6 +319,44 @@ def indistinguishable_layers(curve_df: pd.DataFrame, min_gap: float = 0.02,
     return [int(k) for k in df.loc[df["gap"].abs() < min_gap, "layer"]]
 
 
+# --------------------------------------------------------------------------- the precision of the numbers
+
+def precision_check(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
+                    layers: Sequence[int] | None = None, sample: int = 128, seed: int = 0,
+                    precision: str = "compute") -> pd.DataFrame:
+    """Per layer, how far a pair's cosine in ``precision`` is from float32 on the same weights.
+
+    Recomputes a seeded sample of pairs both ways; returns layer, max and mean |Δcos| per pair,
+    the |Δ| of the sample's mean, and ``flagged`` (max above ``NOISE_LIMIT``).
+    """
+    frames = [df[["swahili", "english"]] for df in sets.values() if df is not None and len(df)]
+    pairs = pd.concat(frames, ignore_index=True).drop_duplicates()
+    if len(pairs) > sample:
+        pairs = pairs.sample(n=sample, random_state=seed).reset_index(drop=True)
+    words = list(pairs["swahili"]) + list(pairs["english"])
+    n = len(pairs)
+    cos = {}
+    for prec in (precision, "float32"):
+        emb = embed_poolings(model, tokenizer, words, [pooling], layers, precision=prec, out_device=None)[pooling]
+        v = emb.vectors.double()
+        cos[prec] = (v[:, :n] * v[:, n:]).sum(-1).cpu().numpy()  # [layers, pairs]
+    delta = np.abs(cos[precision] - cos["float32"])
+    mean_delta = np.abs(cos[precision].mean(1) - cos["float32"].mean(1))
+    report = pd.DataFrame({"layer": emb.layers, "max_abs_delta": delta.max(1), "mean_abs_delta": delta.mean(1),
+                           "layer_mean_delta": mean_delta, "pairs_checked": n})
+    report["flagged"] = report["max_abs_delta"] > NOISE_LIMIT
+    return report
+
+
+def layer_noise(report: pd.DataFrame | None) -> dict[int, float] | None:
+    """Bound on a layer mean's error from a precision report (None: float32, the arithmetic floor)."""
+    if report is None:
+        return None
+    return {int(r.layer): max(float(r.mean_abs_delta), FP32_NOISE) for r in report.itertuples()}
+
+
+# --------------------------------------------------------------------------- the scan
+
 @dataclass
 class ScanResult:
     curve: pd.DataFrame  # one row per (set, layer)
@@ -159,18 +364,28 @@ class ScanResult:
     num_layers: int
     pooling: str
     centering: str
+    precision: str = "float32"
     seconds: float = 0.0
+    precision_report: pd.DataFrame | None = None  # per-layer per-pair error bound, when not float32
+    stats: EmbedStats = field(default_factory=EmbedStats)
     embeddings: dict[str, tuple[Embeddings, Embeddings]] = field(default_factory=dict, repr=False)
+
+    @property
+    def flagged_layers(self) -> list[int]:
+        if self.precision_report is None:
+            return []
+        return [int(k) for k in self.precision_report.loc[self.precision_report["flagged"], "layer"]]
 
 
 def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean", centering: str = "none",
          layers: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
          progress: Progress = no_progress, keep_embeddings: bool = False,
-         drop_dims: Sequence[int] | None = None) -> ScanResult:
-    """The layer scan ("pilot"): embed every word of every set once, all layers, and score them.
+         drop_dims: Sequence[int] | None = None, precision: str = "float32", check_sample: int = 128) -> ScanResult:
+    """The layer scan ("pilot"): embed every distinct word of every set once, all layers, and score them.
 
     ``sets`` maps a set name (``trained``, ``control``) to its pair frame. All words go through
-    the model in one batched pass, then each set is scored on its own pool.
+    the model in as few packed forwards as fit; statistics are computed on the model's device;
+    each set is scored on its own pool. In ``precision="compute"`` a precision check runs too.
     """
     if centering not in CENTERING:
         raise TLIError(f"unknown centering {centering!r}; use one of {', '.join(CENTERING)}")
@@ -179,25 +394,32 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
     if not names:
         raise TLIError("no word pairs to scan")
     words: list[str] = []
-    spans = {}
     for name in names:
-        df = sets[name]
-        spans[name] = (len(words), len(df))
-        words += list(df["swahili"]) + list(df["english"])
-    emb = embed(model, tokenizer, words, layers=layers, pooling=pooling, batch_size=batch_size,
-                progress=progress, drop_dims=drop_dims)
+        words += list(sets[name]["swahili"]) + list(sets[name]["english"])
+    distinct = list(dict.fromkeys(words))  # a word shared by two sets or pairs is embedded once
+    emb = embed_poolings(model, tokenizer, distinct, [pooling], layers, precision=precision, batch_size=batch_size,
+                         progress=progress, drop_dims=drop_dims, out_device=None)[pooling]
+    where = {w: i for i, w in enumerate(distinct)}
     curves, tables, kept = [], [], {}
     for name in names:
-        offset, n = spans[name]
+        df = sets[name]
 
-        def part(a, b):
-            return Embeddings(emb.vectors[:, a:b], emb.layers, words[a:b], emb.num_layers, pooling)
+        def part(column, df=df):
+            idx = torch.as_tensor([where[w] for w in df[column]], device=emb.vectors.device)
+            return Embeddings(emb.vectors.index_select(1, idx), emb.layers, list(df[column]), emb.num_layers,
+                              pooling, precision, emb.stats)
 
-        src, tgt = part(offset, offset + n), part(offset + n, offset + 2 * n)
-        curves.append(curve(src, tgt, centering, seed, name))
-        tables.append(pair_table(sets[name], src, tgt, name, centering))
+        src, tgt = part("swahili"), part("english")
+        c, cosines = curve_and_cosines(src, tgt, centering, seed, name)
+        curves.append(c)
+        tables.append(pair_table(df, cosines, emb.layers, name))
         if keep_embeddings:
             kept[name] = (src, tgt)
+    report = None
+    if precision != "float32":
+        report = precision_check(model, tokenizer, {n: sets[n] for n in names}, pooling, emb.layers,
+                                 sample=check_sample, seed=seed, precision=precision)
     return ScanResult(curve=pd.concat(curves, ignore_index=True), pairs=pd.concat(tables, ignore_index=True),
-                      num_layers=emb.num_layers, pooling=pooling, centering=centering,
-                      seconds=time.perf_counter() - start, embeddings=kept)
+                      num_layers=emb.num_layers, pooling=pooling, centering=centering, precision=precision,
+                      seconds=time.perf_counter() - start, precision_report=report, stats=emb.stats,
+                      embeddings=kept)

@@ -62,6 +62,16 @@ def model_lock(model) -> threading.RLock:
         return _LOCKS.setdefault(decoder, threading.RLock())
 
 
+def linear_shapes(model) -> dict[str, tuple[int, int]]:
+    """Module path -> (in_features, out_features) of every linear layer (works on a meta-device skeleton).
+
+    Taken before any adapter is injected: PEFT's LoRA wrappers are not ``nn.Linear`` themselves.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {name: (int(m.in_features), int(m.out_features)) for name, m in base.named_modules()
+            if isinstance(m, torch.nn.Linear)}
+
+
 def linear_module_names(model) -> set[str]:
     """Short names of the linear layers inside the decoder blocks (q_proj, v_proj, mlp.up_proj -> up_proj ...)."""
     _, blocks, _ = decoder_parts(model)

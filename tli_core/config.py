@@ -16,9 +16,11 @@ from pathlib import Path
 from .anatomy import default_lora_targets
 from .embeddings import POOLINGS
 from .errors import TLIError
-from .layers import paper_eval_layer, parse_blocks, resolve_layer
+from .layers import parse_blocks, resolve_layer
 from .models import ModelShape, ModelSpec
 from .pairs import DEFAULT_CONTROL, DEFAULT_TRAINED
+from .precision import PRECISIONS
+from .protocols import DEFAULT_PROTOCOLS, PROTOCOLS, check_eval_layer, get_protocol, resolve_eval_layer
 
 LOSSES = ("triplet", "infonce")
 PLACEMENTS = ("all", "up_to_target", "early", "late")
@@ -42,9 +44,19 @@ class TLIConfig:
                                        default=None)
     target_layers: list[int] = _help("layer(s) whose embeddings the loss is computed on (loss averaged); "
                                      "the paper: 2", default_factory=lambda: [2])
-    eval_layer: int | None = _help("layer for the before/after statistics; default: the paper's 'layer 31' "
-                                   "= hidden_states[L-1], output of block L-1", default=None)
-    pooling: str = _help("mean (paper) | mean_words | mean_no_first | last", default="mean")
+    pooling: str = _help("pooling of the training loss: mean (paper) | mean_words | mean_no_first | last",
+                         default="mean")
+    protocols: list[str] = _help("evaluation protocols measured after training, the first one headlines: studio, "
+                                 "paper-text (the paper's text), paper-code (the authors' script), paper-code-fp4 "
+                                 "(the script with its FP4 base)", default_factory=lambda: list(DEFAULT_PROTOCOLS))
+    eval_layer: int | str = _help("evaluation layer of the studio protocol: paper (= L-1, the paper's 'layer 31'), "
+                                  "target (the training layer), last (L), or a number; kept as written and resolved "
+                                  "per model at run time", default="paper")
+    eval_pooling: str = _help("pooling of the studio protocol's evaluation (default mean_words: BOS left out)",
+                              default="mean_words")
+    analysis_precision: str = _help("arithmetic of every before/after measurement: float32 (default; per-pair "
+                                    "values stable) or compute (the model's dtype, with a precision check)",
+                                    default="float32")
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=32)
     lora_dropout: float = _help("dropout on the LoRA input", default=0.05)
@@ -61,12 +73,14 @@ class TLIConfig:
     epochs: int = _help("passes over the trained pairs; the adapter is saved after each", default=5)
     batch_size: int = _help("pairs per step (in-batch negatives need at least 2)", default=8)
     weight_decay: float = _help("AdamW weight decay (not published; torch's default)", default=0.01)
-    grad_clip: float | None = _help("clip the gradient norm (not published; the transformers Trainer "
-                                    "default 1.0); none = off", default=1.0)
+    grad_clip: float | None = _help("clip the gradient norm; none = off (the paper does not say; the authors' "
+                                    "script does not clip; 1.0 is the transformers Trainer's default)", default=None)
     seed: int = _help("seed for LoRA initialisation, dropout and batch order", default=42)
     early_exit: bool = _help("stop the forward after the deepest target layer (same loss, faster)",
                              default=True)
-    allow_overlap: bool = _help("accept trained/control overlap (otherwise an error)", default=False)
+    allow_overlap: bool = _help("accept a pair that is in both the trained and the control set (otherwise an "
+                                "error; a shared Swahili word with different translations is only a warning)",
+                                default=False)
 
     def __post_init__(self):
         check_settings(self)
@@ -91,6 +105,10 @@ class TLIConfig:
         if "target_layers" in d:
             tl = d["target_layers"]
             d["target_layers"] = [tl] if isinstance(tl, int) else list(tl)
+        if "eval_layer" in d and d["eval_layer"] is None:  # configs written before symbolic layers: the paper's
+            d["eval_layer"] = "paper"
+        if isinstance(d.get("protocols"), str):
+            d["protocols"] = [p.strip() for p in d["protocols"].split(",") if p.strip()]
         return cls(**d)
 
     @classmethod
@@ -172,8 +190,17 @@ def check_settings(c: TLIConfig) -> None:
         raise TLIError("at least one target layer is needed")
     for k in c.target_layers:
         _whole(k, "target layer")
-    if c.eval_layer is not None:
-        _whole(c.eval_layer, "evaluation layer")
+    c.eval_layer = check_eval_layer(c.eval_layer)
+    if c.eval_pooling not in POOLINGS:
+        raise TLIError(f"unknown evaluation pooling {c.eval_pooling!r}; use one of {', '.join(POOLINGS)}")
+    if c.analysis_precision not in PRECISIONS:
+        raise TLIError(f"unknown analysis precision {c.analysis_precision!r}; use one of {', '.join(PRECISIONS)}")
+    if not c.protocols:
+        raise TLIError(f"at least one evaluation protocol is needed ({', '.join(PROTOCOLS)})")
+    for name in c.protocols:
+        get_protocol(name)
+    if len(set(c.protocols)) != len(c.protocols):
+        raise TLIError(f"evaluation protocols listed twice: {', '.join(c.protocols)}")
     for name, n in (("trained", c.trained_subset), ("control", c.control_subset)):
         if n is not None and _whole(n, f"{name} subset") < 2:
             raise TLIError(f"a {name} subset needs at least 2 pairs (got {n})")
@@ -187,7 +214,8 @@ class Resolved:
 
     num_layers: int
     target_layers: list[int]
-    eval_layer: int
+    eval_layer: int  # the headline protocol's
+    protocol_layers: dict[str, int]  # every evaluated protocol's evaluation layer
     adapter_blocks: list[int]  # blocks (1..L) that get LoRA adapters
     learning_blocks: list[int]  # of those, the ones a loss on the target layers can reach
     target_modules: list[str]
@@ -224,8 +252,8 @@ def resolve(config: TLIConfig, shape: ModelShape, n_trained: int | None = None,
     if 0 in targets:
         raise TLIError("target layer 0 is the input embedding table: LoRA adapters on attention "
                        "cannot change it; use layer 1 or deeper (the paper: 2)")
-    eval_layer = resolve_layer(paper_eval_layer(n) if config.eval_layer is None else config.eval_layer, n,
-                               "evaluation layer")
+    protocol_layers = {name: resolve_eval_layer(get_protocol(name, config.eval_layer).layer, n, targets)
+                       for name in config.protocols}
     deepest = max(targets)
     blocks = adapter_block_list(config.adapter_blocks, deepest, n)
     learning = [b for b in blocks if b <= deepest]
@@ -250,5 +278,6 @@ def resolve(config: TLIConfig, shape: ModelShape, n_trained: int | None = None,
                             f"({config.batch_size}); each step uses all of it")
     if n_control is not None and n_control == 0:
         raise TLIError("the control set is empty: TLI's claim is about unseen words; give a control file")
-    return Resolved(num_layers=n, target_layers=targets, eval_layer=eval_layer, adapter_blocks=blocks,
-                    learning_blocks=learning, target_modules=modules), warnings
+    return Resolved(num_layers=n, target_layers=targets, eval_layer=protocol_layers[config.protocols[0]],
+                    protocol_layers=protocol_layers, adapter_blocks=blocks, learning_blocks=learning,
+                    target_modules=modules), warnings

@@ -1,19 +1,22 @@
-"""Word embeddings from every layer in one batched forward pass.
+"""Word embeddings from every layer, for many words at once, in as few forwards as possible.
 
-``embed(model, tokenizer, words)`` returns L2-normalised float32 vectors
-``[layers x words x dim]`` for every hidden state (0 = input embeddings ... L = final output
-after the norm), pooled on the device as each layer is produced, so no stack of full hidden
-states is ever kept. The same forward (``pooled_hidden_states``) serves training with
-gradients; asked only for layers up to k, it stops after decoder block k (early exit).
+``embed(model, tokenizer, words)`` returns L2-normalised float32 vectors ``[layers x words x dim]``
+for every hidden state (0 = input embeddings ... L = final output after the norm). Words are
+*packed*: several short words share one row of the batch, each with its own positions starting
+at 0 and a block-diagonal causal mask, so a word sees only itself -- the same computation as a
+forward of the word alone -- and no compute is spent on padding. The default word pairs
+(1,372 words, ~3,200 tokens) go through the model in one or two forwards. Each layer's states
+are pooled on the device as the layer is produced; no stack of hidden states is kept.
 
-Pooling modes are described once, in ``POOLINGS``.
+The same hooks serve training with gradients (``pooled_hidden_states``); asked only for layers
+up to k, the forward stops after decoder block k (early exit). Pooling modes are described
+once, in ``POOLINGS``.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from .anatomy import decoder_parts, input_device, model_lock, num_layers
 from .errors import TLIError
 from .layers import resolve_layer
+from .precision import analysis_precision
 from .progress import Progress, no_progress
 
 # The pooling modes: how a word's token states become one vector (one description, used by CLI and UI).
@@ -34,10 +38,28 @@ POOLINGS = {
     "last": "the last attended token's state",
 }
 PHASE = "embedding"
+# tokens per packed row: attention inside a row costs ~row length per token, so rows stay short
+ROW_TOKENS = {"cuda": 512, "cpu": 256}
+# rows per forward, before the memory budget: enough to keep the matmuls efficient
+TOKENS_PER_FORWARD = {"cuda": 65536, "cpu": 4096}
 
 
 class _EarlyExit(Exception):
     """Raised from a hook once the deepest requested layer is captured."""
+
+
+@dataclass
+class EmbedStats:
+    """What an embedding pass cost: forwards run, tokens forwarded (padding included), bytes moved to host."""
+
+    forwards: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    bytes_to_host: int = 0
+
+    def add_host_copy(self, tensor: torch.Tensor, device: torch.device) -> None:
+        if device.type != "cpu" or tensor.device.type != "cpu":
+            self.bytes_to_host += tensor.numel() * tensor.element_size()
 
 
 @dataclass
@@ -49,6 +71,8 @@ class Embeddings:
     words: list[str]
     num_layers: int  # decoder blocks L of the model (hidden states 0..L)
     pooling: str
+    precision: str = "float32"
+    stats: EmbedStats = field(default_factory=EmbedStats, repr=False)
 
     def at(self, layer: int) -> torch.Tensor:
         """Vectors of one layer, [n_words, dim]."""
@@ -57,17 +81,24 @@ class Embeddings:
             raise TLIError(f"layer {k} was not computed (have {self.layers[0]}..{self.layers[-1]})")
         return self.vectors[self.layers.index(k)]
 
+    def part(self, start: int, stop: int) -> "Embeddings":
+        """The words ``start:stop`` (a view, no copy)."""
+        return Embeddings(self.vectors[:, start:stop], self.layers, self.words[start:stop], self.num_layers,
+                          self.pooling, self.precision, self.stats)
+
 
 # --------------------------------------------------------------------------- the forward
 
-def run_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
-               visit: Callable[[int, torch.Tensor], object]) -> dict[int, object]:
+def run_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layers: Sequence[int],
+               visit: Callable[[int, torch.Tensor], object],
+               position_ids: torch.Tensor | None = None) -> dict[int, object]:
     """Run the decoder, call ``visit(k, hidden[batch, tokens, dim])`` at each requested layer.
 
     Returns ``{layer: what visit returned}``. The forward stops after the deepest requested
     layer (early exit): blocks beyond it never run, so layer k costs k blocks and gradients
-    flow only into blocks 1..k. Call under ``torch.inference_mode()`` for analysis, or with
-    grad enabled for training.
+    flow only into blocks 1..k. The model's lock is held from the first hook installed to the
+    last one removed, so concurrent callers on a shared model never see each other's hooks.
+    Call under ``torch.inference_mode()`` for analysis, or with grad enabled for training.
     """
     decoder, blocks, norm = decoder_parts(model)
     n = len(blocks)
@@ -88,22 +119,22 @@ def run_layers(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lay
             capture(k, output[0] if isinstance(output, tuple) else output)
         return hook
 
-    handles = []
-    if 0 in wanted:
-        handles.append(blocks[0].register_forward_pre_hook(pre_first, with_kwargs=True))
-    for k in wanted:
-        if 0 < k < n:
-            handles.append(blocks[k - 1].register_forward_hook(after_block(k)))
-    if n in wanted:
-        handles.append(norm.register_forward_hook(after_block(n)))
-    try:
-        with model_lock(model):
-            decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _EarlyExit:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    with model_lock(model):
+        handles = []
+        try:
+            if 0 in wanted:
+                handles.append(blocks[0].register_forward_pre_hook(pre_first, with_kwargs=True))
+            for k in wanted:
+                if 0 < k < n:
+                    handles.append(blocks[k - 1].register_forward_hook(after_block(k)))
+            if n in wanted:
+                handles.append(norm.register_forward_hook(after_block(n)))
+            decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        except _EarlyExit:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
     return out
 
 
@@ -111,6 +142,10 @@ def pool(hidden: torch.Tensor, pool_weights: torch.Tensor, drop_dims: Sequence[i
     """Weighted mean over tokens ([B,T,D] -> [B,D], float32), optional dimensions zeroed, L2-normalised."""
     w = pool_weights.to(device=hidden.device, dtype=torch.float32)
     v = torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1)  # no [B,T,D] product is materialised
+    return _finish(v, drop_dims)
+
+
+def _finish(v: torch.Tensor, drop_dims: Sequence[int] | None) -> torch.Tensor:
     if drop_dims:
         v = v.index_fill(1, torch.as_tensor(list(drop_dims), device=v.device), 0.0)
     return F.normalize(v, dim=-1)
@@ -170,7 +205,7 @@ def pool_weight_row(special: list[int], pooling: str) -> list[float]:
 
 def make_batch(tok: Tokenised, idx: Sequence[int], pad_id: int, pooling: str,
                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, pool_weights) for the words at ``idx``."""
+    """Right-padded (input_ids, attention_mask, pool_weights) for the words at ``idx``, one word per row."""
     width = max(tok.lengths[i] for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -183,10 +218,106 @@ def make_batch(tok: Tokenised, idx: Sequence[int], pad_id: int, pooling: str,
     return ids.to(device), mask.to(device), weights.to(device)
 
 
-# --------------------------------------------------------------------------- batch size
+# --------------------------------------------------------------------------- packing words into rows
+
+def pack_rows(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """Word indices packed into rows of at most ``row_tokens`` tokens (first fit, longest word first).
+
+    A word longer than ``row_tokens`` gets a row of its own. Rows come out nearly full, so a
+    forward over them wastes almost nothing on padding.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(max(row_tokens, n) - n)
+    return rows
+
+
+def group_rows(rows: list[list[int]], lengths: Sequence[int], max_tokens: int) -> list[list[list[int]]]:
+    """Consecutive rows grouped into forwards of at most ``max_tokens`` padded tokens each."""
+    forwards: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    width = 0
+    for row in rows:
+        row_len = sum(lengths[i] for i in row)
+        new_width = max(width, row_len)
+        if current and new_width * (len(current) + 1) > max_tokens:
+            forwards.append(current)
+            current, new_width = [], row_len
+        current.append(row)
+        width = new_width
+    if current:
+        forwards.append(current)
+    return forwards
+
+
+@dataclass
+class Packed:
+    """One forward: packed rows, each word's position, and per pooling the (token, word, weight) triples."""
+
+    input_ids: torch.Tensor  # [rows, width]
+    position_ids: torch.Tensor  # [rows, width]: each word counts from 0; padding forms its own block
+    words: list[int]  # the word indices in this forward, in output order
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # pooling -> (flat token, local word, w)
+    real_tokens: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def build_packed(tok: Tokenised, rows: list[list[int]], pad_id: int, poolings: Sequence[str],
+                 device: torch.device) -> Packed:
+    width = max(sum(tok.lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    words: list[int] = []
+    flat: dict[str, list[list]] = {p: [[], [], []] for p in poolings}
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            n = tok.lengths[i]
+            ids[r, start:start + n] = torch.as_tensor(tok.input_ids[i])
+            pos[r, start:start + n] = torch.arange(n)
+            local = len(words)
+            words.append(i)
+            for p in poolings:
+                for t, w in enumerate(pool_weight_row(tok.special[i], p)):
+                    if w:
+                        flat[p][0].append(r * width + start + t)
+                        flat[p][1].append(local)
+                        flat[p][2].append(w)
+            start += n
+        pos[r, start:] = torch.arange(width - start)  # padding: a block of its own that nobody attends to
+    tokens = {p: (torch.as_tensor(a, device=device), torch.as_tensor(b, device=device),
+                  torch.as_tensor(c, dtype=torch.float32, device=device)) for p, (a, b, c) in flat.items()}
+    return Packed(ids.to(device), pos.to(device), words, tokens, sum(tok.lengths[i] for i in words))
+
+
+def pool_packed(hidden: torch.Tensor, packed: Packed, pooling: str,
+                drop_dims: Sequence[int] | None = None) -> torch.Tensor:
+    """[rows, width, dim] -> [words in this forward, dim], weighted over each word's own tokens, normalised."""
+    index, word, weight = packed.tokens[pooling]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    index, word, weight = index.to(flat.device), word.to(flat.device), weight.to(flat.device)
+    v = torch.zeros((len(packed.words), flat.shape[-1]), dtype=torch.float32, device=flat.device)
+    v.index_add_(0, word, flat[index].float() * weight[:, None])
+    return _finish(v, drop_dims)
+
+
+# --------------------------------------------------------------------------- how much fits
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes the scan may use for activations: a share of what is free right now."""
+    """Bytes an embedding pass may use for activations: a share of what is free right now."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
@@ -201,79 +332,86 @@ def memory_budget(device: torch.device) -> int:
     return int(avail * 0.25)
 
 
-def bytes_per_word(config, seq_len: int, n_kept: int, act_bytes: int) -> int:
-    """Upper estimate of the peak memory one word adds to a batched forward (no autograd).
+def bytes_per_row(config, row_tokens: int, n_kept: int, act_bytes: int, words_per_row: float = 1.0) -> int:
+    """Upper estimate of the peak memory one row of ``row_tokens`` tokens adds to a forward (no autograd).
 
     Inside one block at a time: residual, norm, attention in/out, q/k/v, MLP gate/up/act
-    (``act_bytes`` each), fp32 attention scores, the fp32 copy made for pooling, plus the
-    pooled vectors kept for every requested layer.
+    (``act_bytes`` each), fp32 attention scores over the row, the fp32 copy made for pooling,
+    plus the pooled vectors kept for every requested layer.
     """
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d, inter = cfg.hidden_size, cfg.intermediate_size
-    heads = cfg.num_attention_heads
-    per_block = seq_len * (8 * d + 3 * inter) * act_bytes + heads * seq_len * seq_len * 4
-    pooling_copy = seq_len * d * 4
-    kept = 2 * n_kept * d * 4
+    d, inter, heads = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads
+    per_block = row_tokens * (8 * d + 3 * inter) * act_bytes + heads * row_tokens * row_tokens * 4
+    pooling_copy = row_tokens * d * 4
+    kept = int(2 * n_kept * d * 4 * words_per_row)
     return int(per_block + pooling_copy + kept)
 
 
-def choose_batch_size(model, seq_len: int, n_kept: int, budget: int | None = None,
-                      cap: int | None = None) -> int:
-    """Largest batch whose estimated peak (``bytes_per_word``) fits ``budget`` bytes."""
+def bytes_per_word(config, seq_len: int, n_kept: int, act_bytes: int) -> int:
+    """The same estimate for a row holding one word of ``seq_len`` tokens."""
+    return bytes_per_row(config, seq_len, n_kept, act_bytes)
+
+
+def rows_per_forward(model, row_tokens: int, n_kept: int, words_per_row: float, budget: int | None = None) -> int:
+    """How many rows of ``row_tokens`` tokens one forward may hold within the memory budget."""
     device = input_device(model)
     budget = memory_budget(device) if budget is None else budget
-    act_bytes = model.get_input_embeddings().weight.element_size()
-    act_bytes = max(act_bytes, 2)
-    per_word = bytes_per_word(model.config, seq_len, n_kept, act_bytes)
-    cap = cap or (1024 if device.type == "cuda" else 256)
-    return int(max(1, min(cap, budget // per_word)))
+    act_bytes = max(model.get_input_embeddings().weight.element_size(), 4)  # analysis may run in float32
+    per_row = bytes_per_row(model.config, row_tokens, n_kept, act_bytes, words_per_row)
+    return int(max(1, budget // per_row))
 
 
-# rows (words x tokens) per forward: enough to keep the matmuls efficient, and the chooser's
-# memory budget still applies on top
-TOKEN_CAP = {"cuda": 16384, "cpu": 2048}
-MIN_FILL = 16  # a batch this full is closed rather than padded for a shorter word
+def choose_batch_size(model, seq_len: int, n_kept: int, budget: int | None = None, cap: int | None = None) -> int:
+    """Largest number of one-word rows of ``seq_len`` tokens whose estimated peak fits ``budget`` bytes."""
+    n = rows_per_forward(model, seq_len, n_kept, 1.0, budget)
+    return int(max(1, min(cap or 1024, n)))
 
 
-def plan_batches(lengths: Sequence[int], capacity: Callable[[int], int], min_fill: int = MIN_FILL) -> list[list[int]]:
-    """Split word indices into batches, longest first, with little or no padding.
+def plan(tok: Tokenised, model, n_kept: int, row_tokens: int | None = None, batch_size: int | None = None,
+         max_tokens: int | None = None, budget: int | None = None) -> list[list[list[int]]]:
+    """Forwards (lists of rows, rows lists of word indices) for every word, within the memory budget.
 
-    Words are taken in order of decreasing token length (stable); a batch closes when it
-    holds ``capacity(its longest length)`` words, or when the next word is shorter and either
-    the batch already holds ``min_fill`` words or the word would be more than half padding.
-    Single words are mostly 1-6 tokens, so batches come out as padding-free buckets of one
-    length; a count-based split of the sorted list pads ~45% extra tokens on the default pairs.
+    ``batch_size`` (words per forward) keeps the old meaning for callers that want small forwards.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current:
-            top = lengths[current[0]]
-            shorter = lengths[i] < top
-            if len(current) >= capacity(top) or (shorter and (len(current) >= min_fill or 2 * lengths[i] < top)):
-                batches.append(current)
+    device = input_device(model)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    row_tokens = row_tokens or ROW_TOKENS[kind]
+    if max_tokens:  # after an out-of-memory: rows no longer than the forward may be
+        row_tokens = min(row_tokens, max_tokens)
+    row_tokens = max(row_tokens, max(tok.lengths))
+    rows = pack_rows(tok.lengths, row_tokens)
+    if batch_size:  # at most batch_size words per forward: rows of at most that many words
+        rows = [row[i:i + batch_size] for row in rows for i in range(0, len(row), batch_size)]
+        forwards: list[list[list[int]]] = []
+        current: list[list[int]] = []
+        for row in rows:
+            if current and sum(map(len, current)) + len(row) > batch_size:
+                forwards.append(current)
                 current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+            current.append(row)
+        return forwards + ([current] if current else [])
+    words_per_row = len(tok.lengths) / len(rows)
+    fit = rows_per_forward(model, row_tokens, n_kept, words_per_row, budget) * row_tokens
+    limit = min(max_tokens or TOKENS_PER_FORWARD[kind], fit)
+    return group_rows(rows, tok.lengths, max(limit, row_tokens))
 
 
 # --------------------------------------------------------------------------- public entry
 
-def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None = None,
-          pooling: str = "mean", batch_size: int | None = None, progress: Progress = no_progress,
-          drop_dims: Sequence[int] | None = None, out_device: str = "cpu") -> Embeddings:
-    """Embeddings of ``words`` at ``layers`` (default: all, 0..L) from one pass per batch.
+def embed_poolings(model, tokenizer, words: Sequence[str], poolings: Sequence[str],
+                   layers: Sequence[int] | None = None, precision: str = "float32", batch_size: int | None = None,
+                   row_tokens: int | None = None, progress: Progress = no_progress,
+                   drop_dims: Sequence[int] | None = None, out_device: str | torch.device | None = "cpu",
+                   ) -> dict[str, Embeddings]:
+    """Embeddings of ``words`` at ``layers`` (default: all, 0..L) under several poolings, from the same forwards.
 
-    Words are grouped by token length so batches carry little or no padding
-    (``plan_batches``); results come back in the input order. ``batch_size`` caps the words
-    per batch; by default it is chosen per length from free memory. Under inference mode; on
-    CUDA a batch that runs out of memory is split in two.
+    ``precision`` is the analysis arithmetic (see ``precision.py``; default float32 on the
+    model's own weights). ``out_device`` is where the vectors are gathered (None: the model's
+    device, for statistics computed there). On CUDA a forward that runs out of memory is split.
     """
-    if pooling not in POOLINGS:
-        raise TLIError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    for p in poolings:
+        if p not in POOLINGS:
+            raise TLIError(f"unknown pooling {p!r}; use one of {', '.join(POOLINGS)}")
     words = list(words)
     if not words:
         raise TLIError("no words to embed")
@@ -281,39 +419,56 @@ def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None =
     layers = list(range(n_layers + 1)) if layers is None else sorted({resolve_layer(k, n_layers) for k in layers})
     tok = tokenise(tokenizer, words)
     device = input_device(model)
+    out_device = device if out_device is None else torch.device(out_device)
     dim = model.get_input_embeddings().weight.shape[1]
-    if batch_size:
-        capacity = lambda length: batch_size  # noqa: E731
-    else:
-        token_cap = TOKEN_CAP["cuda" if device.type == "cuda" else "cpu"]
-        capacity = functools.lru_cache(maxsize=None)(
-            lambda length: choose_batch_size(model, length, len(layers), cap=max(1, token_cap // length)))
-    max_tokens = None  # after a CUDA out-of-memory: half the padded tokens of the batch that failed
-
-    def plan(indices: list[int]) -> list[list[int]]:
-        fits = capacity if max_tokens is None else lambda n: max(1, min(capacity(n), max_tokens // n))
-        sub = plan_batches([tok.lengths[i] for i in indices], fits)
-        return [[indices[j] for j in batch] for batch in sub]
-
-    queue = plan(list(range(len(words))))
-    result = torch.empty((len(layers), len(words), dim), dtype=torch.float32, device=out_device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stats = EmbedStats()
+    results = {p: torch.empty((len(layers), len(words), dim), dtype=torch.float32, device=out_device)
+               for p in poolings}
+    max_tokens = None  # after a CUDA out-of-memory: half the tokens of the forward that failed
+    queue = plan(tok, model, len(layers) * len(poolings), row_tokens, batch_size)
     done = 0
-    with torch.inference_mode():
+    with analysis_precision(model, precision), torch.inference_mode():
         while queue:
-            idx = queue.pop(0)
-            ids, mask, weights = make_batch(tok, idx, pad_id, pooling, device)
+            rows = queue.pop(0)
+            packed = build_packed(tok, rows, pad_id, poolings, device)
             try:
-                vecs = pooled_hidden_states(model, ids, mask, weights, layers, drop_dims)
+                vecs = run_layers(model, packed.input_ids, None, layers,
+                                  lambda k, h, packed=packed: {p: pool_packed(h, packed, p, drop_dims)
+                                                               for p in poolings},
+                                  position_ids=packed.position_ids)
             except torch.cuda.OutOfMemoryError:
-                if len(idx) == 1:
+                if sum(map(len, rows)) == 1:
                     raise TLIError("out of GPU memory even for a single word") from None
                 torch.cuda.empty_cache()
-                max_tokens = len(idx) * max(tok.lengths[i] for i in idx) // 2
-                queue = plan(idx + [i for batch in queue for i in batch])
+                max_tokens = max(1, packed.padded_tokens // 2)
+                remaining = [i for row in rows for i in row] + [i for fwd in queue for row in fwd for i in row]
+                sub = Tokenised([tok.input_ids[i] for i in remaining], [tok.special[i] for i in remaining])
+                queue = [[[remaining[j] for j in row] for row in fwd]
+                         for fwd in plan(sub, model, len(layers) * len(poolings), row_tokens, batch_size, max_tokens)]
                 continue
-            # with device_map="auto" the blocks (and so the vectors) may sit on several GPUs
-            result[:, idx] = torch.stack([vecs[k].to(out_device) for k in layers])
-            done += len(idx)
+            stats.forwards += 1
+            stats.tokens += packed.real_tokens
+            stats.padded_tokens += packed.padded_tokens
+            index = torch.as_tensor(packed.words, device=out_device)
+            for p in poolings:
+                # with device_map="auto" the blocks (and so the vectors) may sit on several GPUs
+                block = torch.stack([vecs[k][p].to(out_device) for k in layers])
+                results[p].index_copy_(1, index, block)
+            done += len(packed.words)
             progress(PHASE, done, len(words))
-    return Embeddings(vectors=result, layers=layers, words=words, num_layers=n_layers, pooling=pooling)
+    if out_device.type == "cpu":
+        for r in results.values():
+            stats.add_host_copy(r, device)
+    return {p: Embeddings(vectors=results[p], layers=layers, words=words, num_layers=n_layers, pooling=p,
+                          precision=precision, stats=stats) for p in poolings}
+
+
+def embed(model, tokenizer, words: Sequence[str], layers: Sequence[int] | None = None,
+          pooling: str = "mean", batch_size: int | None = None, progress: Progress = no_progress,
+          drop_dims: Sequence[int] | None = None, out_device: str | torch.device | None = "cpu",
+          precision: str = "float32", row_tokens: int | None = None) -> Embeddings:
+    """Embeddings of ``words`` at ``layers`` (default: all, 0..L) under one pooling (see ``embed_poolings``)."""
+    return embed_poolings(model, tokenizer, words, [pooling], layers, precision, batch_size, row_tokens, progress,
+                          drop_dims, out_device)[pooling]
+

@@ -32,7 +32,19 @@ def _band(fig, x, mean, std, color, name, row=1, col=1):
                              name=f"{name} ± std"), row=row, col=col)
 
 
-def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | None = None) -> go.Figure:
+def flag_layers(fig: go.Figure, flagged: list[int] | None, precision: str | None = None) -> go.Figure:
+    """Shade layers whose per-pair values exceed the precision bound, with a legend entry saying why."""
+    for k in flagged or []:
+        fig.add_vrect(x0=k - 0.5, x1=k + 0.5, fillcolor="#ffb000", opacity=0.18, line_width=0, layer="below")
+    if flagged:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"symbol": "square", "size": 12,
+                                                                             "color": "#ffb000", "opacity": 0.5},
+                                 name=f"⚠ per-pair error > 1e-3 in {precision or 'this precision'}"))
+    return fig
+
+
+def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | None = None,
+                 flagged: list[int] | None = None, precision: str | None = None) -> go.Figure:
     """Layer scan: true-pair cosine (± std) vs shuffled baseline and gap; retrieval P@k vs chance."""
     df = curve[curve["set"] == set_name].sort_values("layer")
     n_layers = int(df["layer"].max())
@@ -65,7 +77,9 @@ def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | No
     fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True)
     fig.update_yaxes(title_text="precision", range=[0, 1.02], row=2, col=1)
     _layer_axis(fig, n_layers, row=2, col=1)
-    fig.update_layout(height=640, title=title or f"Layer scan — {set_name} set ({int(df['n'].iloc[0])} pairs)",
+    flag_layers(fig, flagged, precision)
+    fig.update_layout(height=640, title=title or f"Layer scan — {set_name} set ({int(df['n'].iloc[0])} pairs)"
+                      + (f", {precision} analysis" if precision else ""),
                       legend={"orientation": "h", "y": -0.12}, hovermode="x unified", margin={"t": 70})
     return fig
 
@@ -81,8 +95,9 @@ def mark_layers(fig: go.Figure, marks: dict[str, int]) -> go.Figure:
     return fig
 
 
-def heatmap_figure(pairs: pd.DataFrame, set_name: str | None = None, max_words: int = 120) -> go.Figure:
-    """Each pair's cosine at each layer (rows: pairs, columns: layers)."""
+def heatmap_figure(pairs: pd.DataFrame, set_name: str | None = None, max_words: int = 120,
+                   flagged: list[int] | None = None) -> go.Figure:
+    """Each pair's cosine at each layer (rows: pairs, columns: layers); flagged layers' ticks carry ⚠."""
     df = pairs if set_name is None else pairs[pairs["set"] == set_name]
     cols = [c for c in df.columns if c.startswith("layer_")]
     df = df.head(max_words)
@@ -92,9 +107,14 @@ def heatmap_figure(pairs: pd.DataFrame, set_name: str | None = None, max_words: 
                                colorbar={"title": "cosine"},
                                hovertemplate="%{y}<br>layer %{x}: %{z:.4f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
-    _layer_axis(fig, int(cols[-1].split("_")[1]))
+    layers = [int(c.split("_")[1]) for c in cols]
+    _layer_axis(fig, layers[-1])
+    if flagged:
+        fig.update_xaxes(tickvals=layers, ticktext=[f"{k}⚠" if k in flagged else str(k) for k in layers])
     fig.update_layout(height=max(300, 14 * len(labels) + 120),
-                      title=f"Cosine per word pair and layer ({len(labels)} pairs shown)")
+                      title=f"Cosine per word pair and layer ({len(labels)} pairs shown)"
+                      + (f"; ⚠ = per-pair error above 1e-3 at layers {', '.join(map(str, flagged))}" if flagged
+                         else ""))
     return fig
 
 

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .anatomy import default_lora_targets, linear_module_names
+from .anatomy import default_lora_targets, linear_module_names, linear_shapes
 from .demo import DEMO, DEMO_LABEL, prepare_demo
 from .errors import TLIError
 from .progress import Progress, no_progress
 
-QUANTIZATIONS = ("nf4", "int8", "bf16", "fp32")
+QUANTIZATIONS = ("nf4", "fp4", "int8", "bf16", "fp32")
+BNB_4BIT = ("nf4", "fp4")  # fp4: bitsandbytes' default 4-bit type, what BitsAndBytesConfig(load_in_4bit=True) gives
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 PHASE = "loading model"
@@ -30,9 +31,9 @@ class ModelSpec:
     """Which model to load and how. Defaults are the paper's: 4-bit NF4, bfloat16 compute."""
 
     model: str = DEMO  # "demo", a Hugging Face hub id, or a local directory
-    quantization: str = "nf4"  # nf4 | int8 | bf16 | fp32
+    quantization: str = "nf4"  # nf4 (paper) | fp4 (the authors' evaluation script) | int8 | bf16 | fp32
     device: str = "auto"  # auto (GPU if present, sharded with accelerate) | cpu | cuda
-    compute_dtype: str = "bfloat16"  # matmul dtype for nf4 (bnb_4bit_compute_dtype)
+    compute_dtype: str = "bfloat16"  # matmul dtype for nf4/fp4 (bnb_4bit_compute_dtype)
     revision: str | None = None
     trust_remote_code: bool = False
     max_memory: str | None = None  # e.g. "0:20GiB,1:20GiB,cpu:64GiB" for accelerate sharding
@@ -106,7 +107,7 @@ class ModelFacts:
             ("hidden states", f"{self.num_hidden_states} (layer 0 = embeddings … {self.num_layers} = final)"),
             ("hidden size", str(self.hidden_size)),
             ("quantization", f"{self.quantization} ({self.quantized_linear_layers} bitsandbytes layers)"
-             if self.quantization in ("nf4", "int8") else self.quantization),
+             if self.quantization in ("nf4", "fp4", "int8") else self.quantization),
             ("compute dtype", self.compute_dtype),
             ("parameter dtypes", ", ".join(f"{k}: {v:,}" for k, v in self.param_dtypes.items())),
             ("device", f"{self.device} ({', '.join(f'{k}: {v}' for k, v in self.device_map.items())})"),
@@ -125,6 +126,7 @@ class ModelShape:
     num_layers: int  # decoder blocks L
     model_type: str
     linear_modules: frozenset[str] | None = None  # short names of the blocks' linear layers; None = unknown
+    linears: dict[str, tuple[int, int]] | None = field(default=None, compare=False, hash=False)  # path -> (in, out)
 
 
 @dataclass
@@ -208,10 +210,10 @@ def model_shape(spec: ModelSpec) -> ModelShape:
     try:  # a weightless skeleton on the meta device: module names at no memory cost
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=spec.trust_remote_code)
-        linear = frozenset(linear_module_names(skeleton))
+        linear, shapes = frozenset(linear_module_names(skeleton)), linear_shapes(skeleton)
     except Exception:  # an architecture we cannot build here: the names are checked after loading instead
-        linear = None
-    return ModelShape(int(text_cfg.num_hidden_layers), cfg.model_type, linear)
+        linear, shapes = None, None
+    return ModelShape(int(text_cfg.num_hidden_layers), cfg.model_type, linear, shapes)
 
 
 def resolve_device(device: str) -> str:
@@ -229,7 +231,7 @@ def _quantization_kwargs(spec: ModelSpec, device: str) -> dict:
     from transformers import BitsAndBytesConfig
 
     compute = getattr(torch, spec.compute_dtype)
-    if spec.quantization in ("nf4", "int8"):
+    if spec.quantization in BNB_4BIT + ("int8",):
         if device not in ("cpu", "cuda"):
             raise TLIError(f"{spec.quantization} (bitsandbytes) runs on CUDA or CPU only, not {device}")
         if device == "cpu" and spec.compute_dtype == "float16":
@@ -238,8 +240,9 @@ def _quantization_kwargs(spec: ModelSpec, device: str) -> dict:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise TLIError(f"{spec.quantization} needs bitsandbytes: pip install bitsandbytes>=0.50") from None
-        if spec.quantization == "nf4":
-            qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+        if spec.quantization in BNB_4BIT:
+            qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=spec.quantization,
+                                    bnb_4bit_compute_dtype=compute)
             return {"quantization_config": qc, "dtype": compute}
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float16
                 if device == "cuda" else torch.float32}
@@ -371,7 +374,7 @@ def _facts(model, tokenizer, spec, source, path, device, pad_choice, seconds) ->
         architecture=(cfg.architectures or [type(model).__name__])[0], model_type=cfg.model_type,
         num_layers=int(text_cfg.num_hidden_layers), hidden_size=int(text_cfg.hidden_size),
         vocab_size=int(text_cfg.vocab_size), quantization=spec.quantization,
-        compute_dtype=spec.compute_dtype if spec.quantization == "nf4" else {
+        compute_dtype=spec.compute_dtype if spec.quantization in BNB_4BIT else {
             "bf16": "bfloat16", "fp32": "float32", "int8": "int8 matmul"}[spec.quantization],
         param_dtypes=dtypes, quantized_linear_layers=count_quantized(model), device=device,
         device_map=placement, memory_bytes=int(model.get_memory_footprint()), adds_bos=bool(adds_bos),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import TLIError
+from .files import csv_bytes, unescape_cell
 
 FORMATS = ("csv", "tsv", "json", "jsonl")
+MAX_PAIRS = 100_000
+MAX_BYTES = 64 * 2**20
 # Accepted header names, lower-cased; the first of each pair is the canonical one.
 COLUMN_ALIASES = {"swahili": "swahili", "source": "swahili", "english": "english", "target": "english"}
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -57,27 +61,43 @@ class PairReport:
 
 @dataclass
 class LeakageReport:
-    """Overlap between a trained and a control set (the control set must be unseen)."""
+    """Overlap between a trained and a control set (the control set must be unseen).
+
+    An identical pair in both sets is leakage. A Swahili word in both sets with *different*
+    translations (the authors' lists share kioo: mirror / glass and kufunga: close / tie) is a
+    different sense, and only a warning; so is a shared English word.
+    """
 
     same_pair: list[tuple[str, str]]
-    same_swahili: list[str]
+    same_swahili: list[str]  # Swahili words in both sets (with the same or different translations)
     same_english: list[str]
 
     @property
     def leaks(self) -> bool:
-        return bool(self.same_pair or self.same_swahili)
+        return bool(self.same_pair)
 
-    def lines(self) -> list[str]:
+    @property
+    def shared_headwords(self) -> list[str]:
+        """Swahili words in both sets that are not part of an identical pair."""
+        paired = {s for s, _ in self.same_pair}
+        return [s for s in self.same_swahili if s not in paired]
+
+    def leak_lines(self) -> list[str]:
+        return [f"{len(self.same_pair)} pairs are in both sets: " + _short([f"{s}–{e}" for s, e in self.same_pair])] \
+            if self.same_pair else []
+
+    def warning_lines(self) -> list[str]:
         out = []
-        if self.same_pair:
-            out.append(f"{len(self.same_pair)} pairs are in both sets: "
-                       + _short([f"{s}–{e}" for s, e in self.same_pair]))
-        if self.same_swahili:
-            out.append(f"{len(self.same_swahili)} Swahili words are in both sets: {_short(self.same_swahili)}")
+        if self.shared_headwords:
+            out.append(f"{len(self.shared_headwords)} Swahili words are in both sets with different translations "
+                       f"(different senses, allowed): {_short(self.shared_headwords)}")
         if self.same_english:
             out.append(f"{len(self.same_english)} English words are in both sets (allowed, but retrieval "
                        f"on them is not unseen): {_short(self.same_english)}")
-        return out or ["no overlap between trained and control sets"]
+        return out
+
+    def lines(self) -> list[str]:
+        return (self.leak_lines() + self.warning_lines()) or ["no overlap between trained and control sets"]
 
 
 def _short(items, n: int = 12) -> str:
@@ -115,12 +135,24 @@ def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
         reader = csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
         if reader.fieldnames is None:
             raise TLIError(f"{source} is empty: expected a header row with columns swahili,english")
-        return [dict(row) for row in reader]
+        header = [unescape_cell(str(h).strip()) for h in reader.fieldnames]
+        repeated = sorted({h for h in header if header.count(h) > 1 and h})
+        if repeated:
+            raise TLIError(f"{source}: the header names column(s) {', '.join(repeated)} more than once; "
+                           f"keep one of each")
+        rows = []
+        for row in reader:
+            rows.append({unescape_cell(str(k).strip()) if k is not None else None: unescape_cell(v)
+                         for k, v in row.items()})
+            _check_size(len(rows), source)
+        return rows
     if fmt == "json":
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TLIError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        except RecursionError:
+            raise TLIError(f"{source}: the JSON is nested too deeply to be a list of word pairs") from None
         if isinstance(obj, dict) and "pairs" in obj:
             obj = obj["pairs"]
         if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
@@ -135,10 +167,27 @@ def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TLIError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise TLIError(f"{source}: line {lineno} is nested too deeply to be a word pair") from None
         if not isinstance(rec, dict):
             raise TLIError(f"{source}: line {lineno} must be a JSON object with keys swahili and english")
         records.append(rec)
+        _check_size(len(records), source)
     return records
+
+
+def max_pairs() -> int:
+    """The most pairs a file may hold (``TLI_MAX_PAIRS``, default 100,000): a scan embeds every word."""
+    try:
+        return max(1, int(os.environ.get("TLI_MAX_PAIRS", MAX_PAIRS)))
+    except ValueError:
+        return MAX_PAIRS
+
+
+def _check_size(n: int, source: str) -> None:
+    if n > max_pairs():
+        raise TLIError(f"{source} holds more than {max_pairs():,} pairs; split it, or raise the limit with the "
+                       f"TLI_MAX_PAIRS environment variable")
 
 
 def _canonical_columns(records: list[dict], source: str) -> dict[str, str]:
@@ -173,7 +222,12 @@ def read_pairs(data: bytes | str | Path, source: str | None = None, fmt: str | N
         data = path.read_bytes()
     source = source or "uploaded file"
     fmt = _detect_format(source, fmt)
+    if len(data) > MAX_BYTES:
+        raise TLIError(f"{source} is {len(data) / 2**20:.0f} MB; a pair file may be at most "
+                       f"{MAX_BYTES // 2**20} MB")
     records = _records_from_text(_decode(data, source), fmt, source)
+    if len(records) > max_pairs():
+        _check_size(len(records), source)
     if not records:
         raise TLIError(f"{source} contains no pairs")
     mapping = _canonical_columns(records, source)
@@ -262,7 +316,7 @@ def split_pairs(df: pd.DataFrame, n_control: int, seed: int = 0,
 def pairs_to_bytes(df: pd.DataFrame, fmt: str = "csv") -> bytes:
     """Serialise a pair set for download, in any of the formats it can be loaded from."""
     if fmt in ("csv", "tsv"):
-        return df.to_csv(index=False, sep="," if fmt == "csv" else "\t").encode("utf-8")
+        return csv_bytes(df, sep="," if fmt == "csv" else "\t")
     records = df.to_dict(orient="records")
     if fmt == "json":
         return json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8")

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -35,12 +36,12 @@ import pandas as pd
 
 from .config import TLIConfig
 from .errors import TLIError
-from .files import publish_dir, read_json, write_csv, write_json
+from .files import publish_dir, read_csv, read_json_checked, write_csv, write_json
 from .jobs.jobdir import JobDir
 from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
 from .pairs import load_pairs
 
-STATES = ("queued", "running", "done", "failed", "stopped")
+STATES = ("queued", "running", "done", "failed", "stopped", "imported")
 
 
 def default_runs_dir() -> Path:
@@ -70,10 +71,35 @@ class Run(JobDir):
         return self.path / "train.log"
 
     def config(self) -> TLIConfig:
-        return TLIConfig.from_dict(read_json(self.path / "config.json"))
+        """The run's settings; TLIError (saying which file and why) if config.json cannot be used."""
+        data, problem = read_json_checked(self.path / "config.json", None, dict)
+        if problem:
+            raise TLIError(f"run {self.id} is unreadable: {problem}")
+        try:
+            return TLIConfig.from_dict(data)
+        except TLIError as exc:
+            raise TLIError(f"run {self.id} is unreadable: config.json: {exc}") from None
 
     def config_dict(self) -> dict:
-        return read_json(self.path / "config.json", {})
+        return read_json_checked(self.path / "config.json", {}, dict)[0]
+
+    def model_spec(self):
+        """The run's model (None when its config cannot be read): for filtering runs by model."""
+        try:
+            return self.config().model
+        except TLIError:
+            return None
+
+    def problems(self) -> list[str]:
+        """Why the run's files cannot be read ('file: reason' each); [] for a healthy run."""
+        out = [read_json_checked(self.path / name, None, dict)[1] for name in ("config.json", "status.json")]
+        if not out[0]:
+            try:
+                TLIConfig.from_dict(self.config_dict())
+            except TLIError as exc:
+                out[0] = f"config.json: {exc}"
+        out.append(self._summary()[1])
+        return [p for p in out if p]
 
     def evaluation(self) -> dict:
         """The latest re-evaluation of the saved adapter ({} if none): running, done or failed.
@@ -100,11 +126,14 @@ class Run(JobDir):
     def append_metric(self, row: dict) -> None:
         # One write() of one line: a reader (or a SIGKILL) never sees half a line.
         line = (json.dumps(row, default=float) + "\n").encode()
-        fd = os.open(self.path / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise TLIError(f"could not write {self.path / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
     def metrics(self) -> pd.DataFrame:
         path = self.path / "metrics.jsonl"
@@ -119,20 +148,56 @@ class Run(JobDir):
         return pd.DataFrame(rows)
 
     def log(self, message: str) -> None:
-        with open(self.log_path, "a") as fh:
-            fh.write(f"{now()} {message}\n")
+        try:
+            with open(self.log_path, "a") as fh:
+                fh.write(f"{now()} {message}\n")
+        except OSError:  # a full disk must not turn a clear failure into a traceback; status.json says it
+            pass
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.is_file():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def summary(self) -> dict | None:
-        return read_json(self.path / "summary.json")
+    def summary(self, protocol: str | None = None) -> dict | None:
+        """The run-level summary (its headline protocol's numbers, and every protocol under ``protocols``),
+        or one protocol's summary."""
+        summary = self._summary()[0]
+        if protocol is None or summary is None:
+            return summary
+        return (summary.get("protocols") or {}).get(protocol)
 
-    def table(self, name: str) -> pd.DataFrame | None:
-        path = self.eval_dir / f"{name}.csv"
-        return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else None
+    def _summary(self) -> tuple[dict | None, str | None]:
+        summary, problem = read_json_checked(self.path / "summary.json", None, dict)
+        if summary is None:
+            return None, problem
+        groups = [summary.get("groups")] + [s.get("groups") if isinstance(s, dict) else None
+                                             for s in (summary.get("protocols") or {}).values()]
+        if not isinstance(summary.get("protocols") or {}, dict) or not all(
+                isinstance(g, dict) and all(isinstance(v, dict) for v in g.values()) for g in groups):
+            return None, "summary.json: not a summary of before/after statistics"
+        return summary, None
+
+    def protocols(self) -> list[str]:
+        """The evaluation protocols this run has results for, the headline first ([] before evaluation).
+
+        A run evaluated before protocols existed has one, called ``legacy``.
+        """
+        summary = self.summary() or {}
+        if summary.get("protocols"):
+            return list(summary["protocols"])
+        return ["legacy"] if summary.get("groups") else []
+
+    def table(self, name: str, protocol: str | None = None) -> pd.DataFrame | None:
+        """One of the evaluation tables (pairs, pairs_layers, curve, layer_stats) of a protocol (default: headline);
+        None if it is missing or cannot be read."""
+        protocol = protocol or (self.protocols() or [None])[0]
+        folder = self.eval_dir if protocol in (None, "legacy") else self.eval_dir / protocol
+        path = folder / f"{name}.csv"
+        try:
+            return read_csv(path) if path.is_file() else None
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            return None
 
     def pairs(self, which: str) -> pd.DataFrame:
         return load_pairs(self.path / f"pairs_{which}.csv")
@@ -146,13 +211,35 @@ class Run(JobDir):
     def has_adapter(self) -> bool:
         return (self.adapter_dir / "adapter_config.json").is_file()
 
+    def adapters(self) -> list[str]:
+        """The saved adapters inside the run, by name: 'adapter' (the final one) and 'checkpoints/epoch_N'."""
+        names = ["adapter"] if self.has_adapter() else []
+        return names + [f"checkpoints/{p.name}" for p in self.checkpoints() if (p / "adapter_config.json").is_file()]
+
+    def adapter_path(self, name: str | None = None) -> Path:
+        """The directory of one of the run's own adapters; nothing outside the run is ever named here."""
+        name = "adapter" if name in (None, "", "adapter", "adapter/") else str(name).strip().rstrip("/")
+        available = self.adapters()
+        if name not in available:
+            raise TLIError(f"run {self.id} has no adapter {name!r}; it has: {', '.join(available) or 'none'}"
+                           + (" (an adapter from elsewhere comes in with `import-adapter`)" if available else ""))
+        return self.path / name
+
     def save_adapter(self, peft_model, target: Path) -> None:
-        """save_pretrained into a temporary directory, then rename: never half an adapter."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """save_pretrained into a temporary directory, then rename: never half an adapter, and on any failure
+        (a full disk, an interrupted save) no temporary left behind and the previous adapter intact."""
         tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(tmp)
-        publish_dir(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            peft_model.save_pretrained(tmp)
+            publish_dir(tmp, target)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception):  # OSError, safetensors' own error type, ...: a user's disk, not a bug
+                reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise TLIError(f"could not save the adapter to {target}: {reason}") from None
+            raise
 
     def adapter_zip(self) -> bytes:
         """The final adapter (and the config) as a zip, for download."""
@@ -175,26 +262,62 @@ def _slug(config: TLIConfig) -> str:
     return f"{model}-L{layers}-r{config.lora_r}"
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: str, what: str = "run name") -> str:
+    """A name that stays inside the runs directory: letters, digits, '.', '_', '-'; no separators, no '..'."""
+    name = str(name).strip()
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise TLIError(f"{what} {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', starting with a "
+                       f"letter or digit (no '/', no '..')")
+    return name
+
+
 def create_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
-               control: pd.DataFrame | None = None, name: str | None = None) -> Run:
-    """Make a queued run directory holding the config and copies of the pairs it will use."""
+               control: pd.DataFrame | None = None, name: str | None = None, status: dict | None = None,
+               adapter_from: str | Path | None = None, slug: str | None = None) -> Run:
+    """Make a run directory (queued, unless ``status`` says otherwise) holding the config and copies of the pairs
+    it will use (and, for an imported run, its adapter). All or nothing: on any error, nothing is left behind."""
     runs_dir = Path(runs_dir or default_runs_dir())
+    base = check_run_name(name) if name else f"{time.strftime('%Y%m%d-%H%M%S')}-{slug or _slug(config)}"
     trained = load_pairs(config.trained_pairs) if trained is None else trained
     control = load_pairs(config.control_pairs) if control is None else control
-    base = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(config)}"
-    path = runs_dir / base
-    i = 1
-    while path.exists():
-        i += 1
-        path = runs_dir / f"{base}-{i}"
-    tmp = runs_dir / f".{path.name}.creating"
-    tmp.mkdir(parents=True)
-    write_json(tmp / "config.json", config.to_dict())
-    write_csv(tmp / "pairs_trained.csv", trained)
-    write_csv(tmp / "pairs_control.csv", control)
-    write_json(tmp / "status.json", {"state": "queued", "phase": "queued", "created": now(), "updated": now(),
-                                     "host": socket.gethostname(), "step": 0, "total_steps": None})
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{base}.creating-", dir=runs_dir))  # a crash never blocks the name
+        write_json(tmp / "config.json", config.to_dict())
+        write_csv(tmp / "pairs_trained.csv", trained)
+        write_csv(tmp / "pairs_control.csv", control)
+        if adapter_from is not None:
+            (tmp / "adapter").mkdir()
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(Path(adapter_from) / f, tmp / "adapter" / f)
+        write_json(tmp / "status.json", {"state": "queued", "phase": "queued", "created": now(), "updated": now(),
+                                         "host": socket.gethostname(), "step": 0, "total_steps": None,
+                                         **(status or {})})
+        path, i = runs_dir / base, 1
+        while True:
+            try:
+                os.rename(tmp, path)  # fails if the name is taken, even by a run created a moment ago
+                break
+            except OSError:
+                if not path.exists():
+                    raise
+                if name:
+                    raise TLIError(f"a run named {base!r} exists already in {runs_dir}; choose another name") \
+                        from None
+                i += 1
+                path = runs_dir / f"{base}-{i}"
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise TLIError(f"cannot create run {base} in {runs_dir}: {exc.strerror or exc}") from None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Run(path)
 
 
@@ -209,12 +332,24 @@ def list_runs(runs_dir: str | Path | None = None) -> list[Run]:
     return out
 
 
-def load_run(path_or_id: str | Path, runs_dir: str | Path | None = None) -> Run:
-    path = Path(path_or_id)
+def load_run(run_id: str | Path, runs_dir: str | Path | None = None) -> Run:
+    """The run called ``run_id`` inside the runs directory -- the only way a command names a run.
+
+    A run id is a plain name; a path is accepted only when it points at a run directly inside
+    the runs directory (``runs/<id>``), so no command can read, write or delete anything else.
+    """
+    runs_dir = Path(runs_dir or default_runs_dir())
+    text = str(run_id).strip()
+    given = Path(text)
+    if given.is_absolute() or len(given.parts) > 1:
+        if given.resolve().parent != runs_dir.resolve():
+            raise TLIError(f"{text!r} is not a run in {runs_dir}: give the run's id (as `runs` lists it), and "
+                           f"--runs-dir for another runs directory")
+        text = given.name
+    check_run_name(text, "run id")
+    path = runs_dir / text
     if not (path / "config.json").is_file():
-        path = Path(runs_dir or default_runs_dir()) / str(path_or_id)
-    if not path.is_dir():
-        raise TLIError(f"no run {path_or_id!r} (looked in {path.parent})")
+        raise TLIError(f"no run {text!r} in {runs_dir} (`python -m tli_core runs` lists them)")
     return Run(path)
 
 
@@ -233,15 +368,21 @@ def active_runs(runs_dir: str | Path | None = None) -> list[Run]:
 
 
 def headline(run: Run) -> dict:
-    """One row for the runs table: status, key settings, headline results."""
+    """One row for the runs table: status, key settings, headline results (never raises: a run whose files
+    cannot be read is listed as unreadable, saying which file and why)."""
+    problems = run.problems()
     st, cfg, summ = run.status(), run.config_dict(), run.summary() or {}
+    if problems:
+        st = dict(st, state="unreadable", message="unreadable: " + "; ".join(problems))
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     groups = summ.get("groups", {})
     row = {
         "run": run.id, "state": st.get("state"), "phase": st.get("phase"),
         "step": f"{st.get('step', 0)}/{st.get('total_steps') or '?'}",
-        "created": st.get("created"), "model": cfg.get("model", {}).get("model"),
-        "quant": cfg.get("model", {}).get("quantization"),
-        "target layers": ",".join(map(str, cfg.get("target_layers", []))),
+        "created": st.get("created"), "model": model.get("model"), "quant": model.get("quantization"),
+        "target layers": ",".join(map(str, cfg.get("target_layers") or []))
+        if isinstance(cfg.get("target_layers"), list) else cfg.get("target_layers"),
+        "protocol": summ.get("headline") or ("legacy" if groups else None),
         "eval layer": summ.get("eval_layer", cfg.get("eval_layer")), "rank": cfg.get("lora_r"),
         "blocks": cfg.get("adapter_blocks"), "epochs": cfg.get("epochs"), "loss": cfg.get("loss"),
     }

@@ -29,7 +29,7 @@ class PairedStats:
     mean_after: float
     std_after: float
     change: float  # mean(after) - mean(before)
-    pct_change: float  # change / mean(before) * 100
+    pct_change: float  # change / |mean(before)| * 100: its sign is the sign of the change
     t: float
     p: float  # paired t-test, two-sided
     wilcoxon_w: float
@@ -73,7 +73,7 @@ def paired_stats(before, after, group: str = "all", seed: int = 0,
     return PairedStats(
         group=group, n=n, mean_before=float(mb), std_before=float(before.std(ddof=1)),
         mean_after=float(after.mean()), std_after=float(after.std(ddof=1)), change=float(diff.mean()),
-        pct_change=float(diff.mean() / mb * 100) if mb != 0 else float("nan"),
+        pct_change=float(diff.mean() / abs(mb) * 100) if mb != 0 else float("nan"),
         t=float(t), p=float(p), wilcoxon_w=w, wilcoxon_p=wp,
         cohens_dz=float(diff.mean() / sd_diff) if sd_diff > 0 else float("nan"),
         ci_low=float(lo), ci_high=float(hi))
@@ -160,6 +160,7 @@ STAT_LABELS = {
     "mean_after": "mean after", "std_after": "std after", "change": "change", "pct_change": "% change",
     "t": "t", "p": "p (paired t)", "wilcoxon_w": "Wilcoxon W", "wilcoxon_p": "p (Wilcoxon)",
     "cohens_dz": "Cohen's d_z", "ci_low": "95% CI low", "ci_high": "95% CI high",
+    "p_holm": "p (Holm over layers)",
 }
 
 

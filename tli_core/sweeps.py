@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from .config import TLIConfig
-from .errors import TLIError
+from .errors import OverlapError, TLIError
 from .files import read_json, write_csv, write_json
 from .jobs.jobdir import JobDir
 from .jobs.process import JobLock, my_process_tag, now
 from .models import load_model
 from .pairs import load_pairs
-from .runs import Run, create_run, default_runs_dir
+from .runs import Run, check_run_name, create_run, default_runs_dir
 from .stats import correct_pvalues
 from .util import parse_int_ranges
 from .worker import check_config, execute
@@ -99,23 +101,47 @@ def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=No
     if any(r < 1 for r in spec.ranks):
         raise TLIError("every rank in a sweep must be at least 1")
     root = Path(runs_dir or default_runs_dir()) / SWEEPS
-    sid = name or time.strftime("%Y%m%d-%H%M%S") + f"-sweep{len(spec.cells())}"
+    sid = check_run_name(name, "sweep name") if name else time.strftime("%Y%m%d-%H%M%S") + f"-sweep{len(spec.cells())}"
     path = root / sid
     if path.exists():
         raise TLIError(f"sweep {sid} exists already")
-    path.mkdir(parents=True)
     trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
     control = load_pairs(spec.base.control_pairs) if control is None else control
-    write_csv(path / "pairs_trained.csv", trained)
-    write_csv(path / "pairs_control.csv", control)
     base = dataclasses.replace(spec.base, trained_pairs=str(path / "pairs_trained.csv"),
                                control_pairs=str(path / "pairs_control.csv"))
     spec = dataclasses.replace(spec, base=base)
-    write_json(path / "sweep.json", spec.to_dict())
-    sweep = Sweep(path)
-    sweep.save_cells([dict(c, run=None, state="pending", reason="") for c in spec.cells()])
-    sweep.update_status(state="queued", created=now(), done=0, total=len(spec.cells()))
-    return sweep
+    tmp = None
+    try:  # all or nothing: written in a temporary directory, renamed into place
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.creating-", dir=root))
+        write_csv(tmp / "pairs_trained.csv", trained)
+        write_csv(tmp / "pairs_control.csv", control)
+        write_json(tmp / "sweep.json", spec.to_dict())
+        write_json(tmp / "cells.json", [dict(c, run=None, state="pending", reason="") for c in spec.cells()])
+        write_json(tmp / "status.json", {"state": "queued", "created": now(), "updated": now(), "done": 0,
+                                         "total": len(spec.cells())})
+        os.rename(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise TLIError(f"cannot create sweep {sid} in {root}: {exc.strerror or exc}") from None
+    return Sweep(path)
+
+
+def load_sweep(sweep_id: str | Path, runs_dir: str | Path | None = None) -> Sweep:
+    """The sweep called ``sweep_id`` inside ``<runs>/sweeps`` (a path only if it points there)."""
+    root = Path(runs_dir or default_runs_dir()) / SWEEPS
+    text = str(sweep_id).strip()
+    given = Path(text)
+    if given.is_absolute() or len(given.parts) > 1:
+        if given.resolve().parent != root.resolve():
+            raise TLIError(f"{text!r} is not a sweep in {root}: give the sweep's id, and --runs-dir for another "
+                           f"runs directory")
+        text = given.name
+    check_run_name(text, "sweep id")
+    if not (root / text / "sweep.json").is_file():
+        raise TLIError(f"no sweep {text!r} in {root}")
+    return Sweep(root / text)
 
 
 def list_sweeps(runs_dir: str | Path | None = None) -> list[Sweep]:
@@ -144,6 +170,11 @@ def run_sweep(sweep: Sweep, progress=None) -> dict:
             config = spec.config_for(cell)
             try:
                 check_config(config, trained, control)
+            except OverlapError as exc:
+                cell.update(state="invalid", reason=str(exc.with_control(
+                    "the “Accept pairs that are in both sets” box on the Sweeps page, or --allow-overlap")))
+                sweep.save_cells(cells)
+                continue
             except TLIError as exc:
                 cell.update(state="invalid", reason=str(exc))
                 sweep.save_cells(cells)

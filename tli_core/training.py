@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .alignment import PairIndex, pair_index
 from .config import Resolved, TLIConfig
 from .embeddings import Tokenised, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
@@ -121,6 +122,15 @@ def _concat_tokens(tok_src, tok_tgt, idx):
                      [tok_src.special[i] for i in idx] + [tok_tgt.special[i] for i in idx])
 
 
+def translation_mask(index: PairIndex, batch: Sequence[int]) -> torch.Tensor:
+    """[B, B]: True where batch row j's English word is a valid translation of row i's Swahili word.
+
+    Such a word is no negative for anchor i: a repeated English word (two Swahili words, one
+    translation) or a repeated Swahili anchor (one word, several translations) alike.
+    """
+    return torch.tensor([[index.is_gold(i, j) for j in batch] for i in batch], dtype=torch.bool)
+
+
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Shuffled batches; a last batch of one pair (no negative) joins the one before it."""
     order = torch.randperm(n, generator=generator).tolist()
@@ -165,7 +175,7 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tok_src = tokenise(tokenizer, list(trained["swahili"]))
     tok_tgt = tokenise(tokenizer, list(trained["english"]))
-    english = trained["english"].str.casefold().to_numpy()
+    gold = pair_index(list(trained["swahili"]), list(trained["english"]))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -181,7 +191,7 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
                     result.state, result.message = "stopped", f"stopped by request after step {step}"
                     return result
                 t0 = time.perf_counter()
-                same = torch.as_tensor(english[batch][:, None] == english[batch][None, :])
+                same = translation_mask(gold, batch)
                 loss, info = step_loss(peft_model, tok_src, tok_tgt, batch, pad_id, config, resolved.target_layers,
                                        same, device)
                 if not torch.isfinite(loss):

@@ -1,13 +1,17 @@
-"""Execute a run directory: load, embed before, train, save, embed after, write statistics.
+"""Execute a job directory: load, embed before, train, save, evaluate under each protocol, write statistics.
 
 The same code runs inside ``python -m tli_core train`` (in the terminal) and in the worker
 process the dashboard starts (``python -m tli_core worker RUN_DIR``). Everything it learns
 goes into the run directory, so any reader can follow it, and a SIGTERM or a STOP file
-ends training cleanly between two steps with the adapter saved.
+ends the run cleanly: between two training steps (the adapter is saved) or between two
+forwards of an embedding pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 import os
 import signal
 import socket
@@ -15,16 +19,16 @@ import threading
 import time
 import traceback
 
-from peft import PeftModel
-
+from .adapters import load_adapter, strip_adapters
 from .config import Resolved, TLIConfig, resolve
-from .errors import TLIError
-from .evaluation import embed_sets, evaluate, write_eval
+from .errors import OverlapError, TLIError
+from .evaluation import embed_sets, evaluate, merge_difference, merged_adapter, write_eval
 from .files import write_json
 from .jobs.process import JobLock, my_process_tag, now
-from .models import load_model, model_shape, package_versions
+from .models import LoadedModel, load_model, model_shape, package_versions
 from .pairs import check_leakage, load_pairs
-from .progress import Progress, in_phase, no_progress
+from .progress import Progress, no_progress
+from .protocols import Protocol, get_protocol, resolve_eval_layer
 from .runs import Run
 from .training import attach_lora, gradient_blocks, total_steps, train
 
@@ -37,11 +41,11 @@ def check_config(config: TLIConfig, trained=None, control=None) -> tuple[Resolve
     resolved, warnings = resolve(config, model_shape(config.model), len(trained), len(control))
     leak = check_leakage(trained, control)
     if leak.leaks:
-        detail = "; ".join(leak.lines())
+        detail = "; ".join(leak.leak_lines())
         if not config.allow_overlap:
-            raise TLIError(f"trained and control sets overlap ({detail}); the control set must be unseen. "
-                           f"Remove the overlap, or accept it explicitly (--allow-overlap)")
+            raise OverlapError(detail)
         warnings.append(f"accepted overlap between trained and control: {detail}")
+    warnings += leak.warning_lines()
     return resolved, warnings
 
 
@@ -49,6 +53,10 @@ def subset(df, n: int | None, seed: int):
     if n is None or n >= len(df):
         return df.reset_index(drop=True)
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+class Stopped(Exception):
+    """A stop was requested during a phase that is not training (raised between two forwards)."""
 
 
 class _StopFlag:
@@ -60,6 +68,15 @@ class _StopFlag:
 
     def __call__(self) -> bool:
         return self.signalled or self.run.stop_requested()
+
+
+def _stoppable(progress: Progress, stop: _StopFlag, phase: str) -> Progress:
+    """``progress`` renamed to ``phase``, raising Stopped between two forwards once a stop is asked for."""
+    def report(_phase: str, done: float, total: float | None, detail: str = "") -> None:
+        progress(phase, done, total, detail)
+        if stop():
+            raise Stopped(phase)
+    return report
 
 
 def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False, lm=None) -> dict:
@@ -77,35 +94,56 @@ def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False,
     previous = signal.signal(signal.SIGTERM, stop.handle) if _main_thread() else None
     try:
         return _execute(run, progress, stop, lm)
+    except Stopped as exc:
+        message = (f"stopped during {exc}" + (" (adapter saved; evaluate it from Runs or the CLI)"
+                                              if run.has_adapter() else " (no adapter)"))
+        run.log(message)
+        return _final(run, state="stopped", phase="stopped", finished=now(), message=message)
     except TLIError as exc:
         run.log(f"error: {exc}")
-        return run.update_status(state="failed", finished=now(), message=str(exc))
+        return _final(run, state="failed", finished=now(), message=str(exc))
+    except OSError as exc:  # a full disk, a vanished directory: the user's machine, said in one line
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+        run.log(f"error: {message}")
+        return _final(run, state="failed", finished=now(), message=message)
     except BaseException as exc:  # a bug, or KeyboardInterrupt: record it, then let it surface
         run.log("unexpected error:\n" + traceback.format_exc())
-        run.update_status(state="failed", finished=now(), message=f"{type(exc).__name__}: {exc} (see train.log)")
+        status = _final(run, state="failed", finished=now(), message=f"{type(exc).__name__}: {exc} (see train.log)")
         if isinstance(exc, Exception):
-            return run.raw_status()
+            return status
         raise
     finally:
+        run.clear_stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if not lock_held:
             lock.release()
 
 
+def _final(run: Run, **changes) -> dict:
+    """The run's last status, written if the disk lets us; returned either way (the CLI prints it)."""
+    try:
+        return run.update_status(**changes)
+    except OSError:
+        return dict(run.raw_status(), **changes)
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def run_sets(run: Run, config: TLIConfig) -> dict:
+    return {"trained": subset(run.pairs("trained"), config.trained_subset, config.seed),
+            "control": subset(run.pairs("control"), config.control_subset, config.seed)}
 
 
 def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     config = run.config()
     run.update_status(state="running", phase="checking", pid=os.getpid(), process=my_process_tag(),
-                      host=socket.gethostname(),
-                      started=now(), versions=package_versions(), message="")
+                      host=socket.gethostname(), started=now(), versions=package_versions(), message="")
     run.log(f"run {run.id} started (pid {os.getpid()})")
-    trained = subset(run.pairs("trained"), config.trained_subset, config.seed)
-    control = subset(run.pairs("control"), config.control_subset, config.seed)
-    resolved, warnings = check_config(config, trained, control)
+    sets = run_sets(run, config)
+    resolved, warnings = check_config(config, sets["trained"], sets["control"])
     for w in warnings:
         run.log(f"warning: {w}")
     run.update_status(phase="loading model", warnings=warnings, eval_layer=resolved.eval_layer,
@@ -114,23 +152,33 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
         progress("loading model", 0, 1, config.model.label())
         lm = load_model(config.model, progress=lambda phase, done, total, detail="": run.log(f"load: {detail}"))
     if stop():
-        return run.update_status(state="stopped", phase="stopped", finished=now(),
-                                 message="stopped before training started (no adapter)")
+        raise Stopped("loading the model")
     write_json(run.path / "model_facts.json", lm.facts.__dict__)
-    sets = {"trained": trained, "control": control}
-
+    protocols = run_protocols(config)
     run.update_status(phase="embedding before")
-    before = embed_sets(lm.model, lm.tokenizer, sets, config.pooling,
-                        progress=in_phase(progress, "embedding before"))
-
-    peft_model = attach_lora(lm.model, config, resolved)
+    before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
+                        _stoppable(progress, stop, "embedding before"))
+    peft_model = None
     try:
-        return _train_and_evaluate(run, config, resolved, lm, peft_model, sets, before, progress, stop)
+        peft_model = attach_lora(lm.model, config, resolved)
+        return _train_and_evaluate(run, config, resolved, lm, peft_model, sets, before, protocols, progress, stop)
     finally:
-        peft_model.unload()  # the base model goes back exactly as it was (adapters removed, not merged)
+        if peft_model is not None:
+            peft_model.unload()  # the base model goes back exactly as it was (adapters removed, not merged)
+        else:
+            strip_adapters(lm.model)  # attaching failed half-way: take out whatever was injected
 
 
-def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, peft_model, sets, before,
+def run_protocols(config: TLIConfig) -> list[Protocol]:
+    return [get_protocol(name, config.eval_layer, config.eval_pooling) for name in config.protocols]
+
+
+def _poolings(protocols: list[Protocol], local: bool = True, merged: bool | None = None) -> list[str]:
+    return list(dict.fromkeys(p.pooling for p in protocols if (p.quantization is None) == local
+                              and (merged is None or p.merged == merged)))
+
+
+def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, peft_model, sets, before, protocols,
                         progress: Progress, stop: _StopFlag) -> dict:
     trained = sets["trained"]
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -167,33 +215,102 @@ def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, pef
     if result.state == "failed":
         return run.update_status(state="failed", phase="training", finished=now(), message=result.message,
                                  train=train_info)
+    if result.state == "stopped" and result.steps == 0:
+        return run.update_status(state="stopped", phase="stopped", finished=now(), train=train_info,
+                                 message="stopped before the first training step (no adapter)")
     run.save_adapter(peft_model, run.adapter_dir)
     if result.state == "stopped":
         return run.update_status(state="stopped", phase="stopped", finished=now(), step=result.steps,
-                                 message=f"{result.message}; adapter saved (evaluate it with "
-                                         f"`python -m tli_core evaluate --run {run.path}`)", train=train_info)
-
+                                 message=f"{result.message}; adapter saved (evaluate it from the Runs page, or "
+                                         f"`python -m tli_core evaluate --run {run.id}`)", train=train_info)
     run.update_status(phase="embedding after", step=result.steps)
-    after = embed_sets(peft_model, lm.tokenizer, sets, config.pooling,
-                       progress=in_phase(progress, "embedding after"))
-    _finish(run, resolved, sets, before, after, lm.facts, train_info)
+    evaluate_protocols(run, config, resolved, lm, peft_model, sets, before, protocols, train_info,
+                       _stopper(progress, stop))
     return run.update_status(state="done", phase="done", finished=now(), step=result.steps, message="")
 
 
-def _finish(run: Run, resolved: Resolved, sets, before, after, facts, train_info: dict) -> dict:
-    result = evaluate(sets, before, after, resolved.eval_layer, seed=0)
-    write_eval(run, result)
-    summary = dict(result.summary, run=run.id, model=facts.name, target_layers=resolved.target_layers,
+def _stopper(progress: Progress, stop: _StopFlag):
+    return lambda phase: _stoppable(progress, stop, phase)
+
+
+def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: LoadedModel, peft_model, sets, before,
+                       protocols: list[Protocol], train_info: dict, progress_for) -> dict:
+    """After-passes (attached, merged, FP4 base) for ``protocols``, their statistics, files and summary."""
+    precision = config.analysis_precision
+    local = [p for p in protocols if p.quantization is None]
+    attached_poolings = _poolings(local, local=True)  # merged protocols too: the merge is measured against it
+    after = embed_sets(peft_model, lm.tokenizer, sets, attached_poolings, precision, progress_for("embedding after"))
+    merged_after, merge_diff = {}, {}
+    merged_poolings = _poolings(local, local=True, merged=True)
+    if merged_poolings:
+        with merged_adapter(peft_model):
+            merged_after = embed_sets(peft_model, lm.tokenizer, sets, merged_poolings, precision,
+                                      progress_for("embedding after (adapter merged)"))
+        merge_diff = {pooling: merge_difference(after[pooling], merged_after[pooling]) for pooling in merged_poolings}
+    summaries = {}
+    for p in local:
+        layer = resolve_eval_layer(p.layer, resolved.num_layers, resolved.target_layers)
+        after_p = merged_after[p.pooling] if p.merged else after[p.pooling]
+        extra = {"merge_vs_attached": merge_diff.get(p.pooling)} if p.merged else {}
+        summaries[p.name] = _write_protocol(run, sets, before[p.pooling], after_p, layer, p, config.seed, extra)
+    for p in protocols:
+        if p.quantization is not None:
+            summaries[p.name] = _evaluate_on_other_base(run, config, resolved, lm, sets, p, progress_for)
+    return _finish(run, config, resolved, summaries, lm.facts, train_info)
+
+
+def _evaluate_on_other_base(run: Run, config, resolved, lm, sets, protocol: Protocol, progress_for) -> dict:
+    """A protocol that loads the base differently (the authors' FP4): its own before and after passes."""
+    spec = dataclasses.replace(config.model, quantization=protocol.quantization)
+    progress_for(f"loading the {protocol.quantization} base")("loading model", 0, 1, "")
+    other = load_model(spec)
+    try:
+        precision = config.analysis_precision
+        before = embed_sets(other.model, other.tokenizer, sets, [protocol.pooling], precision,
+                            progress_for(f"embedding before ({protocol.quantization} base)"))
+        tuned = load_adapter(other.model, run.adapter_dir)
+        try:
+            with merged_adapter(tuned) if protocol.merged else contextlib.nullcontext():
+                after = embed_sets(tuned, other.tokenizer, sets, [protocol.pooling], precision,
+                                   progress_for(f"embedding after ({protocol.quantization} base)"))
+        finally:
+            tuned.unload()
+        layer = resolve_eval_layer(protocol.layer, resolved.num_layers, resolved.target_layers)
+        return _write_protocol(run, sets, before[protocol.pooling], after[protocol.pooling], layer, protocol,
+                               config.seed, {"base_quantization": protocol.quantization})
+    finally:
+        del other
+        gc.collect()
+
+
+def _write_protocol(run: Run, sets, before, after, layer: int, protocol: Protocol, seed: int, extra: dict) -> dict:
+    result = evaluate(sets, before, after, layer, protocol, seed=seed, extra=extra)
+    write_eval(run.eval_dir, result)
+    g = result.summary["groups"]
+    run.log(f"[{protocol.name}] layer {layer} ({result.summary['eval_layer_name']}), pooling {protocol.pooling}, "
+            f"{result.summary['precision']}: " + "; ".join(
+                f"{k} {v['mean_before']:.4f} -> {v['mean_after']:.4f} ({v['pct_change']:+.2f} %, p={v['p']:.3g})"
+                for k, v in g.items()))
+    return result.summary
+
+
+def _finish(run: Run, config: TLIConfig, resolved: Resolved, summaries: dict, facts, train_info: dict) -> dict:
+    """The run-level summary: every evaluated protocol (kept from earlier evaluations too), the first headlines."""
+    old = run.summary() or {}
+    protocols = dict(old.get("protocols") or {})
+    protocols.update(summaries)
+    order = [name for name in config.protocols if name in protocols] + [n for n in protocols
+                                                                        if n not in config.protocols]
+    headline = protocols[order[0]]
+    summary = dict(headline, run=run.id, model=facts.name, target_layers=resolved.target_layers,
+                   headline=order[0], protocols={name: protocols[name] for name in order},
                    train=train_info, finished=now())
     write_json(run.path / "summary.json", summary)
-    g = summary["groups"]
-    run.log("results at layer {} ({}): ".format(summary["eval_layer"], summary["eval_layer_name"]) + "; ".join(
-        f"{k} {v['mean_before']:.4f} -> {v['mean_after']:.4f} ({v['pct_change']:+.2f} %, p={v['p']:.3g})"
-        for k, v in g.items()))
     return summary
 
 
-def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_progress) -> dict:
+def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_progress,
+                 protocols: list[str] | None = None) -> dict:
     """Re-evaluate a run from its saved adapter on a freshly loaded base model.
 
     Holds the runs directory's job lock (a model load is as heavy as training's), and records
@@ -201,11 +318,15 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_p
     """
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
+    adapter_dir = run.adapter_path(adapter)
+    config = run.config()
+    if protocols:
+        config = dataclasses.replace(config, protocols=list(protocols))
     tag = my_process_tag()
     started = now()
 
     def record(**ev):
-        run.update_status(evaluation=dict(ev, process=tag, started=started))
+        run.update_status(evaluation=dict(ev, process=tag, started=started, protocols=config.protocols))
 
     lock = JobLock(run.path.parent)
     if not lock.acquire(f"evaluation of run {run.id}, pid {os.getpid()}"):
@@ -215,15 +336,15 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_p
 
     last = {"phase": None}
 
-    def report(phase, done, total, extra=""):
-        progress(phase, done, total, extra)
+    def report(phase, done, total, detail=""):
+        progress(phase, done, total, detail)
         if phase != last["phase"]:  # one status write per phase, not per batch
             last["phase"] = phase
             record(state="running", phase=phase)
 
     try:
         record(state="running", phase="loading the model")
-        summary = _evaluate_run(run, adapter, report)
+        summary = _evaluate_run(run, config, adapter_dir, report)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, TLIError) else f"{type(exc).__name__}: {exc} (see train.log)"
         if not isinstance(exc, TLIError):
@@ -236,22 +357,25 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_p
     return summary
 
 
-def _evaluate_run(run: Run, adapter: str | None, progress: Progress) -> dict:
-    config = run.config()
-    adapter_dir = run.path / adapter if adapter else run.adapter_dir
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise TLIError(f"run {run.id} has no saved adapter at {adapter_dir}")
-    trained = subset(run.pairs("trained"), config.trained_subset, config.seed)
-    control = subset(run.pairs("control"), config.control_subset, config.seed)
+def _evaluate_run(run: Run, config: TLIConfig, adapter_dir, progress: Progress) -> dict:
+    sets = run_sets(run, config)
     lm = load_model(config.model)
     resolved, _ = resolve(config, lm.facts.shape())
-    sets = {"trained": trained, "control": control}
-    before = embed_sets(lm.model, lm.tokenizer, sets, config.pooling, progress=in_phase(progress, "embedding before"))
-    model = PeftModel.from_pretrained(lm.model, str(adapter_dir))
-    model.eval()
-    after = embed_sets(model, lm.tokenizer, sets, config.pooling, progress=in_phase(progress, "embedding after"))
-    train_info = (run.raw_status().get("train") or {}) | {"evaluated_adapter": str(adapter_dir.relative_to(run.path))}
-    summary = _finish(run, resolved, sets, before, after, lm.facts, train_info)
+    protocols = run_protocols(config)
+
+    def progress_for(phase):
+        return lambda _phase, done, total, detail="": progress(phase, done, total, detail)
+
+    before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
+                        progress_for("embedding before"))
+    tuned = load_adapter(lm.model, adapter_dir)
+    try:
+        train_info = (run.raw_status().get("train") or {}) | {
+            "evaluated_adapter": str(adapter_dir.relative_to(run.path))}
+        summary = evaluate_protocols(run, config, resolved, lm, tuned, sets, before, protocols, train_info,
+                                     progress_for)
+    finally:
+        tuned.unload()
     if run.raw_status().get("state") == "stopped":
         run.update_status(message="stopped; evaluated from the saved adapter")
     return summary

@@ -168,9 +168,10 @@ def _scan_cache() -> OrderedDict:
 
 
 def cached_scan(lm: LoadedModel, sets: dict[str, pd.DataFrame], pooling: str, centering: str, seed: int = 0,
-                progress=None, compute: bool = True):
+                precision: str = "float32", progress=None, compute: bool = True):
     """The scan for this model, these pairs and these settings: computed once, then reused."""
-    key = (spec_key(lm.spec), tuple((n, frame_hash(df)) for n, df in sets.items()), pooling, centering, seed)
+    key = (spec_key(lm.spec), tuple((n, frame_hash(df)) for n, df in sets.items()), pooling, centering, seed,
+           precision)
     cache = _scan_cache()
     if key in cache:
         cache.move_to_end(key)
@@ -178,7 +179,8 @@ def cached_scan(lm: LoadedModel, sets: dict[str, pd.DataFrame], pooling: str, ce
     if not compute:
         return None
     kwargs = {"progress": progress} if progress else {}
-    result = scan(lm.model, lm.tokenizer, sets, pooling=pooling, centering=centering, seed=seed, **kwargs)
+    result = scan(lm.model, lm.tokenizer, sets, pooling=pooling, centering=centering, seed=seed, precision=precision,
+                  **kwargs)
     cache[key] = result
     while len(cache) > SCAN_CACHE_SIZE:
         cache.popitem(last=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from tli_core import TLIError
+from tli_core.errors import OverlapError, TLIError
 from tli_core.figures import PLOT_CONFIG
 from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.layers import CONVENTION
+from tli_core.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
 from tli_core.runs import active_runs
 
 from .models import current_model, runs_dir
@@ -28,7 +29,10 @@ def download_csv(df: pd.DataFrame, filename: str, label: str = "Download CSV", k
                        key=key or f"dl-{filename}", icon=":material/download:")
 
 
-def show_error(exc: Exception) -> None:
+def show_error(exc: Exception, overlap_control: str | None = None) -> None:
+    """A user's error as one message (naming the page's own control where there is one); a bug in full."""
+    if isinstance(exc, OverlapError) and overlap_control:
+        exc = exc.with_control(f"the “{overlap_control}” box on this page")
     if isinstance(exc, TLIError):
         st.error(str(exc), icon="⚠️")
     else:
@@ -93,9 +97,16 @@ def evaluation_panel(run, key: str) -> None:
     if busy:
         st.caption(f"Evaluation waits: {busy}.")
     label = "Evaluate again" if ev.get("state") == "failed" else "Evaluate this run"
-    if st.button(label, type="primary", key=key, disabled=bool(busy), icon=":material/analytics:"):
+    try:
+        default = run.config().protocols
+    except TLIError:
+        default = list(DEFAULT_PROTOCOLS)
+    chosen = st.multiselect("Protocols", list(PROTOCOLS), default=default, key=f"{key}-protocols",
+                            format_func=lambda p: f"{p} — {PROTOCOLS[p].describe()}",
+                            help="paper-code-fp4 reloads the base in FP4, as the authors' evaluation script did")
+    if st.button(label, type="primary", key=key, disabled=bool(busy) or not chosen, icon=":material/analytics:"):
         try:
-            start_evaluation(run)
+            start_evaluation(run, chosen)
             st.toast("Evaluation started in the background.")
             st.rerun()
         except TLIError as exc:

@@ -52,7 +52,8 @@ def add_model_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
                    help="'demo' (embedded SmolLM2-135M), a Hugging Face hub id, or a local model directory "
                         "(default: demo)")
     g.add_argument("--quant", choices=QUANTIZATIONS, default=d("nf4"),
-                   help="weights: nf4 = 4-bit NormalFloat via bitsandbytes, as the paper (default); int8; "
+                   help="weights: nf4 = 4-bit NormalFloat via bitsandbytes, as the paper (default); fp4 = "
+                        "bitsandbytes' default 4-bit type, as the authors' evaluation script loaded it; int8; "
                         "bf16; fp32")
     g.add_argument("--device", choices=DEVICES, default=d("auto"),
                    help="auto = GPU(s) if present, sharded with accelerate, else CPU (default: auto)")
@@ -71,7 +72,9 @@ MODEL_FLAGS = {"model": "model", "quant": "quantization", "device": "device", "c
 
 
 def spec_from_args(args) -> ModelSpec:
-    return ModelSpec(**{field: getattr(args, dest) for dest, field in MODEL_FLAGS.items()})
+    """The model flags as a ModelSpec (flags left unset take ModelSpec's defaults)."""
+    return ModelSpec(**{field: getattr(args, dest) for dest, field in MODEL_FLAGS.items()
+                        if getattr(args, dest, None) is not None})
 
 
 def load(spec: ModelSpec, quiet: bool) -> LoadedModel:

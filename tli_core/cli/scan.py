@@ -12,6 +12,7 @@ from ..embeddings import POOLINGS
 from ..files import write_csv, write_json
 from ..layers import CONVENTION, parse_layers, resolve_layer
 from ..pairs import check_leakage, read_pairs
+from ..precision import NOISE_LIMIT, PRECISIONS
 from .common import TerminalProgress, add_model_args, load, spec_from_args
 
 
@@ -33,6 +34,21 @@ def format_curve(curve) -> str:
     return "\n".join(out)
 
 
+def precision_note(result) -> str:
+    """One line on how far the per-pair numbers can be trusted."""
+    if result.precision_report is None:
+        return ("\nanalysis precision: float32 on the model's own weights (per-pair cosines agree with a per-word "
+                "float32 loop to 1e-5)")
+    r = result.precision_report
+    worst = r.loc[r["max_abs_delta"].idxmax()]
+    line = (f"\nanalysis precision: {result.precision}; a float32 recomputation of {int(worst.pairs_checked)} "
+            f"sampled pairs moves a pair's cosine by up to {worst.max_abs_delta:.2e} (layer {int(worst.layer)})")
+    if result.flagged_layers:
+        line += (f"\nwarning: per-pair cosines at layers {','.join(map(str, result.flagged_layers))} differ from "
+                 f"float32 by more than {NOISE_LIMIT:g}; use --analysis-precision float32 for word-level values")
+    return line
+
+
 def cmd_scan(args) -> int:
     trained, report = read_pairs(args.pairs)
     sets = {"trained": trained}
@@ -51,16 +67,24 @@ def cmd_scan(args) -> int:
     bar = TerminalProgress(enabled=not args.quiet)
     try:
         result = alignment.scan(lm.model, lm.tokenizer, sets, pooling=args.pooling, centering=args.center,
-                                layers=layers, seed=args.seed, batch_size=args.batch_size, progress=bar)
+                                layers=layers, seed=args.seed, batch_size=args.batch_size, progress=bar,
+                                precision=args.analysis_precision)
     finally:
         bar.close()
     print(f"{lm.facts.name}: {lm.facts.num_layers} decoder blocks, hidden states 0..{lm.facts.num_layers} "
           f"(0 = input embeddings, {lm.facts.num_layers} = final output after the norm); pooling={args.pooling}, "
-          f"centering={args.center}, shuffled baseline seed={args.seed}; scan {result.seconds:.2f} s")
+          f"centering={args.center}, shuffled baseline seed={args.seed}, analysis precision={result.precision}; "
+          f"scan {result.seconds:.2f} s ({result.stats.forwards} forwards)")
     print(format_curve(result.curve))
-    sugg = alignment.suggest_layers(result.curve)
+    print(precision_note(result))
+    sugg = alignment.suggest_layers(result.curve, noise=alignment.layer_noise(result.precision_report))
     print(f"\nsuggested target layer: raw-cosine peak {sugg['raw_peak']} (the paper's rule), "
           f"gap peak {sugg['gap_peak']}, retrieval (P@1 CSLS) peak {sugg['retrieval_peak']}")
+    for key, label in (("raw_peak", "raw cosine"), ("gap_peak", "gap"), ("retrieval_peak", "retrieval")):
+        tied = sugg["ties"][key]
+        if len(tied) > 1:
+            print(f"note: by {label}, layers {','.join(map(str, tied))} are tied within the measured noise; "
+                  f"the earliest is suggested")
     flat = alignment.indistinguishable_layers(result.curve)
     if flat:
         print(f"warning: at layers {','.join(map(str, flat))} true pairs are no more similar than shuffled pairs "
@@ -69,9 +93,12 @@ def cmd_scan(args) -> int:
         out = Path(args.out)
         write_csv(out / "curve.csv", result.curve)
         write_csv(out / "pairs.csv", result.pairs)
+        if result.precision_report is not None:
+            write_csv(out / "precision.csv", result.precision_report)
         write_json(out / "scan.json", {
             "model": lm.spec.to_dict(), "facts": lm.facts.__dict__, "pooling": args.pooling,
             "centering": args.center, "seed": args.seed, "pairs": args.pairs, "control": args.control,
+            "analysis_precision": result.precision, "flagged_layers": result.flagged_layers,
             "seconds": result.seconds, "suggested": sugg,
             "layer_convention": CONVENTION.replace("L =", f"{lm.facts.num_layers} =")})
         print(f"\nwrote {out / 'curve.csv'}, {out / 'pairs.csv'} and {out / 'scan.json'}")
@@ -114,6 +141,8 @@ def add_commands(sub) -> None:
                         "of all words, language removes each language's mean (default: none)")
     p.add_argument("--layers", default=None, help="layers to scan, e.g. 0-5,30 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled-pair derangement (default: 0)")
+    p.add_argument("--analysis-precision", choices=list(PRECISIONS), default="float32",
+                   help="; ".join(f"{k} = {v}" for k, v in PRECISIONS.items()))
     p.add_argument("--batch-size", type=int, default=None,
                    help="words per forward (default: chosen from free memory)")
     p.add_argument("--out", default=None, help="directory for curve.csv, pairs.csv and scan.json")

@@ -12,7 +12,7 @@ from ..files import write_csv
 from ..jobs.runner import start_sweep
 from ..runs import default_runs_dir
 from ..stats import CORRECTIONS
-from ..sweeps import Sweep, SweepSpec, best_cell, parse_grid_layers, run_sweep, sweep_results
+from ..sweeps import Sweep, SweepSpec, best_cell, load_sweep, parse_grid_layers, run_sweep, sweep_results
 from .train import add_training_flags, config_from_args
 
 
@@ -34,8 +34,7 @@ def print_sweep(results: pd.DataFrame) -> None:
 def cmd_sweep(args) -> int:
     runs_dir = Path(args.runs_dir or default_runs_dir())
     if args.resume:
-        path = Path(args.resume)
-        sweep = Sweep(path if (path / "sweep.json").is_file() else runs_dir / "sweeps" / args.resume)
+        sweep = load_sweep(args.resume, runs_dir)
     else:
         config = config_from_args(args)
         ranks = [int(r) for r in str(args.ranks).split(",") if r.strip()]

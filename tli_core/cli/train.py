@@ -9,19 +9,22 @@ import pandas as pd
 
 from ..config import TLIConfig, read_config_file
 from ..errors import TLIError
-from ..jobs.runner import start_run
+from ..jobs.runner import import_adapter, start_run
 from ..layers import parse_layers
 from ..models import ModelSpec
+from ..pairs import load_pairs
+from ..protocols import PROTOCOLS
 from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
 from ..worker import evaluate_run, execute, worker_main
-from .common import MODEL_FLAGS, TerminalProgress, add_model_args
+from .common import MODEL_FLAGS, TerminalProgress, add_model_args, spec_from_args
 
 # TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
 TRAIN_FLAGS = {
     "trained_pairs": ("--pairs", str), "control_pairs": ("--control", str),
     "trained_subset": ("--trained-subset", int), "control_subset": ("--control-subset", int),
-    "target_layers": ("--target-layers", str), "eval_layer": ("--eval-layer", int),
+    "target_layers": ("--target-layers", str), "protocols": ("--protocols", str), "eval_layer": ("--eval-layer", str),
+    "eval_pooling": ("--eval-pooling", str), "analysis_precision": ("--analysis-precision", str),
     "pooling": ("--pooling", str), "lora_r": ("--rank", int), "lora_alpha": ("--alpha", int),
     "lora_dropout": ("--lora-dropout", float), "target_modules": ("--target-modules", str),
     "adapter_blocks": ("--adapter-blocks", str), "loss": ("--loss", str), "margin": ("--margin", float),
@@ -54,7 +57,7 @@ def config_from_args(args) -> TLIConfig:
             continue
         if key == "target_layers":
             v = parse_layers(v)
-        elif key == "target_modules":
+        elif key in ("target_modules", "protocols"):
             v = [m.strip() for m in v.split(",") if m.strip()]
         elif key == "grad_clip":
             v = parse_grad_clip(v)
@@ -66,22 +69,33 @@ def config_from_args(args) -> TLIConfig:
     return TLIConfig.from_dict(values)
 
 
-def print_summary(run: Run) -> None:
+def print_summary(run: Run, protocols: list[str] | None = None) -> None:
+    """Before/after statistics under each evaluated protocol, with the baseline and retrieval beside them."""
     summary = run.summary()
     if not summary:
         return
-    table = pd.DataFrame(list(summary["groups"].values()))
-    print(f"\nbefore/after at layer {summary['eval_layer']} ({summary['eval_layer_name']}), "
-          f"pooling={summary['pooling']}:")
     cols = ["group", "n", "mean_before", "std_before", "mean_after", "std_after", "change", "pct_change", "t", "p",
             "wilcoxon_p", "cohens_dz", "ci_low", "ci_high"]
-    print(format_stats(table[cols]))
-    print("\nshuffled baseline and retrieval at that layer (before -> after):")
-    for g in summary["groups"].values():
-        print(f"  {g['group']}: shuffled {g['shuffled_mean_before']:.4f} -> {g['shuffled_mean_after']:.4f}, "
-              f"gap {g['gap_before']:+.4f} -> {g['gap_after']:+.4f}, P@1 NN {g['p1_nn_before']:.3f} -> "
-              f"{g['p1_nn_after']:.3f}, P@1 CSLS {g['p1_csls_before']:.3f} -> {g['p1_csls_after']:.3f} "
-              f"(chance {g['chance_p1_before']:.3f})")
+    for name in protocols or run.protocols():
+        s = run.summary(name) if name != "legacy" else summary
+        if not s:
+            continue
+        table = pd.DataFrame(list(s["groups"].values()))
+        print(f"\n[{name}] {s.get('protocol_description', '')}".rstrip())
+        print(f"before/after at layer {s['eval_layer']} ({s['eval_layer_name']}), pooling={s['pooling']}, "
+              f"analysis precision={s.get('precision', 'compute dtype')}:")
+        print(format_stats(table[cols]))
+        print("shuffled baseline and retrieval at that layer (before -> after):")
+        for g in s["groups"].values():
+            print(f"  {g['group']}: shuffled {g['shuffled_mean_before']:.4f} -> {g['shuffled_mean_after']:.4f}, "
+                  f"gap {g['gap_before']:+.4f} -> {g['gap_after']:+.4f}, P@1 NN {g['p1_nn_before']:.3f} -> "
+                  f"{g['p1_nn_after']:.3f}, P@1 CSLS {g['p1_csls_before']:.3f} -> {g['p1_csls_after']:.3f} "
+                  f"(chance {g['chance_p1_before']:.3f})")
+        diff = (s.get("merge_vs_attached") or {})
+        for group, d in diff.items():
+            k = d["layers"].index(s["eval_layer"])
+            print(f"  merged vs attached adapter, {group}: per-pair |Δcos| at layer {s['eval_layer']} max "
+                  f"{d['max_abs'][k]:.2e}, mean {d['mean_abs'][k]:.2e}; over all layers max {max(d['max_abs']):.2e}")
 
 
 def cmd_train(args) -> int:
@@ -105,13 +119,31 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     run = load_run(args.run, args.runs_dir)
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()] if args.protocol else None
     bars = TerminalProgress(not args.quiet)
     try:
-        evaluate_run(run, adapter=args.adapter, progress=bars)
+        evaluate_run(run, adapter=args.adapter, progress=bars, protocols=protocols)
     finally:
         bars.close()
     print(f"run {run.id}: evaluated; tables in {run.eval_dir}")
-    print_summary(run)
+    print_summary(run, protocols)
+    return 0
+
+
+def cmd_import_adapter(args) -> int:
+    spec = spec_from_args(args) if args.model else None
+    trained = load_pairs(args.pairs) if args.pairs else None
+    control = load_pairs(args.control) if args.control else None
+    run, info = import_adapter(args.adapter_dir, spec, args.runs_dir or default_runs_dir(), trained, control,
+                               name=args.name, target_layers=parse_layers(args.target_layers))
+    acfg = info["adapter_config"]
+    print(f"run {run.id}: adapter imported from {info['source']}")
+    print(f"  adapter: r={acfg.get('r')}, alpha={acfg.get('lora_alpha')}, dropout={acfg.get('lora_dropout')}, "
+          f"modules={acfg.get('target_modules')}, layers={acfg.get('layers_to_transform') or 'all'}, "
+          f"base={acfg.get('base_model_name_or_path')}")
+    print(f"  model: {run.config().model.label()}; every tensor fits its layer")
+    print(f"evaluate it: python -m tli_core evaluate --run {run.id} --protocol paper-code,paper-text,studio"
+          + (f" --runs-dir {args.runs_dir}" if args.runs_dir else ""))
     return 0
 
 
@@ -122,8 +154,9 @@ def cmd_worker(args) -> int:
 def cmd_evaluate_worker(args) -> int:
     """Evaluate in a background process (the dashboard's Evaluate button)."""
     run = Run(args.run_dir)
+    protocols = [p for p in (args.protocol or "").split(",") if p] or None
     try:
-        evaluate_run(run)
+        evaluate_run(run, protocols=protocols)
     except TLIError as exc:
         run.log(f"evaluation failed: {exc}")
         return 2
@@ -137,7 +170,7 @@ def add_training_flags(p, skip=()) -> None:
     for key, (flag, typ) in TRAIN_FLAGS.items():
         if key not in skip:
             p.add_argument(flag, type=typ, default=None, help=helps[key] + (
-                " (comma-separated)" if key in ("target_layers", "target_modules") else ""))
+                " (comma-separated)" if key in ("target_layers", "target_modules", "protocols") else ""))
     p.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
                    help=helps["early_exit"] + " (default: on)")
     p.add_argument("--allow-overlap", action="store_true", help=helps["allow_overlap"])
@@ -162,9 +195,26 @@ def add_commands(sub) -> None:
     p.add_argument("--run", required=True, help="run directory (or its id under --runs-dir)")
     p.add_argument("--adapter", default=None, help="adapter inside the run, e.g. checkpoints/epoch_3 "
                                                    "(default: adapter/)")
+    p.add_argument("--protocol", default=None,
+                   help="evaluation protocol(s), comma-separated: " + ", ".join(
+                       f"{name} ({p.describe()})" for name, p in PROTOCOLS.items()) + " (default: the run's)")
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import-adapter", help="turn a PEFT LoRA adapter directory into a run that can be evaluated",
+                       description="Check a PEFT LoRA adapter (e.g. the authors' published "
+                                   "results/tli_lora_adapters/final) against a model's config -- every tensor's "
+                                   "shape, no weights loaded -- and create a run holding a copy of it. Nothing is "
+                                   "written if it does not fit.")
+    p.add_argument("adapter_dir", help="directory with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--pairs", default=None, help="trained pairs to evaluate (default: the shipped set)")
+    p.add_argument("--control", default=None, help="control pairs to evaluate (default: the shipped set)")
+    p.add_argument("--target-layers", default=None, help="the layer(s) the adapter was trained on (default: 2)")
+    p.add_argument("--name", default=None, help="run name (default: time and adapter directory)")
+    p.add_argument("--runs-dir", default=None)
+    add_model_args(p, defaults=False)
+    p.set_defaults(func=cmd_import_adapter)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("run_dir")
@@ -172,4 +222,5 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("evaluate-worker", help=argparse.SUPPRESS)
     p.add_argument("run_dir")
+    p.add_argument("--protocol", default=None)
     p.set_defaults(func=cmd_evaluate_worker)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TLIError
-from ..files import read_json, write_json
+from ..files import read_json_checked, write_json
 from .process import now, process_alive, read_tag
 
 ACTIVE = ("queued", "running")
@@ -38,8 +38,11 @@ class JobDir:
 
     # ---------------------------------------------------------------- status
     def raw_status(self) -> dict:
-        st = read_json(self.path / "status.json", {})
-        return st if isinstance(st, dict) else {}
+        """status.json as written; a file that cannot be read gives state 'unreadable' and says why."""
+        st, problem = read_json_checked(self.path / "status.json", {}, dict)
+        if problem:
+            return {"state": "unreadable", "message": f"unreadable: {problem}"}
+        return st
 
     def update_status(self, **changes) -> dict:
         st = self.raw_status()
@@ -75,3 +78,7 @@ class JobDir:
 
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
+
+    def clear_stop(self) -> None:
+        """A consumed stop request: the next job in this directory must not see it."""
+        (self.path / "STOP").unlink(missing_ok=True)

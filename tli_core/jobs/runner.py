@@ -8,16 +8,21 @@ process (or, for the CLI, hand the created job back to run in the foreground).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from ..config import Resolved, TLIConfig
-from ..errors import TLIError
+from ..adapters import check_adapter, read_adapter_config
+from ..config import Resolved, TLIConfig, resolve
+from ..errors import OverlapError, TLIError
+from ..models import ModelSpec, model_shape
+from ..pairs import check_leakage, load_pairs
+from ..protocols import get_protocol
 from ..runs import Run, active_runs, create_run, default_runs_dir
 from ..sweeps import Sweep, SweepSpec, create_sweep
 from ..worker import check_config
-from .process import JobLock, spawn_worker
+from .process import JobLock, now, spawn_worker
 
 
 def busy_message(runs_dir: str | Path) -> str | None:
@@ -57,6 +62,11 @@ def start_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained: pd
                 control: pd.DataFrame | None = None, launch: bool = True) -> Sweep:
     """Check -> busy -> create -> launch a sweep (cells that cannot run are marked invalid when reached)."""
     runs_dir = Path(runs_dir or default_runs_dir())
+    trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
+    control = load_pairs(spec.base.control_pairs) if control is None else control
+    leak = check_leakage(trained, control)  # the same for every cell: refused now, not cell by cell
+    if leak.leaks and not spec.base.allow_overlap:
+        raise OverlapError("; ".join(leak.leak_lines()))
     _not_busy(runs_dir)
     sweep = create_sweep(spec, runs_dir, trained, control)
     if launch:
@@ -70,8 +80,10 @@ def resume_sweep(sweep: Sweep) -> None:
     spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
 
 
-def start_evaluation(run: Run) -> None:
+def start_evaluation(run: Run, protocols: list[str] | None = None) -> None:
     """Check -> busy -> launch a re-evaluation of a run's saved adapter in the background."""
+    for name in protocols or []:
+        get_protocol(name)
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
     if run.is_evaluating():
@@ -79,4 +91,43 @@ def start_evaluation(run: Run) -> None:
     if not run.has_adapter():
         raise TLIError(f"run {run.id} has no saved adapter to evaluate")
     _not_busy(run.path.parent)
-    spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid")
+    spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid",
+                 extra_args=["--protocol", ",".join(protocols)] if protocols else None)
+
+
+def import_adapter(adapter_dir: str | Path, spec: ModelSpec | None = None, runs_dir: str | Path | None = None,
+                   trained: pd.DataFrame | None = None, control: pd.DataFrame | None = None, name: str | None = None,
+                   target_layers: list[int] | None = None) -> tuple[Run, dict]:
+    """Turn any PEFT LoRA directory (e.g. the authors' published adapters) into a run that can be evaluated.
+
+    The adapter is checked against the model's config (tensor shapes, no weights loaded) before
+    anything is written; an adapter that does not fit is refused with one line. The run records
+    the adapter's own config; its training settings are unknown (target layer: the paper's 2
+    unless given).
+    """
+    adapter_dir = Path(adapter_dir).expanduser()
+    acfg = read_adapter_config(adapter_dir)
+    spec = spec or ModelSpec(model=acfg.get("base_model_name_or_path") or "demo")
+    shape = model_shape(spec)
+    if shape.linears is None:
+        raise TLIError(f"cannot check an adapter against {spec.model!r} without loading it; load the model once "
+                       f"on the Model page, then import")
+    check_adapter(adapter_dir, shape.linears)
+    layers = acfg.get("layers_to_transform")
+    layers = [layers] if isinstance(layers, int) else layers
+    modules = acfg.get("target_modules")
+    modules = sorted(modules) if isinstance(modules, (list, tuple, set)) else None
+    config = TLIConfig(model=spec, lora_r=int(acfg["r"]), lora_alpha=acfg.get("lora_alpha") or int(acfg["r"]),
+                       lora_dropout=float(acfg.get("lora_dropout") or 0.0), target_modules=modules,
+                       adapter_blocks=",".join(str(int(b) + 1) for b in layers) if layers else "all",
+                       target_layers=list(target_layers or [2]))
+    trained = load_pairs(config.trained_pairs) if trained is None else trained
+    control = load_pairs(config.control_pairs) if control is None else control
+    resolve(config, shape, len(trained), len(control))
+    info = {"source": str(adapter_dir.resolve()), "adapter_config": acfg, "imported": now()}
+    slug = "imported-" + (re.sub(r"[^A-Za-z0-9]+", "-", adapter_dir.resolve().name).strip("-")[:40] or "adapter")
+    run = create_run(config, runs_dir or default_runs_dir(), trained, control, name=name, slug=slug,
+                     status={"state": "imported", "phase": "imported", "import": info,
+                             "message": f"adapter imported from {adapter_dir.resolve()}; not evaluated yet"},
+                     adapter_from=adapter_dir)
+    return run, info
