@@ -5,13 +5,14 @@ import streamlit as st
 
 from tli_core.evaluation import protocols_side_by_side
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
+from tli_core.files import read_csv
 from tli_core.layers import layer_name
 from tli_core.protocols import PROTOCOLS
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, stats_table
 from ui import state
 from ui.models import runs_dir
-from ui.widgets import download_csv, evaluation_panel, plot, searchable, show_error
+from ui.widgets import download_csv, evaluation_panel, md, plot, searchable, show_error
 
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
@@ -25,7 +26,7 @@ def show_stats(table: pd.DataFrame, key: str) -> None:
     """Headline per group, then the full statistics table (static, so it reads and copies as text)."""
     cols = st.columns(len(table))
     for col, (_, row) in zip(cols, table.iterrows(), strict=True):
-        col.metric(f"{row['group']}: mean cosine (n = {row['n']})",
+        col.metric(f"{md(row['group'])}: mean cosine (n = {row['n']})",
                    f"{row['mean_before']:.4f} → {row['mean_after']:.4f}",
                    f"{row['pct_change']:+.2f} %  ·  p = {row['p']:.3g}")
     shown = table.rename(columns=STAT_LABELS)
@@ -39,7 +40,7 @@ def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str,
     cols = st.columns(len(groups))
     for col, g in zip(cols, groups, strict=True):
         with col:
-            st.markdown(f"#### {g}")
+            st.markdown(f"#### {md(g)}")
             plot(distribution_figure(data, g, kind, before, after), key=f"dist-{key}-{g}")
             plot(ecdf_figure(data, g, before, after), key=f"ecdf-{key}-{g}")
             plot(scatter_figure(data, g, before, after), key=f"scatter-{key}-{g}")
@@ -81,7 +82,7 @@ if source.startswith("a training run"):
                        f"(before/after on every layer) in the background:")
             evaluation_panel(run, key=f"evaluate-{rid}")
         else:
-            st.error(status.get("message") or f"Run {rid} has no results.")
+            st.error(md(status.get("message") or f"Run {rid} has no results."))
         st.stop()
 
     cfg = run.config_dict()
@@ -105,7 +106,8 @@ if source.startswith("a training run"):
     summary = summaries[protocol]
     layers = run.table("pairs_layers", protocol)
     n_layers = int(summary["num_layers"])
-    st.caption(f"Model {summary.get('model', run.summary().get('model'))} · target layer(s) {cfg.get('target_layers')} "
+    model_name = md(summary.get("model", run.summary().get("model")))
+    st.caption(f"Model {model_name} · target layer(s) {cfg.get('target_layers')} "
                f"· rank {cfg.get('lora_r')} · {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · **{protocol}**: "
                f"{summary.get('protocol_description', 'pooling ' + summary['pooling'])} · analysis precision "
                f"{summary.get('precision', 'the compute dtype')}")
@@ -152,9 +154,9 @@ else:
         st.stop()
     try:
         sep = "\t" if upload.name.lower().endswith((".tsv", ".txt")) else ","
-        df = pd.read_csv(upload, sep=sep)
+        df = read_csv(upload.getvalue(), sep=sep, keep_default_na=True, na_values=None)
     except Exception as exc:
-        st.error(f"Cannot read {upload.name} as a table: {exc}")
+        st.error(f"Cannot read {md(upload.name)} as a table: {md(exc)}")
         st.stop()
     cols = list(df.columns)
     numeric = [c for c in cols if pd.api.types.is_numeric_dtype(df[c])]
@@ -169,8 +171,8 @@ else:
     except Exception as exc:
         show_error(exc)
         st.stop()
-    st.caption(f"Using before = `{before}`, after = `{after}`"
-               + (f", groups from `{group}`" if group != "(none)" else "")
+    st.caption(f"Using before = {md(before)}, after = {md(after)}"
+               + (f", groups from {md(group)}" if group != "(none)" else "")
                + (f"; dropped {used.dropped} row(s) with a missing number." if used.dropped else "."))
     show_stats(table, "imported")
     data = used.df.rename(columns={before: "before", after: "after"})

@@ -7,7 +7,7 @@ from tli_core.demo import DEMO
 from tli_core.models import COMPUTE_DTYPES, DEVICES, QUANTIZATIONS, ModelSpec
 from ui import state
 from ui.models import current_model, default_spec, ensure_model, loaded_models, spec_key, unload_model
-from ui.widgets import show_error
+from ui.widgets import md, show_error
 
 st.title("Model")
 st.caption("Loaded once per server and shared by every page and browser tab; training loads its own copy in a "
@@ -42,7 +42,7 @@ if submitted:
                          compute_dtype=compute, revision=revision.strip() or None, trust_remote_code=remote,
                          max_memory=max_memory.strip() or None)
         lm = ensure_model(spec)
-        st.success(f"Loaded {lm.facts.name} in {lm.facts.load_seconds:.1f} s", icon=":material/check_circle:")
+        st.success(f"Loaded {md(lm.facts.name)} in {lm.facts.load_seconds:.1f} s", icon=":material/check_circle:")
     except Exception as exc:
         show_error(exc)
 
@@ -51,7 +51,7 @@ if lm is None:
     st.info("No model loaded yet.")
     st.stop()
 
-st.subheader(lm.facts.name)
+st.subheader(md(lm.facts.name))
 facts = pd.DataFrame(lm.facts.rows(), columns=["fact", "value"])
 st.table(facts.set_index("fact"))
 if lm.facts.quantization in ("nf4", "int8") and lm.facts.quantized_linear_layers == 0:

@@ -13,7 +13,7 @@ from tli_core.pairs import (
 )
 from ui import state
 from ui.models import get_pairs, pair_reports, pair_sources, set_pairs
-from ui.widgets import searchable, show_error
+from ui.widgets import md, searchable, show_error
 
 st.title("Word pairs")
 st.caption("Trained pairs are what TLI trains on; control pairs are never trained on and test generalisation. "
@@ -26,28 +26,28 @@ reports = pair_reports()
 
 leak = check_leakage(pairs["trained"], pairs["control"])
 if leak.leaks:
-    st.error("Trained and control sets overlap: " + " ".join(leak.lines()) + " Training will refuse unless you "
-             "accept the overlap on the Train page.", icon="⚠️")
-elif leak.same_english:
-    st.warning(" ".join(leak.lines()))
-else:
+    st.error("Trained and control sets overlap: " + md(" ".join(leak.leak_lines())) + " Training refuses them unless "
+             "you tick “Accept pairs that are in both sets” on the Train or Sweeps page.", icon="⚠️")
+if leak.warning_lines():
+    st.warning(md(" ".join(leak.warning_lines())))
+if not leak.leaks and not leak.warning_lines():
     st.success("No overlap between the trained and control sets.", icon=":material/check_circle:")
 
 tabs = st.tabs([f"Trained ({len(pairs['trained'])})", f"Control ({len(pairs['control'])})", "Split one file"])
 for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
     with tab:
-        st.caption(f"Source: {sources[which]}")
+        st.caption(f"Source: {md(sources[which])}")
         report = reports.get(which)
         if report is not None:
             lines = report.lines()
             with st.expander("Validation report", expanded=len(lines) > 1):
                 for line in lines:
-                    st.markdown(f"- {line}")
+                    st.markdown(f"- {md(line)}")
         df = searchable(pairs[which], key=f"search-{which}")
         st.dataframe(df, hide_index=True, width="stretch", height=360)
         if "category" in pairs[which]:
             counts = pairs[which]["category"].value_counts()
-            st.caption("By category: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            st.caption("By category: " + md(", ".join(f"{k} {v}" for k, v in counts.items())))
         c1, c2 = st.columns(2)
         fmt = c1.selectbox("Download format", FORMATS, key=f"fmt-{which}")
         c1.download_button(f"Download {which} pairs", pairs_to_bytes(pairs[which], fmt),
@@ -75,7 +75,7 @@ with tabs[2]:
     if upload is not None:
         try:
             full, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
-            st.caption(" · ".join(rep.lines()))
+            st.caption(md(" · ".join(rep.lines())))
             c1, c2, c3 = st.columns(3)
             n_control = c1.number_input("Control pairs", 1, max(1, len(full) - 2), min(63, max(1, len(full) // 10)))
             seed = c2.number_input("Seed", 0, 10**6, 0)

@@ -7,7 +7,7 @@ from tli_core.layers import parse_layers
 from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
 from ui import state
 from ui.models import current_model, get_pairs, runs_dir
-from ui.widgets import download_csv, evaluation_panel, show_error
+from ui.widgets import download_csv, evaluation_panel, md, show_error
 
 st.title("Runs")
 st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
@@ -59,8 +59,9 @@ elif len(selected) == 1:
     run = selected[0]
     status = run.status()
     st.subheader(run.id)
-    st.markdown(f"**{status.get('state')}** · phase {status.get('phase')} · step {status.get('step', 0)}/"
-                f"{status.get('total_steps') or '?'}" + (f" · {status['message']}" if status.get("message") else ""))
+    message = f" · {md(status['message'])}" if status.get("message") else ""
+    st.markdown(f"**{md(status.get('state'))}** · phase {md(status.get('phase'))} · step {status.get('step', 0)}/"
+                f"{status.get('total_steps') or '?'}{message}")
     c1, c2, c3, c4 = st.columns(4)
     if run.has_adapter():
         c1.download_button("Download adapter (zip)", run.adapter_zip(), file_name=f"{run.id}-adapter.zip",
@@ -92,7 +93,7 @@ elif len(selected) == 1:
     imported = status.get("import")
     if imported:
         with st.expander("Imported adapter", expanded=run.summary() is None):
-            st.caption(f"From {imported['source']} on {imported['imported']}")
+            st.caption(f"From {md(imported['source'])} on {imported['imported']}")
             st.json(imported["adapter_config"])
     with st.expander("Config"):
         st.json(run.config_dict())

@@ -8,13 +8,13 @@ from tli_core.figures import curve_figure, heatmap_figure, mark_layers
 from tli_core.precision import NOISE_LIMIT, PRECISIONS
 from ui import state
 from ui.models import cached_scan, get_pairs, require_model
-from ui.widgets import download_csv, plot, searchable, show_error
+from ui.widgets import download_csv, md, plot, searchable, show_error
 
 st.title("Layer scan")
 lm = require_model()
 pairs = get_pairs()
 n_layers = lm.facts.num_layers
-st.caption(f"{lm.facts.name}: hidden states 0–{n_layers} (0 = input embeddings, {n_layers} = final output after "
+st.caption(f"{md(lm.facts.name)}: hidden states 0–{n_layers} (0 = input embeddings, {n_layers} = final output after "
            f"the norm). Each word is embedded once; all layers come from the same forward pass.")
 
 CENTER_HELP = {"none": "raw cosines (the paper's)", "joint": "subtract the mean of all words first",

@@ -11,7 +11,7 @@ from tli_core.stats import CORRECTIONS
 from tli_core.sweeps import Sweep, SweepSpec, best_cell, list_sweeps, parse_grid_layers, sweep_results
 from ui import state
 from ui.models import get_pairs, pairs_file, require_model, runs_dir
-from ui.widgets import download_csv, plot, show_error
+from ui.widgets import download_csv, md, plot, show_error
 
 st.title("Sweeps")
 st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "
@@ -86,7 +86,7 @@ def show(sweep: Sweep) -> None:
     best = best_cell(results)
     if best is not None:
         row = results[results["cell"] == best].iloc[0]
-        st.success(f"Best cell: layer(s) {row['target layers']}, rank {row['rank']}, {row['placement']} — control "
+        st.success(f"Best cell: layer(s) {row['target layers']}, rank {row['rank']}, {md(row['placement'])} — control "
                    f"change {row['control change']:+.4f} ({row['control % change']:+.2f} %), corrected p = "
                    f"{row['control p corrected']:.3g}", icon=":material/star:")
     c1, c2 = st.columns(2)
@@ -98,7 +98,7 @@ def show(sweep: Sweep) -> None:
     st.dataframe(results, hide_index=True, width="stretch")
     download_csv(results, f"sweep_{sweep.id}.csv", "Download the results (CSV)", key=f"dl-sweep-{sweep.id}")
     for _, r in results[results["state"] == "invalid"].iterrows():
-        st.caption(f"Cell {r['cell']} not run: {r['reason']}")
+        st.caption(f"Cell {r['cell']} not run: {md(r['reason'])}")
 
 
 @st.fragment(run_every=2.0)

@@ -10,10 +10,10 @@ from tli_core.jobs.runner import start_run
 from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.precision import PRECISIONS
 from tli_core.protocols import EVAL_LAYERS, PROTOCOLS
-from tli_core.runs import Run, active_runs, list_runs
+from tli_core.runs import Run, list_runs, newest
 from ui import state
 from ui.models import get_pairs, pairs_file, require_model, runs_dir
-from ui.widgets import plot, show_error
+from ui.widgets import md, plot, show_error
 
 st.title("Train")
 lm = require_model()
@@ -35,7 +35,7 @@ def layer_label(k: int) -> str:
 
 
 with st.form("tli-config"):
-    st.markdown(f"**Model:** {lm.spec.label()} · **pairs:** {len(pairs['trained'])} trained, "
+    st.markdown(f"**Model:** {md(lm.spec.label())} · **pairs:** {len(pairs['trained'])} trained, "
                 f"{len(pairs['control'])} control (change them on the Model and Word pairs pages)")
     st.caption("Defaults are the paper's published settings" + (
         f"; the target layer is prefilled from your scan (largest gap over shuffled pairs; the raw-cosine peak "
@@ -115,8 +115,8 @@ def run_to_watch() -> Run | None:
     by_id = {r.id: r for r in runs}
     if wanted in by_id:
         return by_id[wanted]
-    active = active_runs(runs_dir())
-    return active[0] if active else (runs[0] if runs else None)
+    active = [r for r in runs if r.is_active()]
+    return active[0] if active else newest(runs)
 
 
 def render(run: Run | None) -> None:
@@ -127,7 +127,7 @@ def render(run: Run | None) -> None:
     run_state, phase = status.get("state"), status.get("phase")
     st.subheader(f"Run {run.id}")
     for w in state.launch_warnings(run.id):
-        st.caption(f"⚠️ {w}")
+        st.caption(f"⚠️ {md(w)}")
     step, total = int(status.get("step") or 0), status.get("total_steps")
     metrics = run.metrics()
     if run_state in ACTIVE:

@@ -179,3 +179,47 @@ def test_walk_through_scan_train_compare(server):
         browser.close()
     runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".") and d.name != "sweeps"]
     assert len(runs) == 5 and all((r / "summary.json").is_file() for r in runs)  # the run and 4 sweep cells
+
+
+def test_uploaded_words_and_file_names_are_shown_as_text(server, tmp_path):
+    """An uploaded pair file with Markdown/HTML payloads in its words and its name: nothing is fetched."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from playwright.sync_api import expect, sync_playwright
+
+    fetched = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_GET(self):
+            fetched.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    listener = HTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{listener.server_port}"
+    name = tmp_path / f"![f](http:__{host.replace(':', '_')}_f.png).csv"
+    name.write_text(f'swahili,english\n"![t](http://{host}/img.png)",water\n"[click](http://{host}/link)",dog\n'
+                    f'"<img src=http://{host}/html.png>",cat\n=HYPERLINK(1),tree\n')
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.set_default_timeout(120_000)
+        page.goto(server["url"] + "/pairs")
+        expect(page.get_by_role("heading", name="Word pairs")).to_be_visible(timeout=300_000)
+        page.locator("input[type=file]").first.set_input_files(str(name))
+        expect(page.get_by_text("Source: upload:", exact=False).first).to_contain_text(name.name)
+        expect(page.get_by_text("Trained (4)")).to_be_visible()  # the words themselves sit in the grid's canvas
+        page.get_by_text("Validation report").first.click()
+        page.screenshot(path=str(SHOTS / "11-pairs-payload.png"), full_page=True)
+        assert page.locator(f"img[src*='{listener.server_port}']").count() == 0
+        assert page.locator(f"a[href*='{listener.server_port}']").count() == 0
+        browser.close()
+    listener.shutdown()
+    assert fetched == []

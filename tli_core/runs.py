@@ -295,6 +295,7 @@ def create_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: p
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copyfile(Path(adapter_from) / f, tmp / "adapter" / f)
         write_json(tmp / "status.json", {"state": "queued", "phase": "queued", "created": now(), "updated": now(),
+                                         "created_ns": time.time_ns(),
                                          "host": socket.gethostname(), "step": 0, "total_steps": None,
                                          **(status or {})})
         path, i = runs_dir / base, 1
@@ -361,6 +362,18 @@ def delete_run(run: Run) -> None:
     trash = run.path.with_name(f".{run.id}.deleting")
     os.replace(run.path, trash)  # disappears from listings at once
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def started_at(run: Run) -> tuple:
+    """When the run was created (its directory name is no clock: a user may call a run anything)."""
+    st = run.raw_status()
+    return str(st.get("created") or st.get("started") or ""), int(st.get("created_ns") or 0)
+
+
+def newest(runs: list[Run], states: tuple[str, ...] | None = None) -> Run | None:
+    """The most recently created run (in one of ``states``, if given)."""
+    pool = [r for r in runs if states is None or r.status().get("state") in states]
+    return max(pool, key=started_at) if pool else None
 
 
 def active_runs(runs_dir: str | Path | None = None) -> list[Run]:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from tli_core.errors import OverlapError, TLIError
 from tli_core.figures import PLOT_CONFIG
+from tli_core.files import csv_bytes
 from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.layers import CONVENTION
 from tli_core.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
@@ -14,6 +15,15 @@ from tli_core.runs import active_runs
 
 from .models import current_model, runs_dir
 from .state import pairs_state
+
+_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$:&=\"'")
+
+
+def md(text) -> str:
+    """User text (a word, a file name, a path, an error quoting them) made inert for Streamlit's Markdown:
+    every Markdown, directive and LaTeX character is backslash-escaped, so ``![t](http://…)`` shows as
+    those characters instead of making the browser fetch a URL."""
+    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text)).replace("\n", "  \n")
 
 
 def plot(fig, key: str | None = None) -> None:
@@ -25,7 +35,7 @@ def plot(fig, key: str | None = None) -> None:
 
 
 def download_csv(df: pd.DataFrame, filename: str, label: str = "Download CSV", key: str | None = None) -> None:
-    st.download_button(label, df.to_csv(index=False).encode("utf-8"), file_name=filename, mime="text/csv",
+    st.download_button(label, csv_bytes(df), file_name=filename, mime="text/csv",
                        key=key or f"dl-{filename}", icon=":material/download:")
 
 
@@ -34,7 +44,7 @@ def show_error(exc: Exception, overlap_control: str | None = None) -> None:
     if isinstance(exc, OverlapError) and overlap_control:
         exc = exc.with_control(f"the “{overlap_control}” box on this page")
     if isinstance(exc, TLIError):
-        st.error(str(exc), icon="⚠️")
+        st.error(md(exc), icon="⚠️")
     else:
         st.exception(exc)
 
@@ -60,7 +70,7 @@ def sidebar() -> None:
             st.caption("none — load one on the Model page")
         else:
             f = lm.facts
-            st.markdown(f"**{f.name}**")
+            st.markdown(f"**{md(f.name)}**")
             st.caption(f"{f.architecture} · {f.num_layers} blocks (layers 0–{f.num_layers}) · "
                        f"hidden {f.hidden_size}\n\n{f.quantization} · {f.device} · {f.memory_bytes / 2**20:,.0f} MiB")
         pairs = pairs_state()
@@ -92,10 +102,10 @@ def evaluation_panel(run, key: str) -> None:
         _poll_evaluation(run)
         return
     if ev.get("state") == "failed":
-        st.error(f"The last evaluation failed: {ev.get('message')}")
+        st.error(f"The last evaluation failed: {md(ev.get('message'))}")
     busy = busy_message(run.path.parent)
     if busy:
-        st.caption(f"Evaluation waits: {busy}.")
+        st.caption(f"Evaluation waits: {md(busy)}.")
     label = "Evaluate again" if ev.get("state") == "failed" else "Evaluate this run"
     try:
         default = run.config().protocols

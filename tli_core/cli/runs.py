@@ -7,13 +7,13 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import TLIError
-from ..files import write_csv
+from ..files import read_csv, write_csv
 from ..runs import delete_run, diff_configs, load_run, runs_table
 from ..stats import compare_table, format_stats
 
 
 def cmd_runs(args) -> int:
-    if args.delete:
+    if args.delete is not None:
         run = load_run(args.delete, args.runs_dir)
         delete_run(run)
         print(f"deleted run {run.id}")
@@ -22,7 +22,7 @@ def cmd_runs(args) -> int:
         a, b = (load_run(x, args.runs_dir) for x in args.diff)
         print(diff_configs(a, b).to_string(index=False))
         return 0
-    if args.stop:
+    if args.stop is not None:
         run = load_run(args.stop, args.runs_dir)
         run.request_stop()
         print(f"asked run {run.id} to stop after its current step")
@@ -44,7 +44,7 @@ def read_table(path: str) -> pd.DataFrame:
         raise TLIError(f"table not found: {p}")
     sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
     try:
-        return pd.read_csv(p, sep=sep, encoding="utf-8")
+        return read_csv(p, sep=sep, encoding="utf-8", keep_default_na=True, na_values=None)
     except UnicodeDecodeError:
         raise TLIError(f"{p} is not UTF-8 text; save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

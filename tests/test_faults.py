@@ -1,0 +1,410 @@
+"""The fault suite: concurrency, corrupt files, paths, a full disk, injected text, stops (issue 12).
+
+Each test is one finding of the attack on the tool, and fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tli_core.files as files_module
+from tests.conftest import WORDS
+from tli_core.alignment import scan
+from tli_core.cli import main
+from tli_core.config import TLIConfig
+from tli_core.errors import TLIError
+from tli_core.files import csv_bytes, escape_cell, read_csv, unescape_cell
+from tli_core.models import ModelSpec
+from tli_core.pairs import read_pairs
+from tli_core.runs import Run, create_run, headline, list_runs, load_run, runs_table
+from tli_core.worker import execute
+
+
+def tiny_config(model_dir, d: Path, **changes) -> TLIConfig:
+    t, c = d / "t.csv", d / "c.csv"
+    if not t.exists():
+        pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
+        pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
+    base = dict(model=ModelSpec(model=str(model_dir), quantization="fp32", device="cpu"), trained_pairs=str(t),
+                control_pairs=str(c), batch_size=4, epochs=2, warmup_steps=1, learning_rate=1e-2)
+    return TLIConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def done(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("faults")
+    run = create_run(tiny_config(tiny_model_dir, d), d / "runs", name="good")
+    assert execute(run)["state"] == "done"
+    return run
+
+
+# --------------------------------------------------------------------------- 1. concurrent sessions
+
+def test_concurrent_scans_of_one_model_equal_single_session_scans_bit_for_bit(tiny):
+    sets = [{"trained": pd.DataFrame(WORDS[i:i + 8], columns=["swahili", "english"])} for i in (0, 6, 12)]
+    alone = [scan(tiny.model, tiny.tokenizer, s, seed=i).pairs for i, s in enumerate(sets)]
+    results, errors = {}, []
+
+    def session(i):
+        try:
+            for repeat in range(4):
+                results[(i, repeat)] = scan(tiny.model, tiny.tokenizer, sets[i], seed=i, batch_size=2 + i).pairs
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for (i, _), table in results.items():
+        cols = [c for c in table if c.startswith("layer_")]
+        np.testing.assert_allclose(table[cols].to_numpy(), alone[i][cols].to_numpy(), rtol=0, atol=1e-6)
+        assert list(table["swahili"]) == list(alone[i]["swahili"])
+
+
+# --------------------------------------------------------------------------- 2. corrupt run files
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("status.json", '{"state": "runn', "status.json"),
+    ("status.json", "", "status.json"),
+    ("status.json", "[1, 2]", "expected a JSON dict"),
+    ("config.json", "{not json", "config.json"),
+    ("config.json", '{"lora_r": "many"}', "config.json"),
+    ("summary.json", '{"groups": 5}', "summary.json"),
+])
+def test_a_corrupt_run_file_is_listed_as_unreadable_and_nothing_else_breaks(done, tmp_path, capsys, name, content,
+                                                                            reason):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(done.path, runs / "broken")
+    shutil.copytree(done.path, runs / "fine")
+    (runs / "broken" / name).write_text(content)
+    table = runs_table(runs).set_index("run")
+    assert table.loc["broken", "state"] == "unreadable" and reason in table.loc["broken", "message"]
+    assert table.loc["fine", "state"] == "done"
+    assert main(["runs", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "fine" in out
+    row = headline(Run(runs / "broken"))
+    assert row["state"] == "unreadable"
+
+
+def test_pages_work_with_a_corrupt_run_present(done, tmp_path, monkeypatch, tiny_model_dir):
+    import shutil
+
+    from tests.test_app import ROOT, open_page
+
+    runs = tmp_path / "runs"
+    shutil.copytree(done.path, runs / "broken")
+    (runs / "broken" / "status.json").write_text("[]")
+    (runs / "broken" / "summary.json").write_text('{"groups": 5}')
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(runs))
+    monkeypatch.chdir(ROOT)
+    for page in (None, "pages/scan.py", "pages/train.py", "pages/compare.py", "pages/runs.py",
+                 "pages/embedding_map.py", "pages/probes.py"):
+        open_page(page)  # asserts no exception on the page
+
+
+# --------------------------------------------------------------------------- 3./4. run ids and names
+
+@pytest.mark.parametrize("bad", ["../escaped", "/etc", "a/b", "..", ".hidden", ""])
+def test_commands_name_runs_by_id_only(done, tmp_path, capsys, bad):
+    runs = done.path.parent
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")  # looks like a run (every HF model directory does)
+    target = str(outside) if bad == "/etc" else bad
+    for args in (["runs", "--delete", target], ["runs", "--stop", target], ["evaluate", "--run", target]):
+        assert main(args + ["--runs-dir", str(runs)]) == 2, args
+        assert capsys.readouterr().err.startswith("error: ")
+    assert (outside / "config.json").is_file() and not (outside / "STOP").exists()
+    assert done.path.is_dir()
+
+
+def test_run_names_are_checked_before_anything_is_created(tiny_model_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    config = tiny_config(tiny_model_dir, tmp_path)
+    for name in ("../escaped", "a/b", "..", "x" * 101):
+        with pytest.raises(TLIError, match="not allowed"):
+            create_run(config, runs, name=name)
+    assert main(["train", "--config", "/dev/null", "--name", "../escaped", "--runs-dir", str(runs)]) == 2
+    assert not (tmp_path / "escaped").exists()
+    assert not runs.exists() or not [p for p in runs.iterdir()]
+    run = create_run(config, runs, name="b")
+    assert run.id == "b"
+    with pytest.raises(TLIError, match="exists already"):
+        create_run(config, runs, name="b")
+
+
+def test_an_adapter_from_outside_the_run_is_refused_before_any_work(done, capsys):
+    for adapter in ("/tmp", "../..", "../good/adapter", "checkpoints/epoch_9"):
+        assert main(["evaluate", "--run", done.id, "--runs-dir", str(done.path.parent), "--adapter", adapter]) == 2
+        err = capsys.readouterr().err
+        assert "has no adapter" in err and "checkpoints/epoch_1" in err and "Traceback" not in err
+    assert done.evaluation() == {}  # refused before the lock, the model or any status write
+
+
+# --------------------------------------------------------------------------- 5. a full disk
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("site", ["write_bytes", "copyfile", "rename"])
+def test_creating_a_run_on_a_full_disk_leaves_nothing_and_the_name_free(tiny_model_dir, tmp_path, monkeypatch,
+                                                                        done, site):
+    import shutil
+
+    import tli_core.runs as runs_module
+
+    runs = tmp_path / "runs"
+    config = tiny_config(tiny_model_dir, tmp_path)
+    target = {"write_bytes": (files_module, "write_bytes"), "copyfile": (shutil, "copyfile"),
+              "rename": (runs_module.os, "rename")}[site]
+    with monkeypatch.context() as m:
+        m.setattr(*target, enospc)
+        with pytest.raises(TLIError, match="No space left on device") as err:
+            create_run(config, runs, name="full", adapter_from=done.adapter_dir)
+    assert "full" in str(err.value) and str(runs) in str(err.value)
+    assert [p.name for p in runs.iterdir()] == []  # no .full.creating-* left
+    assert create_run(config, runs, name="full").id == "full"  # and the name is free
+
+
+def test_a_full_disk_during_training_fails_the_run_with_one_line_and_no_temporaries(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    from peft import PeftModel
+
+    runs = tmp_path / "runs"
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), runs)
+    monkeypatch.setattr(PeftModel, "save_pretrained", enospc)
+    status = execute(run)
+    assert status["state"] == "failed"
+    assert status["message"].startswith("could not save the adapter to") and "No space left" in status["message"]
+    assert not list(run.path.rglob(".*tmp*"))
+    assert json.loads((run.path / "status.json").read_text())["state"] == "failed"
+
+
+def test_a_full_disk_for_metrics_or_tables_fails_the_run_cleanly(tiny_model_dir, tmp_path, monkeypatch):
+    import tli_core.evaluation as evaluation_module
+
+    runs = tmp_path / "runs"
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), runs)
+    monkeypatch.setattr(evaluation_module, "write_csv", enospc)
+    status = execute(run)
+    assert status["state"] == "failed" and "No space left on device" in status["message"]
+    run2 = create_run(tiny_config(tiny_model_dir, tmp_path), runs)
+    monkeypatch.setattr(Run, "append_metric", lambda self, row: (_ for _ in ()).throw(
+        TLIError("could not write metrics.jsonl: No space left on device")))
+    assert execute(run2)["state"] == "failed"
+
+
+def test_a_status_write_on_a_full_disk_does_not_become_a_traceback(tiny_model_dir, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), runs)
+    real = Run.update_status
+    calls = []
+
+    def flaky(self, **changes):
+        calls.append(changes.get("state"))
+        if changes.get("phase") == "embedding before":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "status.json"))
+        return real(self, **changes)
+
+    monkeypatch.setattr(Run, "update_status", flaky)
+    status = execute(run)
+    assert status["state"] == "failed" and "No space left on device" in status["message"]
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_last_checkpoint_loadable(tiny_model_dir, tmp_path, monkeypatch):
+    """kill -9 in the middle of a save, simulated: the save is cut off after writing part of its files."""
+    from peft import PeftModel
+
+    runs = tmp_path / "runs"
+    run = create_run(tiny_config(tiny_model_dir, tmp_path, epochs=3), runs)
+    real = PeftModel.save_pretrained
+    saves = []
+
+    def cut_off(self, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:  # the second epoch's checkpoint
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / "adapter_config.json").write_text("{")  # half written
+            raise KeyboardInterrupt
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        execute(run)
+    assert [p.name for p in run.checkpoints()] == ["epoch_1"]  # no half checkpoint is visible
+    assert not list(run.path.rglob(".*tmp*"))
+    from tli_core.models import load_model
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    monkeypatch.setattr(PeftModel, "save_pretrained", real)
+    PeftModel.from_pretrained(lm.model, str(run.checkpoints()[0]))
+
+
+# --------------------------------------------------------------------------- 7. spreadsheets
+
+def test_csv_exports_neutralise_formulas_and_round_trip():
+    df = pd.DataFrame({"swahili": ["=1+1", "+cmd", "-x", "@SUM(A1)", "'=already", "plain", "'quote"],
+                       "english": ["a", "b", "c", "d", "e", "f", "g"], "value": [-1.5, 2.0, 3, 4, 5, 6, 7]})
+    text = csv_bytes(df).decode()
+    for line in text.splitlines()[1:]:
+        assert not line.startswith(("=", "+", "-", "@")), line
+    assert "'=1+1" in text and "''=already" in text and "\n'quote," in text and ",-1.5" in text
+    back = read_csv(csv_bytes(df))
+    pd.testing.assert_frame_equal(back, df)
+    assert all(unescape_cell(escape_cell(s)) == s for s in ["=", "'", "''=", "'a", "-", "a=b"])
+    pairs, _ = read_pairs(csv_bytes(df[["swahili", "english"]]), source="export.csv")
+    assert list(pairs["swahili"]) == list(df["swahili"])  # a downloaded set uploads back unchanged
+
+
+def test_run_tables_on_disk_are_spreadsheet_safe(done):
+    from tli_core.files import write_csv
+
+    write_csv(done.path / "probe.csv", pd.DataFrame({"swahili": ["=evil"], "x": [1]}))
+    assert (done.path / "probe.csv").read_text().splitlines()[1].startswith("'=")
+    for csv_path in done.eval_dir.rglob("*.csv"):
+        for line in csv_path.read_text().splitlines()[1:]:
+            assert not line.startswith(("=", "+", "@")), csv_path
+
+
+# --------------------------------------------------------------------------- 9. stops and settings
+
+def test_a_stop_before_training_ends_stopped_without_an_adapter_and_is_consumed(tiny_model_dir, tmp_path):
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), tmp_path / "runs")
+    run.request_stop()
+    status = execute(run)
+    assert status["state"] == "stopped" and "no adapter" in status["message"]
+    assert not run.has_adapter() and not (run.path / "STOP").exists()
+
+
+def test_a_stop_during_the_embedding_pass_is_honoured_between_forwards(tiny_model_dir, tmp_path, monkeypatch):
+    import tli_core.worker as worker_module
+
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), tmp_path / "runs")
+    real = worker_module.embed_sets
+
+    def slow_embed(*args, **kwargs):
+        run.request_stop()  # the user clicks Stop while the words are being embedded
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "embed_sets", slow_embed)
+    status = execute(run)
+    assert status["state"] == "stopped" and "embedding before" in status["message"]
+    assert not run.has_adapter() and not (run.path / "STOP").exists()
+
+
+def test_sigterm_before_the_first_step_saves_no_fake_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    import tli_core.worker as worker_module
+
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), tmp_path / "runs")
+    real = worker_module.train
+
+    def signalled(peft_model, tokenizer, trained, config, resolved, **kwargs):
+        kwargs["should_stop"].signalled = True  # SIGTERM arrives as training starts
+        return real(peft_model, tokenizer, trained, config, resolved, **kwargs)
+
+    monkeypatch.setattr(worker_module, "train", signalled)
+    status = execute(run)
+    assert status["state"] == "stopped" and "no adapter" in status["message"] and not run.has_adapter()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grad-clip", "abc"], "--grad-clip must be a positive number or none"),
+    (["--margin", "inf"], "triplet margin must be a finite number"),
+    (["--lr", "nan"], "learning rate must be a finite number"),
+    (["--target-layers", "-99"], "target layer -99 (counted from the end) is outside"),
+    (["--target-modules", "nosuch"], "target module(s) nosuch do not exist"),
+])
+def test_bad_settings_are_refused_before_a_model_loads_or_a_run_exists(tiny_model_dir, tmp_path, capsys, monkeypatch,
+                                                                       extra, message):
+    import tli_core.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    t, c = tmp_path / "t.csv", tmp_path / "c.csv"
+    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
+    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
+    runs = tmp_path / "runs"
+    code = main(["train", "--model", str(tiny_model_dir), "--quant", "fp32", "--device", "cpu", "--pairs", str(t),
+                 "--control", str(c), "--runs-dir", str(runs)] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_hostile_pair_files_get_one_clear_error(tmp_path, monkeypatch):
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(TLIError, match="nested too deeply"):
+        read_pairs(deep.encode(), source="deep.json")
+    with pytest.raises(TLIError, match="swahili more than once"):
+        read_pairs(b"swahili,english,swahili\nmaji,water,moto\n", source="twice.csv")
+    monkeypatch.setenv("TLI_MAX_PAIRS", "5")
+    rows = "".join(f"w{i},e{i}\n" for i in range(6))
+    with pytest.raises(TLIError, match="more than 5 pairs.*TLI_MAX_PAIRS"):
+        read_pairs(("swahili,english\n" + rows).encode(), source="big.csv")
+
+
+def test_the_train_page_reattaches_to_the_newest_run_by_creation_not_by_name(done, tmp_path, monkeypatch,
+                                                                             tiny_model_dir):
+    import shutil
+
+    from tests.test_app import ROOT, open_page
+
+    runs = tmp_path / "runs"
+    shutil.copytree(done.path, runs / "k9-older")
+    st_path = runs / "k9-older" / "status.json"
+    st = json.loads(st_path.read_text())
+    st_path.write_text(json.dumps(dict(st, created="2020-01-01T00:00:00", created_ns=1)))
+    shutil.copytree(done.path, runs / "a1-newer")
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(runs))
+    monkeypatch.chdir(ROOT)
+    at = open_page("pages/train.py")
+    assert any("a1-newer" in s.value for s in at.subheader), [s.value for s in at.subheader]
+    assert [r.id for r in list_runs(runs)] == ["k9-older", "a1-newer"]  # name order would pick k9
+    assert load_run("a1-newer", runs).id == "a1-newer"
+
+
+def test_user_text_reaches_markdown_escaped(tiny_model_dir, tmp_path, monkeypatch):
+    """Words and file names are shown as text: no Markdown link, image, HTML or LaTeX is built from them."""
+    from tests.test_app import ROOT, open_page, texts
+
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+    payload = "![t](http://127.0.0.1:9/x.png)"
+    trained = pd.DataFrame({"swahili": [payload, "<img src=x>", "maji"], "english": ["a", "b", "water"]})
+    control = pd.DataFrame({"swahili": [payload, ":red[x] $y$"], "english": ["c", "d"]})  # a shared headword
+    at = open_page()
+    _, report = read_pairs(csv_bytes(trained), source=f"{payload}.csv")
+    at.session_state["pairs"] = {"trained": trained, "control": control}
+    at.session_state["pairs_source"] = {"trained": f"upload: {payload}.csv", "control": "upload: [x](http://e)"}
+    at.session_state["pairs_report"] = {"trained": report, "control": None}
+    at.switch_page("pages/pairs.py").run()
+    assert not at.exception
+    shown = texts(at)
+    assert "127.0.0.1:9" in shown.replace("\\", "")  # the words are there ...
+    assert "different translations" in shown  # the shared headword is a warning, shown escaped too
+    for unsafe in ("](http", "![", "<img", ":red[", "$y$"):
+        assert unsafe not in shown, unsafe  # ... but only escaped: \!\[t\]\(http\:...
+
+
