@@ -7,7 +7,7 @@ quiet_libraries()  # before the libraries are imported: some log at import time
 import streamlit as st  # noqa: E402
 
 from ui import state  # noqa: E402
-from ui.models import autoload, current_model, default_spec, ensure_model  # noqa: E402
+from ui.models import autoload, current_model, default_spec, ensure_model, get_pairs  # noqa: E402
 from ui.widgets import show_error, sidebar  # noqa: E402
 
 st.set_page_config(page_title="TLI Studio", page_icon=":material/translate:", layout="wide")
@@ -30,6 +30,7 @@ PAGES = {
     ],
 }
 navigation = st.navigation(PAGES)
+state.keep_session_in_url()  # ?s=<id>: a reload (or a server restart) brings this session's choices back
 
 if autoload() and current_model() is None and not state.autoload_tried():
     try:  # once per session; the model itself is cached per server
@@ -37,5 +38,9 @@ if autoload() and current_model() is None and not state.autoload_tried():
     except Exception as exc:  # shown, not fatal: the Model page lets the user choose another
         show_error(exc)
 
+try:
+    get_pairs()  # the session's sets (restored from the workspace) before the sidebar names them
+except Exception as exc:  # a broken workspace must not hide the pages
+    show_error(exc)
 sidebar()
 navigation.run()

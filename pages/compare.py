@@ -8,11 +8,12 @@ from tli_core.figures import before_after_curve_figure, distribution_figure, ecd
 from tli_core.files import read_csv
 from tli_core.layers import layer_name
 from tli_core.protocols import PROTOCOLS
+from tli_core.report import build_bundle, build_report
 from tli_core.runs import list_runs
-from tli_core.stats import STAT_LABELS, compare_table, stats_table
+from tli_core.stats import STAT_LABELS, compare_table, guess_group_column, stats_table
 from ui import state
 from ui.models import runs_dir
-from ui.widgets import download_csv, evaluation_panel, md, plot, searchable, show_error
+from ui.widgets import copy_link, download_csv, evaluation_panel, md, plot, reflect, run_picker, searchable, show_error
 
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
@@ -63,15 +64,8 @@ if source.startswith("a training run"):
         st.info("No runs yet.")
         st.page_link("pages/train.py", label="Launch one on the Train page", icon=":material/model_training:")
         st.stop()
-    chosen = state.watched_run()
-    ids = [r.id for r in runs]
-
-    def describe(rid: str) -> str:
-        st_ = next(r for r in runs if r.id == rid).status()
-        return f"{rid} — {st_.get('state')}"
-
-    rid = st.selectbox("Run", ids, index=ids.index(chosen) if chosen in ids else 0, format_func=describe)
-    run = next(r for r in runs if r.id == rid)
+    run = run_picker(runs)
+    rid = run.id
     summary = run.summary()
     status = run.status()
     if summary is None:
@@ -101,7 +95,9 @@ if source.startswith("a training run"):
             "% change": st.column_config.NumberColumn(format="%+.2f%%"),
             "p (paired t)": st.column_config.NumberColumn(format="%.3g")})
         download_csv(side, f"protocols_{rid}.csv", "Download the protocols table (CSV)", key="dl-protocols")
+    wanted = st.query_params.get("protocol")
     protocol = st.radio("Protocol shown below", protocols, horizontal=True,
+                        index=protocols.index(wanted) if wanted in protocols else 0,
                         format_func=lambda p: f"{p} ({PROTOCOLS[p].title})" if p in PROTOCOLS else p)
     summary = summaries[protocol]
     layers = run.table("pairs_layers", protocol)
@@ -111,10 +107,32 @@ if source.startswith("a training run"):
                f"· rank {cfg.get('lora_r')} · {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · **{protocol}**: "
                f"{summary.get('protocol_description', 'pooling ' + summary['pooling'])} · analysis precision "
                f"{summary.get('precision', 'the compute dtype')}")
-    eval_layer = st.select_slider("Evaluation layer", options=list(range(n_layers + 1)), value=summary["eval_layer"],
+    # a layer in the link counts for the view it was made with; another protocol opens at its own layer
+    wanted = st.query_params.get("layer")
+    from_link = state.shown_protocol(rid) in (None, protocol)
+    start = int(wanted) if from_link and str(wanted).isdigit() and int(wanted) <= n_layers else summary["eval_layer"]
+    state.set_shown_protocol(rid, protocol)
+    eval_layer = st.select_slider("Evaluation layer", options=list(range(n_layers + 1)), value=start,
                                   format_func=lambda k: f"{k} ({layer_name(k, n_layers)})",
-                                  help="the run's own evaluation layer is preselected; every layer was measured")
+                                  key=f"compare-layer-{rid}-{protocol}",
+                                  help="the protocol's own evaluation layer is preselected; every layer was measured")
+    wanted = st.query_params.get("set")
+    sets_shown = ["both", "trained", "control"]
+    focus = st.radio("Sets shown", sets_shown, horizontal=True, index=sets_shown.index(wanted)
+                     if wanted in sets_shown else 0)
+    reflect(run=rid, protocol=protocol, layer=eval_layer, set=None if focus == "both" else focus)
+    c1, c2, c3 = st.columns([1, 1, 1])
+    with c1:
+        copy_link("run", "protocol", "layer", "set")
+    c2.download_button("Export report (HTML)", lambda: build_report(run).encode("utf-8"),
+                       file_name=f"{rid}-report.html", mime="text/html", icon=":material/description:",
+                       help="one self-contained file: interactive figures, statistics, settings; opens offline")
+    c3.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{rid}-bundle.zip",
+                       mime="application/zip", icon=":material/folder_zip:",
+                       help="the report, CSV tables, figures as SVG and PNG, the adapter")
     data = layers[layers["layer"] == eval_layer].reset_index(drop=True)
+    if focus != "both":
+        data = data[data["set"] == focus].reset_index(drop=True)
     groups = list(dict.fromkeys(data["set"]))
     table = stats_table(data, "before", "after", "set") if eval_layer != summary["eval_layer"] else \
         pd.DataFrame([summary["groups"][g] for g in groups])[[c for c in STAT_LABELS if c != "p_holm"]]
@@ -163,8 +181,8 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     before = c1.selectbox("Before column", cols, index=cols.index(numeric[0]) if numeric else 0)
     after = c2.selectbox("After column", cols, index=cols.index(numeric[1]) if len(numeric) > 1 else 0)
-    group = c3.selectbox("Group column", ["(none)"] + cols,
-                         index=(["(none)"] + cols).index("set") if "set" in cols else 0)
+    guess = guess_group_column(cols) or "(none)"
+    group = c3.selectbox("Group column", ["(none)"] + cols, index=(["(none)"] + cols).index(guess))
     drop = c4.checkbox("Drop rows with missing numbers", False)
     try:
         table, used = compare_table(df, before, after, None if group == "(none)" else group, drop_nan=drop)

@@ -8,19 +8,17 @@ from tli_core.projection import METHODS, map_points
 from tli_core.runs import list_runs
 from ui import state
 from ui.models import get_pairs, require_model, runs_dir, spec_key
-from ui.widgets import download_csv, plot, show_error
+from ui.widgets import download_csv, plot, run_picker, show_error
 
 st.title("Embedding map")
 st.caption("Translation pairs are joined by a line; circles are trained pairs, diamonds control pairs. Before and "
            "after are projected together, so the two panels share one map.")
 lm = require_model()
 n = lm.facts.num_layers
-runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.config().model == lm.spec]
-labels = {"(none: base model only)": None} | {f"{r.id} ({r.status().get('state')})": r for r in runs}
+runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.model_spec() == lm.spec]
 c1, c2, c3, c4 = st.columns(4)
-choice = c1.selectbox("Run (after)", list(labels), index=1 if runs else 0,
-                      help="runs trained on the loaded model with a saved adapter")
-run = labels[choice]
+with c1:
+    run = run_picker(runs, "Run (after)", none_label="(none: base model only)")
 default_layer = (run.summary() or {}).get("eval_layer", n - 1) if run else n - 1
 layer = c2.selectbox("Layer", list(range(n + 1)), index=int(default_layer),
                      format_func=lambda k: f"{k} ({layer_name(k, n)})")

@@ -2,17 +2,10 @@
 
 import streamlit as st
 
-from tli_core.pairs import (
-    DEFAULT_CONTROL,
-    DEFAULT_TRAINED,
-    FORMATS,
-    check_leakage,
-    pairs_to_bytes,
-    read_pairs,
-    split_pairs,
-)
+from tli_core.pairs import FORMATS, check_leakage, pairs_to_bytes, read_pairs, split_pairs
+from tli_core.workspace import default_pairsets, list_pairsets
 from ui import state
-from ui.models import get_pairs, pair_reports, pair_sources, set_pairs
+from ui.models import get_pairs, pair_reports, pair_sources, set_pairs, use_saved_pairs
 from ui.widgets import md, searchable, show_error
 
 st.title("Word pairs")
@@ -33,13 +26,15 @@ if leak.warning_lines():
 if not leak.leaks and not leak.warning_lines():
     st.success("No overlap between the trained and control sets.", icon=":material/check_circle:")
 
+saved = list_pairsets()
 tabs = st.tabs([f"Trained ({len(pairs['trained'])})", f"Control ({len(pairs['control'])})", "Split one file"])
 for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
     with tab:
-        st.caption(f"Source: {md(sources[which])}")
-        report = reports.get(which)
-        if report is not None:
-            lines = report.lines()
+        st.caption(f"Source: {md(sources[which].label)} — {sources[which].rows} pairs, kept since "
+                   f"{sources[which].uploaded} (every set you use is kept in the workspace, so a reload or a "
+                   f"restart brings it back)")
+        lines = reports.get(which) or []
+        if lines:
             with st.expander("Validation report", expanded=len(lines) > 1):
                 for line in lines:
                     st.markdown(f"- {md(line)}")
@@ -56,15 +51,20 @@ for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
         if upload is not None and state.uploaded_marker(which) != (upload.name, upload.size):
             try:
                 df, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
-                set_pairs(which, df, f"upload: {upload.name}", rep)
+                set_pairs(which, df, upload.name, rep.lines())
                 state.set_uploaded_marker(which, (upload.name, upload.size))
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
-        if c2.button(f"Reset {which} to the default set", key=f"reset-{which}"):
-            path = DEFAULT_TRAINED if which == "trained" else DEFAULT_CONTROL
-            df, rep = read_pairs(path)
-            set_pairs(which, df, f"default ({path.parent.name}/{path.name})", rep)
+        others = [s for s in saved if s.hash != sources[which].hash]
+        if others:
+            pick = c2.selectbox(f"Or use a kept set as the {which} set", [None] + others, key=f"kept-{which}",
+                                format_func=lambda s: "—" if s is None else f"{s.label} ({s.rows} pairs, {s.uploaded})")
+            if pick is not None and c2.button(f"Use it as the {which} set", key=f"use-{which}"):
+                use_saved_pairs(which, pick.hash)
+                st.rerun()
+        if c2.button(f"Reset {which} to the shipped set", key=f"reset-{which}"):
+            use_saved_pairs(which, default_pairsets()[which].hash)
             state.set_uploaded_marker(which, None)
             st.rerun()
 
@@ -83,8 +83,8 @@ with tabs[2]:
                                  ["(none)"] + [c for c in full.columns if c not in ("swahili", "english")])
             if st.button("Split and use", type="primary"):
                 trained, control = split_pairs(full, int(n_control), int(seed), None if strat == "(none)" else strat)
-                set_pairs("trained", trained, f"split of {upload.name} (seed {seed})", None)
-                set_pairs("control", control, f"split of {upload.name} (seed {seed})", None)
+                set_pairs("trained", trained, f"{upload.name} (split seed {seed}, trained part)", rep.lines())
+                set_pairs("control", control, f"{upload.name} (split seed {seed}, control part)", rep.lines())
                 st.rerun()
         except Exception as exc:
             show_error(exc)

@@ -6,15 +6,14 @@ from tli_core.probes import TEMPLATES, run_probes
 from tli_core.runs import list_runs
 from ui import state
 from ui.models import get_pairs, require_model, runs_dir
-from ui.widgets import download_csv, show_error
+from ui.widgets import download_csv, run_picker, show_error
 
 st.title("Generation probes")
 st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "
            "Greedy decoding, base and tuned side by side. Templates are editable; {word} is replaced by the word.")
 lm = require_model()
-runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.config().model == lm.spec]
-labels = {"(none: base model only)": None} | {f"{r.id} ({r.status().get('state')})": r for r in runs}
-run = labels[st.selectbox("Tuned model = base + the adapter of run", list(labels), index=1 if runs else 0)]
+runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.model_spec() == lm.spec]
+run = run_picker(runs, "Tuned model = base + the adapter of run", none_label="(none: base model only)")
 pairs = get_pairs() if run is None else {"trained": run.pairs("trained"), "control": run.pairs("control")}
 c1, c2 = st.columns(2)
 sw_en = c1.text_input("Swahili → English template", TEMPLATES["sw→en"])
@@ -39,8 +38,9 @@ if table is not None:
     cols = st.columns(2 if "tuned" in table else 1)
     cols[0].metric("Base: expected word in the answer", f"{table['base_correct'].mean():.0%}")
     if "tuned" in table:
+        diff = round((table["tuned_correct"].mean() - table["base_correct"].mean()) * 100)
         cols[1].metric("Tuned: expected word in the answer", f"{table['tuned_correct'].mean():.0%}",
-                       f"{(table['tuned_correct'].mean() - table['base_correct'].mean()) * 100:+.0f} points")
+                       f"{diff:+d} points" if diff else "no change", delta_color="normal" if diff else "off")
     shown = [c for c in ("direction", "word", "expected", "base", "tuned", "base_correct", "tuned_correct",
                          "base_text", "tuned_text") if c in table]
     st.dataframe(table[shown], hide_index=True, width="stretch")

@@ -1,17 +1,19 @@
-"""Runs: every run with status, settings and headline results; diff, stop, delete, download."""
+"""Runs: every run with what matters first; name and notes; results of several runs side by side; reports."""
 
 import streamlit as st
 
+from tli_core.figures import runs_curve_figure
 from tli_core.jobs.runner import import_adapter
 from tli_core.layers import parse_layers
-from tli_core.runs import delete_run, diff_configs, list_runs, runs_table
+from tli_core.report import build_bundle, build_report
+from tli_core.runs import curves_side_by_side, delete_run, diff_configs, list_runs, results_side_by_side, runs_table
 from ui import state
 from ui.models import current_model, get_pairs, runs_dir
-from ui.widgets import download_csv, evaluation_panel, md, show_error
+from ui.widgets import download_csv, evaluation_panel, md, plot, show_error
 
 st.title("Runs")
-st.caption(f"Run directories live in `{runs_dir()}`; each holds its config, status, metrics, log, adapters and "
-           f"before/after tables, and can be re-evaluated from the command line.")
+st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, adapters and "
+           f"before/after tables. Select one run to act on it, two or more to compare their results.")
 
 with st.expander("Import a published adapter (any PEFT LoRA directory)"):
     st.caption("For example the authors' `results/tli_lora_adapters/final` (r=16, α=32, q_proj/v_proj, all layers, "
@@ -39,32 +41,64 @@ if table.empty:
     st.stop()
 
 percent = st.column_config.NumberColumn(format="%+.2f%%")
+change = st.column_config.NumberColumn(format="%+.4f")
 sim = st.column_config.NumberColumn(format="%.4f")
 pval = st.column_config.NumberColumn(format="%.3g")
 event = st.dataframe(
     table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table",
-    column_config={"trained before": sim, "trained after": sim, "control before": sim, "control after": sim,
-                   "trained % change": percent, "control % change": percent, "trained p": pval, "control p": pval})
+    column_config={"trained change": change, "control change": change, "trained % change": percent,
+                   "control % change": percent, "trained p": pval, "control p": pval, "trained before": sim,
+                   "trained after": sim, "control before": sim, "control after": sim,
+                   "pairs": st.column_config.TextColumn("pairs (trained / control)", width="large")})
 download_csv(table, "runs.csv", "Download this table (CSV)", key="dl-runs")
 selected = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
 runs = {r.id: r for r in list_runs(runs_dir())}
-selected = [runs[s] for s in selected if s in runs]
-st.caption("Select one run to act on it, or two to compare their settings.")
+picked = st.multiselect("…or pick runs by id", list(runs), key="runs-picked",
+                        help="the same as ticking their rows in the table")
+selected = [runs[s] for s in dict.fromkeys(selected + picked) if s in runs]
 
-if len(selected) == 2:
-    a, b = selected
+if len(selected) >= 2:
+    st.subheader(f"{len(selected)} runs side by side")
+    labels = {r.id: r.meta().get("name") or r.id for r in selected}
+    results = results_side_by_side(selected)
+    if results.empty:
+        st.info("None of these runs has results yet.")
+    else:
+        st.caption("Each run's headline protocol; the protocol, layer, pooling and precision are in the table.")
+        st.dataframe(results, hide_index=True, width="stretch", column_config={
+            "change": change, "% change": percent, "p (paired t)": pval, "mean before": sim, "mean after": sim,
+            "gap before": change, "gap after": change})
+        download_csv(results, "runs_results.csv", "Download the results (CSV)", key="dl-runs-results")
+        curves = curves_side_by_side(selected)
+        if not curves.empty:
+            cols = st.columns(2)
+            for col, group in zip(cols, ("trained", "control"), strict=True):
+                with col:
+                    plot(runs_curve_figure(curves, group, labels), key=f"runs-curves-{group}")
     only = st.toggle("Only settings that differ", value=True)
-    st.dataframe(diff_configs(a, b, only_different=only), hide_index=True, width="stretch")
+    st.dataframe(diff_configs(*selected, only_different=only), hide_index=True, width="stretch")
 elif len(selected) == 1:
     run = selected[0]
     status = run.status()
-    st.subheader(run.id)
+    meta = run.meta()
+    st.subheader(run.id + (f" — {md(meta['name'])}" if meta.get("name") else ""))
     message = f" · {md(status['message'])}" if status.get("message") else ""
     st.markdown(f"**{md(status.get('state'))}** · phase {md(status.get('phase'))} · step {status.get('step', 0)}/"
                 f"{status.get('total_steps') or '?'}{message}")
+    with st.form(f"meta-{run.id}", enter_to_submit=False, border=False):
+        c1, c2 = st.columns([1, 2])
+        new_name = c1.text_input("Name", meta.get("name", ""), max_chars=100)
+        new_notes = c2.text_area("Notes", meta.get("notes", ""), max_chars=5000, height=80)
+        if st.form_submit_button("Save name and notes", icon=":material/save:"):
+            try:
+                run.set_meta(name=new_name.strip(), notes=new_notes.strip())
+                st.toast("Saved.")
+                st.rerun()
+            except Exception as exc:
+                show_error(exc)
     c1, c2, c3, c4 = st.columns(4)
     if run.has_adapter():
-        c1.download_button("Download adapter (zip)", run.adapter_zip(), file_name=f"{run.id}-adapter.zip",
+        c1.download_button("Download adapter (zip)", run.adapter_zip, file_name=f"{run.id}-adapter.zip",
                            mime="application/zip", icon=":material/download:")
     if run.is_active():
         if c2.button("Stop", icon=":material/stop_circle:"):
@@ -73,7 +107,7 @@ elif len(selected) == 1:
     if run.summary() is not None:
         if c3.button("Open in Compare", icon=":material/compare_arrows:"):
             state.set_watched_run(run.id)
-            st.switch_page("pages/compare.py")
+            st.switch_page("pages/compare.py", query_params={"run": run.id})
     if not run.is_active():
         confirm = c4.checkbox("Confirm delete", key=f"confirm-{run.id}")
         if c4.button("Delete", icon=":material/delete:", disabled=not confirm):
@@ -83,6 +117,14 @@ elif len(selected) == 1:
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
+    if run.summary() is not None:
+        c1, c2 = st.columns(2)
+        c1.download_button("Export report (HTML)", lambda: build_report(run).encode("utf-8"),
+                           file_name=f"{run.id}-report.html", mime="text/html", icon=":material/description:",
+                           help="one self-contained file: interactive figures, statistics, settings; opens offline")
+        c2.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{run.id}-bundle.zip",
+                           mime="application/zip", icon=":material/folder_zip:",
+                           help="the report, CSV tables, figures as SVG and PNG, the adapter")
     if not run.is_active() and run.has_adapter():
         if run.summary() is None:
             st.caption("This run's saved adapter has no before/after statistics yet.")

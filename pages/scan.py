@@ -63,7 +63,8 @@ if result.precision_report is not None:
 show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
 curve = result.curve
 sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report))
-state.set_scan_suggestion(dict(sugg, model=lm.spec))
+state.set_scan_suggestion(dict(sugg, model=lm.spec,
+                               seconds_per_word=result.seconds / max(1, 2 * len(result.pairs))))
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
 for col, key, label in ((m1, "raw_peak", "Raw-cosine peak (the paper's rule)"),

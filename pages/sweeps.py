@@ -69,10 +69,14 @@ sweep = next(s for s in sweeps if s.id == sid)
 def show(sweep: Sweep) -> None:
     status = sweep.status()
     cells = sweep.cells()
-    done = sum(c["state"] in ("done", "invalid") for c in cells)
-    st.progress(done / len(cells), text=f"{status.get('state')}: {done} of {len(cells)} cells finished")
-    if status.get("message"):
-        st.caption(status["message"])
+    done = sum(c["state"] == "done" for c in cells)
+    invalid = sum(c["state"] == "invalid" for c in cells)
+    st.progress((done + invalid) / len(cells), text=f"{status.get('state')}: {done} of {len(cells)} cells finished"
+                + (f", {invalid} could not run" if invalid else ""))
+    if status.get("state") == "invalid":
+        st.error(md(status.get("message") or "no cell could run"), icon="⚠️")
+    elif status.get("message"):
+        st.caption(md(status["message"]))
     if status.get("state") in ("queued", "running") and st.button("Stop the sweep", icon=":material/stop_circle:"):
         sweep.request_stop()
     if status.get("state") in ("interrupted", "stopped", "failed") and st.button("Resume", icon=":material/replay:"):
@@ -83,6 +87,10 @@ def show(sweep: Sweep) -> None:
     method = st.radio("Correction", CORRECTIONS, horizontal=True, key=f"corr-{sweep.id}",
                       index=CORRECTIONS.index(sweep.spec().correction))
     results = sweep_results(sweep, method)
+    if not done:
+        for _, r in results[results["state"] == "invalid"].iterrows():
+            st.caption(f"Cell {r['cell']} not run: {md(r['reason'])}")
+        return
     best = best_cell(results)
     if best is not None:
         row = results[results["cell"] == best].iloc[0]

@@ -1,9 +1,17 @@
-"""Train: every TLIConfig setting (defaults = the paper), launch a worker process, watch it live."""
+"""Train: every TLIConfig setting (defaults = the paper), launch a worker process, watch it live.
+
+No form: each setting is a widget of its own, so warnings and the duration estimate follow what
+is typed, Enter never launches anything, and the values are kept for this browser session (a
+reload brings them back). The paper's values stay the defaults; a scan's suggestion is a
+button, never a silent change.
+"""
 
 import streamlit as st
 
-from tli_core.config import LOSSES, PLACEMENTS, TLIConfig
+from tli_core.config import LOSSES, PLACEMENTS, TLIConfig, resolve, total_steps
 from tli_core.embeddings import POOLINGS
+from tli_core.errors import TLIError
+from tli_core.estimate import estimate_run, remaining
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.jobs.jobdir import ACTIVE
 from tli_core.jobs.runner import start_run
@@ -12,100 +20,195 @@ from tli_core.precision import PRECISIONS
 from tli_core.protocols import EVAL_LAYERS, PROTOCOLS
 from tli_core.runs import Run, list_runs, newest
 from ui import state
-from ui.models import get_pairs, pairs_file, require_model, runs_dir
-from ui.widgets import md, plot, show_error
+from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir
+from ui.widgets import evaluation_panel, md, plot, show_error
+
+OVERLAP_CONTROL = "Accept pairs that are in both sets"
 
 st.title("Train")
 lm = require_model()
 pairs = get_pairs()
+names = pair_names()
 n = lm.facts.num_layers
 helps = TLIConfig.help()
 paper = TLIConfig()
-sugg = state.scan_suggestion()
-if not sugg or sugg.get("model") != lm.spec or not 0 < sugg["gap_peak"] <= n:
-    sugg = None  # a scan of another model (or none yet): start from the paper's layer
-default_target = sugg["gap_peak"] if sugg else min(paper.target_layers[0], n)
 
 
-OVERLAP_CONTROL = "Accept pairs that are in both sets"
-
-
-def layer_label(k: int) -> str:
+def layer_label(k) -> str:
+    if isinstance(k, str):
+        return {"paper": f"paper — L-1 = {paper_eval_layer(n)}", "target": "target — the training layer",
+                "last": f"last — {n}"}[k]
     return f"{k} — {layer_name(k, n)}"
 
 
-with st.form("tli-config"):
-    st.markdown(f"**Model:** {md(lm.spec.label())} · **pairs:** {len(pairs['trained'])} trained, "
-                f"{len(pairs['control'])} control (change them on the Model and Word pairs pages)")
-    st.caption("Defaults are the paper's published settings" + (
-        f"; the target layer is prefilled from your scan (largest gap over shuffled pairs; the raw-cosine peak "
-        f"is layer {sugg['raw_peak']})." if sugg else "; run the Layer scan to prefill the target layer."))
+# The form's fields: widget key -> the paper's value (what a fresh form and "Reset" show)
+PAPER_FORM = {
+    "targets": [min(paper.target_layers[0], n)], "pooling": paper.pooling, "protocols": list(paper.protocols),
+    "eval_layer": paper.eval_layer, "eval_pooling": paper.eval_pooling, "precision": paper.analysis_precision,
+    "rank": paper.lora_r, "alpha": paper.lora_alpha, "dropout": paper.lora_dropout,
+    "modules": ",".join(lm.facts.lora_targets), "placement": paper.adapter_blocks, "custom": "1-2",
+    "loss": paper.loss, "margin": paper.margin, "temperature": paper.temperature, "lr": paper.learning_rate,
+    "epochs": paper.epochs, "batch": paper.batch_size, "warmup": paper.warmup_steps, "seed": paper.seed,
+    "wd": paper.weight_decay, "clip": float(paper.grad_clip or 0.0), "sub_t": 0, "sub_c": 0,
+    "early": paper.early_exit, "overlap": False, "name": "", "notes": "",
+}
+def fits(field: str, value) -> bool:
+    """A kept value the widgets of this model can still show."""
+    if field == "targets":
+        return bool(value) and all(isinstance(k, int) and 1 <= k <= n for k in value)
+    if field == "eval_layer":
+        return value in EVAL_LAYERS or (isinstance(value, int) and 0 <= value <= n)
+    if field == "protocols":
+        return all(p in PROTOCOLS for p in value)
+    options = {"pooling": POOLINGS, "eval_pooling": POOLINGS, "precision": PRECISIONS, "loss": LOSSES,
+               "placement": list(PLACEMENTS) + ["custom"]}
+    return field not in options or value in options[field]
+
+
+state.init_form("train", PAPER_FORM, fits)
+
+# ---------------------------------------------------------------- header: what this run will use
+st.markdown(f"**Model:** {md(lm.spec.label())}  \n**Trained pairs:** {len(pairs['trained'])} from "
+            f"{md(names['trained'])} · **control pairs:** {len(pairs['control'])} from {md(names['control'])} "
+            f"(choose them on the Word pairs page)")
+st.caption("The defaults are the paper's published settings (where the paper is silent, the authors' code: no "
+           "gradient clipping). Changing a value never changes another one behind your back.")
+b1, b2 = st.columns([3, 1])
+sugg = state.scan_suggestion()
+if sugg and sugg.get("model") == lm.spec and 0 < sugg["gap_peak"] <= n:
+    gap = sugg["gap_peak"]
+    if state.form_value("train", "targets") != [gap] and b1.button(
+            f"Use layer {gap} (largest gap over shuffled pairs in your scan) instead of the paper's layer "
+            f"{PAPER_FORM['targets'][0]}", icon=":material/swap_horiz:"):
+        state.set_form_value("train", "targets", [gap])
+        st.rerun()
+else:
+    b1.caption("Run the Layer scan to see which layer separates translations from shuffled pairs best.")
+if b2.button("Reset to the paper's settings", icon=":material/restart_alt:"):
+    state.reset_form("train", PAPER_FORM)
+    st.rerun()
+
+running = [r for r in list_runs(runs_dir()) if r.is_active()]
+form_col, job_col = st.columns([3, 1])  # the same layout with or without a job: nothing jumps when one starts
+
+
+def key(field: str) -> str:
+    return state.form_key("train", field)
+
+
+with form_col:
     st.markdown("##### Where")
     c1, c2 = st.columns(2)
-    targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), default=[default_target],
-                             format_func=layer_label, help=helps["target_layers"])
-    pooling = c2.selectbox("Training pooling", list(POOLINGS), help=helps["pooling"])
+    targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), format_func=layer_label, key=key("targets"),
+                             help=helps["target_layers"])
+    pooling = c2.selectbox("Training pooling", list(POOLINGS), key=key("pooling"), help=helps["pooling"])
     st.markdown("##### Evaluation")
     c1, c2, c3, c4 = st.columns(4)
-    protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), default=paper.protocols,
+    protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), key=key("protocols"),
                                format_func=lambda p: f"{p} — {PROTOCOLS[p].title}", help=helps["protocols"])
     eval_layer = c2.selectbox("Studio protocol: evaluation layer", list(EVAL_LAYERS) + list(range(n + 1)),
-                              format_func=lambda k: {"paper": f"paper — L-1 = {paper_eval_layer(n)}",
-                                                     "target": "target — the training layer",
-                                                     "last": f"last — {n}"}.get(k, layer_label(k))
-                              if isinstance(k, str) else layer_label(k), help=helps["eval_layer"])
-    eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS),
-                                index=list(POOLINGS).index(paper.eval_pooling), help=helps["eval_pooling"])
-    precision = c4.selectbox("Analysis precision", list(PRECISIONS), help=helps["analysis_precision"])
+                              format_func=layer_label, key=key("eval_layer"), help=helps["eval_layer"])
+    eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS), key=key("eval_pooling"),
+                                help=helps["eval_pooling"])
+    precision = c4.selectbox("Analysis precision", list(PRECISIONS), key=key("precision"),
+                             help=helps["analysis_precision"])
     st.markdown("##### LoRA")
     c1, c2, c3, c4 = st.columns(4)
-    rank = c1.number_input("Rank r", 1, 1024, paper.lora_r, help=helps["lora_r"])
-    alpha = c2.number_input("Alpha", 1, 4096, paper.lora_alpha, help=helps["lora_alpha"])
-    dropout = c3.number_input("Dropout", 0.0, 0.9, paper.lora_dropout, step=0.01, help=helps["lora_dropout"])
-    modules = c4.text_input("Target modules", ",".join(lm.facts.lora_targets), help=helps["target_modules"])
+    rank = c1.number_input("Rank r", 1, 1024, key=key("rank"), help=helps["lora_r"])
+    alpha = c2.number_input("Alpha", 1, 4096, key=key("alpha"), help=helps["lora_alpha"])
+    dropout = c3.number_input("Dropout", 0.0, 0.9, step=0.01, key=key("dropout"), help=helps["lora_dropout"])
+    modules = c4.text_input("Target modules", key=key("modules"), help=helps["target_modules"])
     c1, c2 = st.columns(2)
-    placement = c1.selectbox("Adapter blocks", list(PLACEMENTS) + ["custom"], help=helps["adapter_blocks"])
-    custom = c2.text_input("Custom blocks (for 'custom')", "1-2", help="blocks numbered 1..L, e.g. 1-4,8")
+    placement = c1.selectbox("Adapter blocks", list(PLACEMENTS) + ["custom"], key=key("placement"),
+                             help=helps["adapter_blocks"])
+    custom = c2.text_input("Custom blocks (for 'custom')", key=key("custom"), help="blocks numbered 1..L, e.g. 1-4,8")
     st.markdown("##### Loss and optimiser")
     c1, c2, c3, c4 = st.columns(4)
-    loss = c1.selectbox("Loss", LOSSES, help=helps["loss"])
-    margin = c2.number_input("Triplet margin", 0.0, 2.0, paper.margin, step=0.05, help=helps["margin"])
-    temperature = c3.number_input("InfoNCE temperature", 0.001, 10.0, paper.temperature, step=0.01, format="%.3f",
-                                  help=helps["temperature"])
-    lr = c4.number_input("Learning rate", 1e-7, 1.0, paper.learning_rate, format="%.1e", help=helps["learning_rate"])
+    loss = c1.selectbox("Loss", LOSSES, key=key("loss"), help=helps["loss"])
+    margin = c2.number_input("Triplet margin", 0.0, 2.0, step=0.05, key=key("margin"), help=helps["margin"])
+    temperature = c3.number_input("InfoNCE temperature", 0.001, 10.0, step=0.01, format="%.3f",
+                                  key=key("temperature"), help=helps["temperature"])
+    lr = c4.number_input("Learning rate", 1e-7, 1.0, format="%.1e", key=key("lr"), help=helps["learning_rate"])
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 1000, paper.epochs, help=helps["epochs"])
-    batch = c2.number_input("Batch size", 2, 4096, paper.batch_size, help=helps["batch_size"])
-    warmup = c3.number_input("Warm-up steps", 0, 100000, paper.warmup_steps, help=helps["warmup_steps"])
-    seed = c4.number_input("Seed", 0, 2**31 - 1, paper.seed, help=helps["seed"])
+    epochs = c1.number_input("Epochs", 1, 1000, key=key("epochs"), help=helps["epochs"])
+    batch = c2.number_input("Batch size", 2, 4096, key=key("batch"), help=helps["batch_size"])
+    warmup = c3.number_input("Warm-up steps", 0, 100000, key=key("warmup"), help=helps["warmup_steps"])
+    seed = c4.number_input("Seed", 0, 2**31 - 1, key=key("seed"), help=helps["seed"])
     c1, c2, c3, c4 = st.columns(4)
-    wd = c1.number_input("Weight decay", 0.0, 1.0, paper.weight_decay, step=0.01, help=helps["weight_decay"])
-    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, float(paper.grad_clip or 0.0),
-                           help=helps["grad_clip"])
-    sub_t = c3.number_input("Trained subset (0 = all)", 0, 10**6, 0, help=helps["trained_subset"])
-    sub_c = c4.number_input("Control subset (0 = all)", 0, 10**6, 0, help=helps["control_subset"])
+    wd = c1.number_input("Weight decay", 0.0, 1.0, step=0.01, key=key("wd"), help=helps["weight_decay"])
+    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, key=key("clip"), help=helps["grad_clip"])
+    sub_t = c3.number_input("Trained subset (0 = all)", 0, 10**6, key=key("sub_t"), help=helps["trained_subset"])
+    sub_c = c4.number_input("Control subset (0 = all)", 0, 10**6, key=key("sub_c"), help=helps["control_subset"])
     c1, c2 = st.columns(2)
-    early = c1.checkbox("Early exit after the deepest target layer", paper.early_exit, help=helps["early_exit"])
-    overlap = c2.checkbox(OVERLAP_CONTROL, False, help=helps["allow_overlap"])
-    launch_clicked = st.form_submit_button("Launch training", type="primary", icon=":material/rocket_launch:")
+    early = c1.checkbox("Early exit after the deepest target layer", key=key("early"), help=helps["early_exit"])
+    overlap = c2.checkbox(OVERLAP_CONTROL, key=key("overlap"), help=helps["allow_overlap"])
+    c1, c2 = st.columns([1, 2])
+    name = c1.text_input("Run name (optional)", key=key("name"), max_chars=100,
+                         help="letters, digits, '.', '_' or '-'; default: time, model, layer and rank")
+    notes = c2.text_input("Notes (optional)", key=key("notes"), max_chars=2000,
+                          help="kept with the run; editable later on the Runs page")
+state.save_form("train", PAPER_FORM)
 
-if launch_clicked:
-    try:
-        config = TLIConfig(
-            model=lm.spec, trained_pairs=pairs_file(pairs["trained"]), control_pairs=pairs_file(pairs["control"]),
-            trained_subset=int(sub_t) or None, control_subset=int(sub_c) or None, target_layers=sorted(targets),
-            protocols=protocols, eval_layer=eval_layer, eval_pooling=eval_pooling, analysis_precision=precision,
-            pooling=pooling, lora_r=int(rank), lora_alpha=int(alpha),
-            lora_dropout=float(dropout), target_modules=[m.strip() for m in modules.split(",") if m.strip()] or None,
-            adapter_blocks=custom if placement == "custom" else placement, loss=loss, margin=float(margin),
-            temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
-            batch_size=int(batch), weight_decay=float(wd), grad_clip=float(clip) or None, seed=int(seed),
-            early_exit=early, allow_overlap=overlap)
-        run, _, warnings = start_run(config, runs_dir(), trained=pairs["trained"], control=pairs["control"])
-        state.set_watched_run(run.id, warnings)
-        st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
-    except Exception as exc:
-        show_error(exc, overlap_control=OVERLAP_CONTROL)
+config, problem = None, None
+try:
+    config = TLIConfig(
+        model=lm.spec, trained_pairs=pairs_file(pairs["trained"]), control_pairs=pairs_file(pairs["control"]),
+        trained_subset=int(sub_t) or None, control_subset=int(sub_c) or None, target_layers=sorted(targets),
+        protocols=protocols, eval_layer=eval_layer, eval_pooling=eval_pooling, analysis_precision=precision,
+        pooling=pooling, lora_r=int(rank), lora_alpha=int(alpha), lora_dropout=float(dropout),
+        target_modules=[m.strip() for m in modules.split(",") if m.strip()] or None,
+        adapter_blocks=custom if placement == "custom" else placement, loss=loss, margin=float(margin),
+        temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
+        batch_size=int(batch), weight_decay=float(wd), grad_clip=float(clip) or None, seed=int(seed),
+        early_exit=early, allow_overlap=overlap)
+    _, warnings = resolve(config, lm.facts.shape(), len(pairs["trained"]), len(pairs["control"]))
+except TLIError as exc:
+    problem, warnings = exc, []
+
+with form_col:
+    for w in warnings:
+        st.warning(md(w), icon=":material/info:")
+    if problem is not None:
+        show_error(problem)
+    else:
+        used = min(config.trained_subset or len(pairs["trained"]), len(pairs["trained"]))
+        steps = total_steps(used, config.batch_size, config.epochs)
+        scan_rate = state.scan_seconds_per_word(lm.spec)
+        est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, scan_rate)
+        if est is None:
+            st.caption(f"{steps} training steps. No duration estimate yet: nothing has been measured for this model "
+                       f"on this machine (the first run, or a layer scan, measures it).")
+        else:
+            st.caption(f"{steps} training steps; estimated duration **{est.total:.0f} s** ("
+                       + ", ".join(f"{phase} {sec:.0f} s" for phase, sec in est.phases.items())
+                       + f"; {est.basis}).")
+    if st.button("Launch training", type="primary", icon=":material/rocket_launch:", disabled=problem is not None):
+        try:
+            run, _, launch_warnings = start_run(config, runs_dir(), trained=pairs["trained"],
+                                                control=pairs["control"], name=name.strip() or None,
+                                                pair_names=names)
+            if notes.strip():
+                run.set_meta(notes=notes.strip())
+            state.set_watched_run(run.id, launch_warnings)
+            st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
+            st.rerun()  # draw the page again: the running job's settings beside the form
+        except Exception as exc:
+            show_error(exc, overlap_control=OVERLAP_CONTROL)
+
+with job_col:
+    if not running:
+        st.caption("No job is running. While one runs, its settings are shown here, beside the form for your "
+                   "next run.")
+    else:
+        job = running[0]
+        st.markdown(f"##### Running now: {job.id}")
+        cfg = job.config_dict()
+        st.caption("The settings it runs with (the form on the left is your next run):")
+        shown = {"target layers": cfg.get("target_layers"), "epochs": cfg.get("epochs"), "rank": cfg.get("lora_r"),
+                 "learning rate": cfg.get("learning_rate"), "batch": cfg.get("batch_size"),
+                 "warm-up": cfg.get("warmup_steps"), "protocols": ", ".join(cfg.get("protocols") or []),
+                 "pairs": " / ".join(v.get("name", "") for v in (job.raw_status().get("pairs") or {}).values())}
+        st.table({"setting": list(shown), "value": [md(v) for v in shown.values()]})
 
 
 def run_to_watch() -> Run | None:
@@ -119,32 +222,52 @@ def run_to_watch() -> Run | None:
     return active[0] if active else newest(runs)
 
 
+def phase_label(status: dict, est) -> tuple[float, str]:
+    """The progress bar's fraction and text: the phase, its counts, elapsed time and the overall ETA."""
+    progress = status.get("progress") or {}
+    phase = progress.get("phase") or status.get("phase") or "starting"
+    done, total = progress.get("done") or 0, progress.get("total")
+    unit = {"training": "steps", "loading model": "%"}.get(phase, "words" if "embedding" in phase else "")
+    text = f"{phase}: {done:g}/{total:g} {unit}" if total else f"{phase} …"
+    text += f" · {float(progress.get('phase_seconds') or 0):.0f} s in this phase"
+    left = remaining(status, est)
+    if left is not None:
+        text += f" · about {left:.0f} s left overall"
+    return (done / total if total else 0.0), text
+
+
 def render(run: Run | None) -> None:
     if run is None:
         st.info("No runs yet: set up the run above and launch it.")
         return
     status = run.status()
-    run_state, phase = status.get("state"), status.get("phase")
-    st.subheader(f"Run {run.id}")
+    run_state = status.get("state")
+    st.subheader(f"Run {run.id}" + (f" — {md(run.meta().get('name'))}" if run.meta().get("name") else ""))
     for w in state.launch_warnings(run.id):
         st.caption(f"⚠️ {md(w)}")
-    step, total = int(status.get("step") or 0), status.get("total_steps")
+    step = int(status.get("step") or 0)
     metrics = run.metrics()
     if run_state in ACTIVE:
-        elapsed = float(status.get("elapsed") or 0)
-        eta = elapsed / step * (total - step) if step and total else None
-        label = f"{phase}: step {step}/{total or '?'}" + (f" · ETA {eta:.0f} s" if eta is not None else "")
-        st.progress(step / total if total else 0.0, text=label)
+        try:
+            cfg = run.config()
+            sizes = {role: int(v.get("rows") or 0) for role, v in (status.get("pairs") or {}).items()}
+            est = estimate_run(cfg, sizes.get("trained", 0), sizes.get("control", 0), runs_dir())
+        except TLIError:
+            est = None
+        fraction, text = phase_label(status, est)
+        st.progress(min(max(fraction, 0.0), 1.0), text=text)
         if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run.id}"):
             run.request_stop()
-            st.toast("Stop requested: the run ends after its current step and saves the adapter.")
+            st.toast("Stop requested: the run ends after its current step (or forward) and saves the adapter.")
     elif run_state == "done":
         st.success(f"Done: {step} steps. Results are on the Compare page.", icon=":material/check_circle:")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare_arrows:")
     elif run_state == "stopped":
-        st.warning(status.get("message") or "Stopped.", icon=":material/stop_circle:")
-    elif run_state == "failed":
-        st.error(status.get("message") or "Failed.", icon="⚠️")
+        st.warning(md(status.get("message") or "Stopped."), icon=":material/stop_circle:")
+        if run.has_adapter() and run.summary() is None:
+            evaluation_panel(run, key=f"evaluate-{run.id}")
+    elif run_state in ("failed", "unreadable"):
+        st.error(md(status.get("message") or "Failed."), icon="⚠️")
     learn = status.get("learning_blocks")
     if learn:
         st.caption(f"Adapters that can learn: blocks {learn[0]}–{learn[-1]} (a loss on layer "

@@ -90,3 +90,15 @@ def pair_files(tmp_path, pairs_df, control_df):
 def _offline(monkeypatch):
     """Tests never reach for the hub: an unknown id must fail fast and clearly."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, tiny_model_dir):
+    """The dashboard pointed at the tiny model and a runs directory of its own, through the environment
+    variables a user would set (TLI_DEFAULT_MODEL, TLI_DEFAULT_QUANT, TLI_RUNS_DIR)."""
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(ROOT)
+    return tmp_path / "runs"

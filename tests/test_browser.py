@@ -6,7 +6,9 @@ t-test table. Screenshots go to artifacts/screenshots/ (ignored by git).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,7 +16,9 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +78,7 @@ def test_server_listens_on_localhost_only(server):
             assert s.connect_ex((address, server["port"])) != 0, f"also listening on {address}"
 
 
-def test_walk_through_scan_train_compare(server):
+def test_walk_through_scan_train_compare(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def test_walk_through_scan_train_compare(server):
         expect(sidebar.get_by_role("link", name="Layer scan")).to_be_visible()
         expect(sidebar.get_by_text("Loaded model")).to_be_visible(timeout=180_000)
         assert sidebar.get_by_role("link", name="common").count() == 0
-        assert page.url.endswith("/runs")
+        assert urlsplit(page.url).path.endswith("/runs") and "s=" in page.url  # the session id travels along
 
         # Home: the demo model loads by itself (once per server)
         page.goto(server["url"])
@@ -111,6 +115,21 @@ def test_walk_through_scan_train_compare(server):
         expect(page.get_by_text("nf4 (210 bitsandbytes layers)", exact=False)).to_be_visible()
         page.screenshot(path=str(SHOTS / "02-model.png"), full_page=True)
 
+        # Word pairs: upload a set shaped like the authors' (JSON; a Swahili word with two translations), then reload
+        authors = tmp_path / "authors_word_pairs.json"
+        shipped = pd.read_csv(ROOT / "assets" / "pairs_trained.csv").head(120)
+        rows = [{"swahili": s, "english": e} for s, e in zip(shipped["swahili"], shipped["english"], strict=True)]
+        rows.append({"swahili": rows[0]["swahili"], "english": "another sense"})
+        authors.write_text(json.dumps(rows))
+        sidebar.get_by_role("link", name="Word pairs").click()
+        expect(page.get_by_role("heading", name="Word pairs", level=1)).to_be_visible()
+        page.locator("input[type=file]").first.set_input_files(str(authors))
+        expect(page.get_by_text("Trained (121)")).to_be_visible()
+        page.reload()  # nothing uploaded is lost: the set is kept in the workspace, the session id is in the URL
+        expect(page.get_by_text("Trained (121)")).to_be_visible(timeout=120_000)
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("authors_word_pairs.json", exact=False)).to_be_visible()
+
         # Layer scan
         sidebar.get_by_role("link", name="Layer scan").click()
         page.get_by_role("button", name="Run the scan").click()
@@ -119,33 +138,64 @@ def test_walk_through_scan_train_compare(server):
         expect(page.get_by_text("Raw-cosine peak (the paper's rule)")).to_be_visible()
         page.screenshot(path=str(SHOTS / "03-scan.png"), full_page=True)
 
-        # Train one epoch on a small subset
+        # Train: the paper's layer 2 stays, the scan's suggestion is a button; the uploaded set is named
         sidebar.get_by_role("link", name="Train").click()
+        expect(page.get_by_text("authors_word_pairs.json", exact=False).first).to_be_visible()
+        expect(page.get_by_role("button", name=re.compile("^Use layer"))).to_be_visible()
+        expect(page.get_by_text("2 — block 2").first).to_be_visible()
         for label, value in (("Epochs", "1"), ("Trained subset (0 = all)", "48"),
                              ("Control subset (0 = all)", "16"), ("Warm-up steps", "2")):
             box = page.get_by_label(label, exact=True)
             box.fill(value)
-            box.press("Tab")
+            box.press("Enter")  # Enter commits the value, and never launches anything
+            page.wait_for_timeout(600)
+        expect(page.get_by_text("estimated duration", exact=False)).to_be_visible()
+        page.screenshot(path=str(SHOTS / "04a-train-form.png"), full_page=True)
+        assert not [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".")]
         page.get_by_role("button", name="Launch training").click()
+        expect(page.get_by_text("Running now:", exact=False)).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "04b-train-running.png"), full_page=True)
         expect(page.get_by_text("Done:", exact=False)).to_be_visible(timeout=300_000)
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
-        page.screenshot(path=str(SHOTS / "04-train.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / "04c-train-done.png"), full_page=True)
 
-        # Compare: the paired t-test table for trained and control
+        # Compare: the protocols side by side and the paired t-test table for trained and control
         page.get_by_role("link", name="Open Compare").click()
         expect(page.get_by_text("Paired statistics at layer", exact=False)).to_be_visible()
+        expect(page.get_by_text("The evaluation protocols side by side")).to_be_visible()
         table = page.get_by_test_id("stTable").first
         expect(table).to_contain_text("p (paired t)")
         expect(table).to_contain_text("trained")
         expect(table).to_contain_text("control")
+        page.get_by_text("paper-code (the authors' published script)").click()
+        expect(page.get_by_text("Paired statistics at layer 2 (block 2), paper-code")).to_be_visible()
         expect(page.locator(".js-plotly-plot").nth(5)).to_be_visible()
         page.screenshot(path=str(SHOTS / "05-compare.png"), full_page=True)
+        link = page.url
+        assert "run=" in link and "protocol=paper-code" in link
 
-        # Runs: the run is listed as done
-        sidebar.get_by_role("link", name="Runs").click()
-        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
-        page.screenshot(path=str(SHOTS / "06-runs.png"), full_page=True)
+        # The report: one HTML file that opens from disk, with its figures, no server needed
+        with page.expect_download(timeout=180_000) as download:
+            page.get_by_role("button", name="Export report (HTML)").click()
+        report = tmp_path / "report.html"
+        download.value.save_as(report)
+
+        # A link to this view, opened by a collaborator in a fresh browser context
+        other = browser.new_context(viewport={"width": 1500, "height": 2400})
+        view = other.new_page()
+        view.set_default_timeout(120_000)
+        parts = urlsplit(link)  # the view's own parameters, without this browser's session id
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "s"])
+        view.goto(urlunsplit(parts._replace(query=query)))
+        expect(view.get_by_text("Paired statistics at layer 2 (block 2), paper-code")).to_be_visible(timeout=180_000)
+        expect(view.locator(".js-plotly-plot").nth(5)).to_be_visible()
+        view.screenshot(path=str(SHOTS / "05b-compare-from-a-link.png"), full_page=True)
+        offline = other.new_page()
+        offline.goto(report.as_uri())
+        expect(offline.get_by_text("Results under each evaluation protocol")).to_be_visible()
+        expect(offline.locator(".js-plotly-plot").nth(3)).to_be_visible()
+        offline.screenshot(path=str(SHOTS / "12-report-from-disk.png"), full_page=False)
+        other.close()
 
         # Research views. A 2 x 2 sweep (target layers 1, 2 x ranks 4, 16) on small subsets
         sidebar.get_by_role("link", name="Sweeps").click()
@@ -160,6 +210,19 @@ def test_walk_through_scan_train_compare(server):
         expect(page.get_by_text("Best cell:", exact=False)).to_be_visible()
         expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
         page.screenshot(path=str(SHOTS / "07-sweeps.png"), full_page=True)
+
+        # Runs: two runs' results side by side (the walk-through's run and a sweep cell)
+        sidebar.get_by_role("link", name="Runs").click()
+        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+        picker = page.get_by_test_id("stMultiSelect").first
+        for option in (re.compile(r"-demo-L2-r16$"), re.compile(r"-c0$")):  # the run, and the sweep's first cell
+            picker.click()
+            page.get_by_role("option", name=option).click()
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(800)
+        expect(page.get_by_text("2 runs side by side")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.screenshot(path=str(SHOTS / "06-runs-compare.png"), full_page=True)
 
         sidebar.get_by_role("link", name="Artifact diagnostics").click()
         page.get_by_text("control", exact=True).first.click()
@@ -179,6 +242,8 @@ def test_walk_through_scan_train_compare(server):
         browser.close()
     runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".") and d.name != "sweeps"]
     assert len(runs) == 5 and all((r / "summary.json").is_file() for r in runs)  # the run and 4 sweep cells
+    status = json.loads(next(r for r in runs if "sweep" not in r.name).joinpath("status.json").read_text())
+    assert status["pairs"]["trained"]["name"].startswith("authors_word_pairs.json")
 
 
 def test_uploaded_words_and_file_names_are_shown_as_text(server, tmp_path):
@@ -212,9 +277,9 @@ def test_uploaded_words_and_file_names_are_shown_as_text(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(120_000)
         page.goto(server["url"] + "/pairs")
-        expect(page.get_by_role("heading", name="Word pairs")).to_be_visible(timeout=300_000)
+        expect(page.get_by_role("heading", name="Word pairs", level=1)).to_be_visible(timeout=300_000)
         page.locator("input[type=file]").first.set_input_files(str(name))
-        expect(page.get_by_text("Source: upload:", exact=False).first).to_contain_text(name.name)
+        expect(page.get_by_text("Source:", exact=False).first).to_contain_text(name.name)
         expect(page.get_by_text("Trained (4)")).to_be_visible()  # the words themselves sit in the grid's canvas
         page.get_by_text("Validation report").first.click()
         page.screenshot(path=str(SHOTS / "11-pairs-payload.png"), full_page=True)

@@ -384,7 +384,10 @@ def test_the_train_page_reattaches_to_the_newest_run_by_creation_not_by_name(don
 
 def test_user_text_reaches_markdown_escaped(tiny_model_dir, tmp_path, monkeypatch):
     """Words and file names are shown as text: no Markdown link, image, HTML or LaTeX is built from them."""
-    from tests.test_app import ROOT, open_page, texts
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import ROOT, texts
+    from tli_core import workspace
 
     monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
@@ -394,11 +397,14 @@ def test_user_text_reaches_markdown_escaped(tiny_model_dir, tmp_path, monkeypatc
     payload = "![t](http://127.0.0.1:9/x.png)"
     trained = pd.DataFrame({"swahili": [payload, "<img src=x>", "maji"], "english": ["a", "b", "water"]})
     control = pd.DataFrame({"swahili": [payload, ":red[x] $y$"], "english": ["c", "d"]})  # a shared headword
-    at = open_page()
     _, report = read_pairs(csv_bytes(trained), source=f"{payload}.csv")
-    at.session_state["pairs"] = {"trained": trained, "control": control}
-    at.session_state["pairs_source"] = {"trained": f"upload: {payload}.csv", "control": "upload: [x](http://e)"}
-    at.session_state["pairs_report"] = {"trained": report, "control": None}
+    t = workspace.save_pairs(trained, f"{payload}.csv", "trained", report.lines())
+    c = workspace.save_pairs(control, "[x](http://e)", "control")
+    sid = workspace.new_session_id()
+    workspace.write_session(sid, {"sets": {"trained": t.hash, "control": c.hash}})  # as an upload leaves it
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params["s"] = sid
+    at.run()
     at.switch_page("pages/pairs.py").run()
     assert not at.exception
     shown = texts(at)

@@ -206,6 +206,14 @@ def check_settings(c: TLIConfig) -> None:
             raise TLIError(f"a {name} subset needs at least 2 pairs (got {n})")
 
 
+def total_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
+    """Optimiser steps of a run (what the progress bar counts to)."""
+    per_epoch = math.ceil(n_pairs / batch_size)
+    if per_epoch > 1 and n_pairs % batch_size == 1:
+        per_epoch -= 1
+    return per_epoch * epochs
+
+
 # --------------------------------------------------------------------------- resolution against a model
 
 @dataclass(frozen=True)
@@ -273,9 +281,18 @@ def resolve(config: TLIConfig, shape: ModelShape, n_trained: int | None = None,
     if n_trained is not None:
         if n_trained < 2:
             raise TLIError(f"the trained set has {n_trained} pair(s); at least 2 are needed")
-        if n_trained < config.batch_size:
-            warnings.append(f"the trained set ({n_trained} pairs) is smaller than one batch "
+        used = min(config.trained_subset or n_trained, n_trained)
+        if used < config.batch_size:
+            warnings.append(f"the trained set ({used} pairs) is smaller than one batch "
                             f"({config.batch_size}); each step uses all of it")
+        steps = total_steps(used, config.batch_size, config.epochs)
+        if config.warmup_steps >= steps:
+            warnings.append(f"{config.warmup_steps} warm-up steps on a run of {steps} steps: the learning rate never "
+                            f"reaches {config.learning_rate:g} (the paper: 50 warm-up steps of 390)")
+        elif config.warmup_steps > steps / 2:
+            warnings.append(f"{config.warmup_steps} warm-up steps are more than half of the run's {steps} steps")
+    if config.learning_rate > 1e-2:
+        warnings.append(f"learning rate {config.learning_rate:g} is far above LoRA's usual range (the paper: 2e-4)")
     if n_control is not None and n_control == 0:
         raise TLIError("the control set is empty: TLI's claim is about unseen words; give a control file")
     return Resolved(num_layers=n, target_layers=targets, eval_layer=protocol_layers[config.protocols[0]],

@@ -17,11 +17,20 @@ COLORS = {"true": "#1f77b4", "shuffled": "#7f7f7f", "gap": "#2ca02c", "before": 
 RETRIEVAL = [("p1_nn", "P@1 NN", "solid"), ("p5_nn", "P@5 NN", "dot"), ("p1_csls", "P@1 CSLS", "solid"),
              ("p5_csls", "P@5 CSLS", "dot")]
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+NUMBERS = {"tickformat": ".3~g", "exponentformat": "none"}  # 0.0005, not Plotly's SI "500µ"
 
 
 def _layer_axis(fig, num_layers: int | None = None, row=None, col=None):
     title = "layer (0 = input embeddings" + (f", {num_layers} = final output)" if num_layers else ")")
-    fig.update_xaxes(title_text=title, dtick=1 if (num_layers or 0) <= 40 else 2, row=row, col=col)
+    n = num_layers or 0
+    fig.update_xaxes(title_text=title, tickmode="linear", tick0=0, dtick=1 if n <= 16 else 2 if n <= 40 else 4,
+                     tickangle=0, range=[-0.5, n + 0.5] if n else None, row=row, col=col)
+
+
+def _retrieval_range(values: list[float]) -> list[float]:
+    """A P@k axis scaled to the data (values are often a few %), with the chance level always on it."""
+    top = max([v for v in values if np.isfinite(v)] + [0.0])
+    return [0, min(1.02, max(top * 1.25, 0.01))]
 
 
 def _band(fig, x, mean, std, color, name, row=1, col=1):
@@ -73,9 +82,11 @@ def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | No
     for k, dash in ((1, "solid"), (5, "dot")):
         fig.add_trace(go.Scatter(x=x, y=df[f"chance_p{k}"], name=f"chance P@{k}", mode="lines",
                                  line={"color": "black", "dash": dash, "width": 1}), 2, 1)
-    fig.update_yaxes(title_text="mean cosine", row=1, col=1)
-    fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True)
-    fig.update_yaxes(title_text="precision", range=[0, 1.02], row=2, col=1)
+    fig.update_yaxes(title_text="mean cosine", row=1, col=1, **NUMBERS)
+    fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True, **NUMBERS)
+    values = [v for col, _, _ in RETRIEVAL for v in df[col]] + list(df["chance_p1"]) + list(df["chance_p5"])
+    fig.update_yaxes(title_text="precision (axis fitted to the data)", range=_retrieval_range(values), row=2, col=1,
+                     **NUMBERS)
     _layer_axis(fig, n_layers, row=2, col=1)
     flag_layers(fig, flagged, precision)
     fig.update_layout(height=640, title=title or f"Layer scan — {set_name} set ({int(df['n'].iloc[0])} pairs)"
@@ -144,27 +155,43 @@ def similarity_figure(metrics: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def fd_bins(values: np.ndarray, max_bins: int = 80) -> dict:
+    """Histogram bins by the Freedman–Diaconis rule (2 IQR / n^(1/3)), shared by before and after."""
+    values = values[np.isfinite(values)]
+    lo, hi = float(values.min()), float(values.max())
+    iqr = float(np.subtract(*np.percentile(values, [75, 25])))
+    width = 2 * iqr / len(values) ** (1 / 3) if iqr > 0 else 0.0
+    if width <= 0 or hi <= lo:
+        width = max(hi - lo, 1e-6) / 10
+    width = max(width, (hi - lo) / max_bins)
+    return {"start": lo, "end": hi + width, "size": width}
+
+
 def distribution_figure(pairs: pd.DataFrame, set_name: str, kind: str = "histogram",
                         before: str = "before", after: str = "after") -> go.Figure:
     df = pairs[pairs["set"] == set_name] if "set" in pairs else pairs
     fig = go.Figure()
+    bins = fd_bins(np.concatenate([df[before].to_numpy(float), df[after].to_numpy(float)]))
     for col, label in ((before, "before"), (after, "after")):
         if kind == "violin":
             fig.add_trace(go.Violin(y=df[col], name=label, box_visible=True, meanline_visible=True,
                                     line_color=COLORS[label], points="outliers"))
         else:
             fig.add_trace(go.Histogram(x=df[col], name=label, opacity=0.55, marker_color=COLORS[label],
-                                       nbinsx=40))
+                                       xbins=bins, autobinx=False))
     if kind == "violin":
         fig.update_layout(yaxis_title="cosine")
+        fig.update_yaxes(**NUMBERS)
     else:
-        fig.update_layout(barmode="overlay", xaxis_title="cosine", yaxis_title="pairs")
-        for col, label in ((before, "before"), (after, "after")):
-            fig.add_vline(x=float(df[col].mean()), line_color=COLORS[label], line_dash="dash",
-                          annotation_text=f"mean {label} {df[col].mean():.4f}",
-                          annotation_position="top left" if label == "before" else "top right")
+        fig.update_layout(barmode="overlay", xaxis_title="cosine (bins: Freedman–Diaconis)", yaxis_title="pairs")
+        fig.update_xaxes(**NUMBERS)
+        for col, label in ((before, "before"), (after, "after")):  # means in the legend: labels never collide
+            mean = float(df[col].mean())
+            fig.add_vline(x=mean, line_color=COLORS[label], line_dash="dash")
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"mean {label} {mean:.4f}",
+                                     line={"color": COLORS[label], "dash": "dash"}))
     fig.update_layout(title=f"{set_name}: similarity before vs after (n = {len(df)})", height=360,
-                      legend={"orientation": "h", "y": -0.2})
+                      legend={"orientation": "h", "y": -0.25})
     return fig
 
 
@@ -221,9 +248,39 @@ def before_after_curve_figure(curve: pd.DataFrame, set_name: str, eval_layer: in
     for k in target_layers or []:
         marks[f"target {k}"] = k
     mark_layers(fig, marks)
-    _layer_axis(fig, int(df["layer"].max()), row=2, col=1)
-    fig.update_layout(title=f"{set_name}: layer curve before vs after", height=520,
-                      legend={"orientation": "h", "y": -0.15}, hovermode="x unified")
+    n = int(df["layer"].max())
+    _layer_axis(fig, n, row=1, col=1)
+    _layer_axis(fig, n, row=2, col=1)
+    fig.update_xaxes(title_text="", row=1, col=1)
+    fig.update_yaxes(row=1, col=1, **NUMBERS)
+    fig.update_yaxes(title_text="P@1", row=2, col=1, range=_retrieval_range(list(df["p1_csls"]) +
+                                                                            list(df["chance_p1"])), **NUMBERS)
+    fig.update_layout(title=f"{set_name}: layer curve before vs after", height=540,
+                      legend={"orientation": "h", "y": -0.18}, hovermode="x unified")
+    return fig
+
+
+def runs_curve_figure(curves: pd.DataFrame, set_name: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """Several runs' layer curves on one plot: before (dashed) and after (solid) true-pair cosine per run, and the
+    gap over the shuffled baseline below."""
+    df = curves[curves["set"] == set_name]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.6, 0.4],
+                        subplot_titles=("true-pair cosine (dashed: before, solid: after)",
+                                        "gap over the shuffled baseline"))
+    for i, (run, d) in enumerate(df.groupby("run", sort=False)):
+        color, name = palette[i % len(palette)], (labels or {}).get(run, run)
+        for phase, dash in (("before", "dash"), ("after", "solid")):
+            p = d[d["phase"] == phase].sort_values("layer")
+            fig.add_trace(go.Scatter(x=p["layer"], y=p["true_mean"], mode="lines", name=f"{name}: {phase}",
+                                     line={"color": color, "dash": dash}, legendgroup=run), 1, 1)
+            fig.add_trace(go.Scatter(x=p["layer"], y=p["gap"], mode="lines", showlegend=False, legendgroup=run,
+                                     line={"color": color, "dash": dash}, name=f"{name}: gap {phase}"), 2, 1)
+    n = int(df["layer"].max()) if not df.empty else 0
+    _layer_axis(fig, n, row=2, col=1)
+    fig.update_yaxes(**NUMBERS)
+    fig.update_layout(title=f"{set_name}: the runs' layer curves", height=540, hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.18})
     return fig
 
 
@@ -260,7 +317,10 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: in
                       line={"color": "gold", "width": 4})
     correction = results.attrs.get("correction", "bh")
     fig.update_layout(title=title or f"{value} per cell (* = significant after {correction.upper()} correction)",
-                      height=160 + 70 * len(rows), xaxis_title="LoRA rank", yaxis_title="target layer · placement")
+                      height=max(340, 160 + 70 * len(rows)), xaxis_title="LoRA rank",
+                      yaxis_title="target layer · placement")
+    fig.update_traces(colorbar={"len": 1.0, "thickness": 14, "tickformat": ".3~g", "exponentformat": "none",
+                                "title": {"side": "right"}})
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -305,7 +365,8 @@ def variants_figure(curves: pd.DataFrame, set_name: str = "trained") -> go.Figur
 def embedding_map_figure(points: pd.DataFrame, title: str = "Embedding map") -> go.Figure:
     """2-D map: one panel per phase, Swahili and English coloured, trained/control by symbol, pairs joined."""
     phases = list(dict.fromkeys(points["phase"]))
-    fig = make_subplots(rows=1, cols=len(phases), subplot_titles=phases, horizontal_spacing=0.05)
+    fig = make_subplots(rows=1, cols=len(phases), subplot_titles=phases, horizontal_spacing=0.05,
+                        shared_xaxes=True, shared_yaxes=True)
     for j, phase in enumerate(phases, 1):
         d = points[points["phase"] == phase]
         sw, en = d[d["language"] == "swahili"].set_index("pair"), d[d["language"] == "english"].set_index("pair")
@@ -328,7 +389,11 @@ def embedding_map_figure(points: pd.DataFrame, title: str = "Embedding map") -> 
                     customdata=np.stack([s["word"], s["partner"]], axis=-1),
                     hovertemplate="%{customdata[0]} (↔ %{customdata[1]})<extra>" + f"{lang}, {set_name}</extra>"),
                     1, j)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    # one joint projection: both panels on the same axes, so a point's move is a move on the page
+    pad = 0.05
+    xr, yr = points["x"].agg(["min", "max"]), points["y"].agg(["min", "max"])
+    dx, dy = (xr["max"] - xr["min"]) * pad or 1.0, (yr["max"] - yr["min"]) * pad or 1.0
+    fig.update_xaxes(showticklabels=False, range=[xr["min"] - dx, xr["max"] + dx])
+    fig.update_yaxes(showticklabels=False, range=[yr["min"] - dy, yr["max"] + dy])
     fig.update_layout(title=title, height=620, legend={"orientation": "h", "y": -0.05})
     return fig

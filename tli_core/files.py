@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -28,6 +30,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # what open() would have given, not mkstemp's private 0600
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

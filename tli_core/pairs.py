@@ -8,6 +8,7 @@ A pair set is a pandas DataFrame with at least the columns ``swahili`` and ``eng
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -261,6 +262,11 @@ def read_pairs(data: bytes | str | Path, source: str | None = None, fmt: str | N
     report.ambiguous_swahili = sorted(df.loc[df.swahili.duplicated(keep=False), "swahili"].unique())
     report.ambiguous_english = sorted(df.loc[df.english.duplicated(keep=False), "english"].unique())
     return df, report
+
+
+def pairs_hash(df: pd.DataFrame) -> str:
+    """Content hash of a pair set (its Swahili and English columns, in order): its identity everywhere."""
+    return hashlib.sha1(df[["swahili", "english"]].to_csv(index=False).encode("utf-8")).hexdigest()[:16]
 
 
 def load_pairs(path: str | Path, **kw) -> pd.DataFrame:

@@ -39,7 +39,7 @@ from .errors import TLIError
 from .files import publish_dir, read_csv, read_json_checked, write_csv, write_json
 from .jobs.jobdir import JobDir
 from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
-from .pairs import load_pairs
+from .pairs import load_pairs, pairs_hash
 
 STATES = ("queued", "running", "done", "failed", "stopped", "imported")
 
@@ -82,6 +82,18 @@ class Run(JobDir):
 
     def config_dict(self) -> dict:
         return read_json_checked(self.path / "config.json", {}, dict)[0]
+
+    def meta(self) -> dict:
+        """What the user wrote about the run: a display name and notes (meta.json; {} if none or unreadable)."""
+        return read_json_checked(self.path / "meta.json", {}, dict)[0]
+
+    def set_meta(self, **changes) -> dict:
+        meta = dict(self.meta(), **changes)
+        try:
+            write_json(self.path / "meta.json", meta)
+        except OSError as exc:
+            raise TLIError(f"could not save the run's notes in {self.path}: {exc.strerror or exc}") from None
+        return meta
 
     def model_spec(self):
         """The run's model (None when its config cannot be read): for filtering runs by model."""
@@ -276,7 +288,8 @@ def check_run_name(name: str, what: str = "run name") -> str:
 
 def create_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
                control: pd.DataFrame | None = None, name: str | None = None, status: dict | None = None,
-               adapter_from: str | Path | None = None, slug: str | None = None) -> Run:
+               adapter_from: str | Path | None = None, slug: str | None = None,
+               pair_names: dict[str, str] | None = None) -> Run:
     """Make a run directory (queued, unless ``status`` says otherwise) holding the config and copies of the pairs
     it will use (and, for an imported run, its adapter). All or nothing: on any error, nothing is left behind."""
     runs_dir = Path(runs_dir or default_runs_dir())
@@ -294,8 +307,12 @@ def create_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: p
             (tmp / "adapter").mkdir()
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 shutil.copyfile(Path(adapter_from) / f, tmp / "adapter" / f)
+        sets = {role: {"name": (pair_names or {}).get(role) or Path(path).name, "hash": pairs_hash(df),
+                       "rows": len(df)}
+                for role, df, path in (("trained", trained, config.trained_pairs),
+                                       ("control", control, config.control_pairs))}
         write_json(tmp / "status.json", {"state": "queued", "phase": "queued", "created": now(), "updated": now(),
-                                         "created_ns": time.time_ns(),
+                                         "created_ns": time.time_ns(), "pairs": sets,
                                          "host": socket.gethostname(), "step": 0, "total_steps": None,
                                          **(status or {})})
         path, i = runs_dir / base, 1
@@ -381,30 +398,41 @@ def active_runs(runs_dir: str | Path | None = None) -> list[Run]:
 
 
 def headline(run: Run) -> dict:
-    """One row for the runs table: status, key settings, headline results (never raises: a run whose files
-    cannot be read is listed as unreadable, saying which file and why)."""
+    """One row for the runs table, what matters first: name, pairs, where, rank, protocol, changes, p, state.
+
+    Never raises: a run whose files cannot be read is listed as unreadable, saying which file and why.
+    """
     problems = run.problems()
     st, cfg, summ = run.status(), run.config_dict(), run.summary() or {}
     if problems:
         st = dict(st, state="unreadable", message="unreadable: " + "; ".join(problems))
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     groups = summ.get("groups", {})
+    sets = st.get("pairs") if isinstance(st.get("pairs"), dict) else {}
+    layers = cfg.get("target_layers")
     row = {
-        "run": run.id, "state": st.get("state"), "phase": st.get("phase"),
-        "step": f"{st.get('step', 0)}/{st.get('total_steps') or '?'}",
-        "created": st.get("created"), "model": model.get("model"), "quant": model.get("quantization"),
-        "target layers": ",".join(map(str, cfg.get("target_layers") or []))
-        if isinstance(cfg.get("target_layers"), list) else cfg.get("target_layers"),
-        "protocol": summ.get("headline") or ("legacy" if groups else None),
-        "eval layer": summ.get("eval_layer", cfg.get("eval_layer")), "rank": cfg.get("lora_r"),
-        "blocks": cfg.get("adapter_blocks"), "epochs": cfg.get("epochs"), "loss": cfg.get("loss"),
+        "run": run.id, "name": run.meta().get("name") or "",
+        "pairs": " / ".join(f"{v.get('name', '?')} · {str(v.get('hash', ''))[:8]}" for v in sets.values()
+                            if isinstance(v, dict)),
+        "target layers": ",".join(map(str, layers)) if isinstance(layers, list) else layers,
+        "rank": cfg.get("lora_r"), "protocol": summ.get("headline") or ("legacy" if groups else None),
+        "eval layer": summ.get("eval_layer"),
     }
+    for g in ("trained", "control"):
+        s = groups.get(g) or {}
+        row[f"{g} change"] = s.get("change")
+        row[f"{g} % change"] = s.get("pct_change")
+    row["control p"] = (groups.get("control") or {}).get("p")
+    row["trained p"] = (groups.get("trained") or {}).get("p")
+    row.update({"state": st.get("state"), "phase": st.get("phase"),
+                "step": f"{st.get('step', 0)}/{st.get('total_steps') or '?'}", "created": st.get("created"),
+                "model": model.get("model"), "quant": model.get("quantization"), "blocks": cfg.get("adapter_blocks"),
+                "epochs": cfg.get("epochs"), "loss": cfg.get("loss")})
     for g in ("trained", "control"):
         s = groups.get(g) or {}
         row[f"{g} before"] = s.get("mean_before")
         row[f"{g} after"] = s.get("mean_after")
-        row[f"{g} % change"] = s.get("pct_change")
-        row[f"{g} p"] = s.get("p")
+    row["notes"] = run.meta().get("notes") or ""
     row["message"] = st.get("message", "")
     return row
 
@@ -424,12 +452,34 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def diff_configs(a: Run, b: Run, only_different: bool = True) -> pd.DataFrame:
-    """Setting-by-setting comparison of two runs' configs."""
-    fa, fb = _flatten(a.config_dict()), _flatten(b.config_dict())
+def diff_configs(*runs: Run, only_different: bool = True) -> pd.DataFrame:
+    """Setting-by-setting comparison of several runs' configs (one column per run)."""
+    flat = [_flatten(r.config_dict()) for r in runs]
     rows = []
-    for key in sorted(set(fa) | set(fb)):
-        va, vb = fa.get(key), fb.get(key)
-        if not only_different or va != vb:
-            rows.append({"setting": key, a.id: json.dumps(va), b.id: json.dumps(vb)})
-    return pd.DataFrame(rows, columns=["setting", a.id, b.id])
+    for key in sorted(set().union(*flat)):
+        values = [json.dumps(f.get(key)) for f in flat]
+        if not only_different or len(set(values)) > 1:
+            rows.append({"setting": key, **{r.id: v for r, v in zip(runs, values, strict=True)}})
+    return pd.DataFrame(rows, columns=["setting"] + [r.id for r in runs])
+
+
+def results_side_by_side(runs: list[Run]) -> pd.DataFrame:
+    """One row per (run, set) of each run's headline results, with how they were measured."""
+    rows = []
+    for run in runs:
+        summary = run.summary() or {}
+        for group, g in (summary.get("groups") or {}).items():
+            rows.append({"run": run.id, "name": run.meta().get("name") or "", "set": group,
+                         "protocol": summary.get("headline") or "legacy", "layer": summary.get("eval_layer"),
+                         "pooling": summary.get("pooling"), "precision": summary.get("precision"), "n": g.get("n"),
+                         "mean before": g.get("mean_before"), "mean after": g.get("mean_after"),
+                         "change": g.get("change"), "% change": g.get("pct_change"), "p (paired t)": g.get("p"),
+                         "gap before": g.get("gap_before"), "gap after": g.get("gap_after"),
+                         "P@1 CSLS before": g.get("p1_csls_before"), "P@1 CSLS after": g.get("p1_csls_after")})
+    return pd.DataFrame(rows)
+
+
+def curves_side_by_side(runs: list[Run]) -> pd.DataFrame:
+    """Each run's before/after layer curve (headline protocol) in one long table with a ``run`` column."""
+    frames = [c.assign(run=r.id) for r in runs if (c := r.table("curve")) is not None]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -148,6 +148,11 @@ def prepare_compare(df: pd.DataFrame, before: str, after: str, group: str | None
     return CompareInput(df=out, before=before, after=after, group=group, dropped=int(missing.sum()))
 
 
+def guess_group_column(columns) -> str | None:
+    """The column an imported per-pair table groups by: one called 'set' or 'group' (any case), if any."""
+    return next((c for c in columns if str(c).strip().lower() in ("set", "group")), None)
+
+
 def compare_table(df: pd.DataFrame, before: str, after: str, group: str | None = None,
                   drop_nan: bool = False, seed: int = 0) -> tuple[pd.DataFrame, CompareInput]:
     """Statistics per group for any per-pair before/after table (e.g. one published with a paper)."""

@@ -193,8 +193,14 @@ def run_sweep(sweep: Sweep, progress=None) -> dict:
             if sweep.stop_requested() or status.get("state") == "stopped":
                 return sweep.update_status(state="stopped", message="stopped")
         finished = all(c["state"] in ("done", "invalid") for c in cells)
+        invalid = [c for c in cells if c["state"] == "invalid"]
+        if len(invalid) == len(cells):  # nothing could run: say why, not "done"
+            return sweep.update_status(state="invalid", finished=now(),
+                                       message=f"no cell could run: {invalid[0]['reason']}")
         return sweep.update_status(state="done" if finished else "failed", finished=now(),
-                                   message="" if finished else "some cells failed; start the sweep again to retry them")
+                                   message=(f"{len(invalid)} of {len(cells)} cells could not run (see each cell's "
+                                            f"reason)" if invalid else "") if finished else
+                                   "some cells failed; start the sweep again to retry them")
     finally:
         lock.release()
 

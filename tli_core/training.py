@@ -13,7 +13,6 @@ initial value (LoRA's B = 0, i.e. no change). The tool reports both facts with e
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .alignment import PairIndex, pair_index
-from .config import Resolved, TLIConfig
+from .config import Resolved, TLIConfig, total_steps
 from .embeddings import Tokenised, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
 
@@ -230,11 +229,3 @@ def gradient_blocks(peft_model) -> list[int]:
             if m:
                 blocks.add(int(m.group(1)) + 1)
     return sorted(blocks)
-
-
-def total_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
-    """Optimiser steps of a run (what the progress bar counts to)."""
-    per_epoch = math.ceil(n_pairs / batch_size)
-    if per_epoch > 1 and n_pairs % batch_size == 1:
-        per_epoch -= 1
-    return per_epoch * epochs

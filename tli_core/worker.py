@@ -20,7 +20,7 @@ import time
 import traceback
 
 from .adapters import load_adapter, strip_adapters
-from .config import Resolved, TLIConfig, resolve
+from .config import Resolved, TLIConfig, resolve, total_steps
 from .errors import OverlapError, TLIError
 from .evaluation import embed_sets, evaluate, merge_difference, merged_adapter, write_eval
 from .files import write_json
@@ -30,7 +30,7 @@ from .pairs import check_leakage, load_pairs
 from .progress import Progress, no_progress
 from .protocols import Protocol, get_protocol, resolve_eval_layer
 from .runs import Run
-from .training import attach_lora, gradient_blocks, total_steps, train
+from .training import attach_lora, gradient_blocks, train
 
 
 def check_config(config: TLIConfig, trained=None, control=None) -> tuple[Resolved, list[str]]:
@@ -79,6 +79,35 @@ def _stoppable(progress: Progress, stop: _StopFlag, phase: str) -> Progress:
     return report
 
 
+class RunProgress:
+    """Every progress report of a run, also written into its status.json (at most twice a second, and at each
+    new phase), with the seconds each finished phase took: what the dashboard's progress and ETA read."""
+
+    def __init__(self, run: Run, downstream: Progress = no_progress):
+        self.run, self.downstream = run, downstream
+        self.phase, self.started, self.written = None, 0.0, 0.0
+        self.times: dict[str, float] = {}
+
+    def __call__(self, phase: str, done: float, total: float | None, detail: str = "") -> None:
+        t = time.monotonic()
+        new = phase != self.phase
+        if new:
+            self.close_phase(t)
+            self.phase, self.started = phase, t
+        if new or t - self.written > 0.5 or (total and done >= total):
+            self.run.update_status(phase=phase, phase_times=self.times, progress={
+                "phase": phase, "done": done, "total": total, "detail": detail,
+                "phase_seconds": round(t - self.started, 2)})
+            self.written = t
+        self.downstream(phase, done, total, detail)
+
+    def close_phase(self, t: float | None = None) -> None:
+        if self.phase is not None:
+            self.times[self.phase] = round(self.times.get(self.phase, 0.0) + (t or time.monotonic()) - self.started,
+                                           3)
+            self.phase = None
+
+
 def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False, lm=None) -> dict:
     """Train and evaluate ``run``; returns the final status. Never raises for user errors.
 
@@ -92,6 +121,7 @@ def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False,
                                  message=f"another training job holds the lock ({holder}); one job at a time")
     stop = _StopFlag(run)
     previous = signal.signal(signal.SIGTERM, stop.handle) if _main_thread() else None
+    progress = RunProgress(run, progress)
     try:
         return _execute(run, progress, stop, lm)
     except Stopped as exc:
@@ -113,6 +143,9 @@ def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False,
             return status
         raise
     finally:
+        progress.close_phase()
+        with contextlib.suppress(OSError):
+            run.update_status(phase_times=progress.times)
         run.clear_stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -149,8 +182,12 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     run.update_status(phase="loading model", warnings=warnings, eval_layer=resolved.eval_layer,
                       target_layers=resolved.target_layers, resolved=resolved.to_dict())
     if lm is None or lm.spec != config.model:
-        progress("loading model", 0, 1, config.model.label())
-        lm = load_model(config.model, progress=lambda phase, done, total, detail="": run.log(f"load: {detail}"))
+        def loading(phase, done, total, detail=""):
+            run.log(f"load: {detail}")
+            progress("loading model", done, total, detail)
+
+        loading("loading model", 0, 100, config.model.label())
+        lm = load_model(config.model, progress=loading)
     if stop():
         raise Stopped("loading the model")
     write_json(run.path / "model_facts.json", lm.facts.__dict__)
@@ -201,6 +238,8 @@ def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, pef
             last_write[0] = time.monotonic()
         progress("training", m["step"], m["total_steps"], f"loss {m['loss']:.4f}")
 
+    progress("training", 0, total, "")
+
     def on_epoch(epoch: int, model) -> None:
         run.save_adapter(model, run.path / "checkpoints" / f"epoch_{epoch}")
         run.log(f"epoch {epoch} done; adapter saved to checkpoints/epoch_{epoch}")
@@ -218,6 +257,7 @@ def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, pef
     if result.state == "stopped" and result.steps == 0:
         return run.update_status(state="stopped", phase="stopped", finished=now(), train=train_info,
                                  message="stopped before the first training step (no adapter)")
+    progress("saving the adapter", 0, 1, "")
     run.save_adapter(peft_model, run.adapter_dir)
     if result.state == "stopped":
         return run.update_status(state="stopped", phase="stopped", finished=now(), step=result.steps,
@@ -248,7 +288,9 @@ def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: Load
                                       progress_for("embedding after (adapter merged)"))
         merge_diff = {pooling: merge_difference(after[pooling], merged_after[pooling]) for pooling in merged_poolings}
     summaries = {}
-    for p in local:
+    report = progress_for("evaluating")
+    for i, p in enumerate(local):
+        report("evaluating", i, len(local), p.name)
         layer = resolve_eval_layer(p.layer, resolved.num_layers, resolved.target_layers)
         after_p = merged_after[p.pooling] if p.merged else after[p.pooling]
         extra = {"merge_vs_attached": merge_diff.get(p.pooling)} if p.merged else {}

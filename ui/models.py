@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -12,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from tli_core import workspace
 from tli_core.alignment import scan
 from tli_core.demo import DEMO
-from tli_core.files import write_csv
+from tli_core.errors import TLIError
 from tli_core.models import LoadedModel, ModelSpec, load_model
-from tli_core.pairs import DEFAULT_CONTROL, DEFAULT_TRAINED, read_pairs
+from tli_core.pairs import pairs_hash
 from tli_core.runs import default_runs_dir
 
 from . import state
@@ -120,44 +120,67 @@ def require_model() -> LoadedModel:
 
 # --------------------------------------------------------------------------- word pairs of this session
 
+ROLES = ("trained", "control")
+
+
 def get_pairs() -> dict[str, pd.DataFrame]:
-    """The session's trained and control sets (the shipped defaults until the user uploads others)."""
+    """The session's trained and control sets: the ones this browser chose (kept on disk, so a reload or a server
+    restart brings them back), else the ones chosen last on this server, else the shipped defaults."""
     if state.pairs_state() is None:
-        trained, t_report = read_pairs(DEFAULT_TRAINED)
-        control, c_report = read_pairs(DEFAULT_CONTROL)
-        state.set_pairs_state({"trained": trained, "control": control},
-                              {"trained": "default (assets/pairs_trained.csv)",
-                               "control": "default (assets/pairs_control.csv)"},
-                              {"trained": t_report, "control": c_report})
+        chosen = state.persisted("sets") or workspace.last_sets()
+        sets, metas = {}, {}
+        for role in ROLES:
+            try:
+                sets[role], metas[role] = workspace.load_pairset(chosen.get(role, ""))
+            except TLIError:
+                meta = workspace.default_pairsets()[role]
+                sets[role], metas[role] = workspace.load_pairset(meta.hash)
+        state.set_pairs_state(sets, metas, {role: metas[role].report for role in ROLES})
+        state.persist("sets", {role: metas[role].hash for role in ROLES})
     return state.pairs_state()[0]
 
 
-def pair_sources() -> dict[str, str]:
+def pair_sources() -> dict[str, workspace.PairSet]:
+    """role -> the set's record: its file name, short hash (``.label``), rows, upload time."""
     get_pairs()
     return state.pairs_state()[1]
 
 
-def pair_reports() -> dict:
+def pair_reports() -> dict[str, list[str]]:
     get_pairs()
     return state.pairs_state()[2]
 
 
-def set_pairs(which: str, df: pd.DataFrame, source: str, report) -> None:
+def pair_names() -> dict[str, str]:
+    return {role: meta.label for role, meta in pair_sources().items()}
+
+
+def set_pairs(which: str, df: pd.DataFrame, name: str, report_lines: list[str] | None = None) -> None:
+    """Make ``df`` the session's ``which`` set; it is kept in the workspace under its content hash."""
     get_pairs()
-    sets, sources, reports = state.pairs_state()
-    sets[which], sources[which], reports[which] = df, source, report
+    meta = workspace.save_pairs(df, name, which, report_lines)
+    sets, metas, reports = state.pairs_state()
+    sets[which], metas[which], reports[which] = df, meta, meta.report
+    hashes = {role: metas[role].hash for role in ROLES}
+    state.persist("sets", hashes)
+    workspace.remember_sets(hashes["trained"], hashes["control"])
+
+
+def use_saved_pairs(which: str, h: str) -> None:
+    df, meta = workspace.load_pairset(h)
+    set_pairs(which, df, meta.name, meta.report)
 
 
 def frame_hash(df: pd.DataFrame) -> str:
-    return hashlib.sha1(df[["swahili", "english"]].to_csv(index=False).encode()).hexdigest()[:16]
+    return pairs_hash(df)
 
 
 def pairs_file(df: pd.DataFrame) -> str:
-    """A stable file for a pair set (content-addressed), so a run's config.json points at real data."""
-    path = runs_dir() / ".pairs" / f"{frame_hash(df)}.csv"
-    if not path.is_file():
-        write_csv(path, df)
-    return str(path)
+    """The workspace file of a pair set (content-addressed), so a run's config.json points at real data."""
+    h = pairs_hash(df)
+    if workspace.get_pairset(h) is None:
+        workspace.save_pairs(df, f"{h[:8]}.csv")
+    return str(workspace.pairset_path(h))
 
 
 # --------------------------------------------------------------------------- scans, cached by model, pairs, settings

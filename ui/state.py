@@ -6,6 +6,8 @@ from typing import Any
 
 import streamlit as st
 
+from tli_core import workspace
+
 _MODEL = "model_key"
 _PAIRS = "pairs"
 _SOURCES = "pairs_source"
@@ -89,6 +91,101 @@ def set_watched_sweep(sweep_id: str) -> None:
     st.session_state[_WATCHED_SWEEP] = sweep_id
 
 
+def shown_protocol(run_id: str) -> str | None:
+    """The protocol Compare showed last for this run in this session (None: first view, e.g. from a link)."""
+    return st.session_state.get(f"shown-protocol-{run_id}")
+
+
+def set_shown_protocol(run_id: str, protocol: str) -> None:
+    st.session_state[f"shown-protocol-{run_id}"] = protocol
+
+
 def results(page: str) -> dict:
     """A page's own store of computed results (diagnostics, maps, probes), kept for the session."""
     return st.session_state.setdefault(f"{_RESULTS}-{page}", {})
+
+
+# --------------------------------------------------------------------------- what survives a reload
+
+_SID = "session_id"
+_PERSIST = "persisted"
+
+
+def session_id() -> str:
+    """This browser session's id: from the URL (?s=...) after a reload, else a new one. Its state is on disk."""
+    if _SID not in st.session_state:
+        sid = st.query_params.get("s")
+        if not workspace.valid_session_id(sid):
+            sid = workspace.new_session_id()
+        st.session_state[_SID] = sid
+        st.session_state[_PERSIST] = workspace.read_session(sid)
+    return st.session_state[_SID]
+
+
+def keep_session_in_url() -> None:
+    """Called by app.py on every run: the id stays in the URL whatever page the user opens."""
+    sid = session_id()
+    if st.query_params.get("s") != sid:
+        st.query_params["s"] = sid
+
+
+def persisted(key: str, default: Any = None) -> Any:
+    session_id()
+    return st.session_state[_PERSIST].get(key, default)
+
+
+def persist(key: str, value: Any) -> None:
+    """Remember ``value`` for this browser session, on disk (a reload or a server restart keeps it)."""
+    sid = session_id()
+    data = st.session_state[_PERSIST]
+    if data.get(key) != value:
+        data[key] = value
+        workspace.write_session(sid, data)
+
+
+# --------------------------------------------------------------------------- forms whose values survive a reload
+
+def form_key(form: str, field: str) -> str:
+    return f"{form}-{field}"
+
+
+def init_form(form: str, defaults: dict, fits=None) -> None:
+    """Give each field of ``form`` its value before the widgets are drawn: this session's last value, else the
+    draft kept on disk (a reload), else the default. ``fits(field, value)`` drops values a widget cannot take."""
+    draft = persisted(f"form-{form}") or {}
+    for field, default in defaults.items():
+        k = form_key(form, field)
+        if k in st.session_state:
+            continue
+        value = draft.get(field, default)
+        if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
+            value = default
+        if fits is not None and not fits(field, value):
+            value = default
+        st.session_state[k] = value
+
+
+def form_value(form: str, field: str) -> Any:
+    return st.session_state.get(form_key(form, field))
+
+
+def set_form_value(form: str, field: str, value: Any) -> None:
+    """Only before the field's widget is drawn in this run (a button above the form, then a rerun)."""
+    st.session_state[form_key(form, field)] = value
+
+
+def reset_form(form: str, defaults: dict) -> None:
+    for field, default in defaults.items():
+        st.session_state[form_key(form, field)] = default
+
+
+def save_form(form: str, defaults: dict) -> None:
+    """Keep what the user typed (called after the widgets are drawn)."""
+    persist(f"form-{form}", {field: st.session_state.get(form_key(form, field), default)
+                             for field, default in defaults.items()})
+
+
+def scan_seconds_per_word(spec) -> float | None:
+    """What the last layer scan of this model measured, for duration estimates before the first run."""
+    sugg = scan_suggestion()
+    return sugg.get("seconds_per_word") if sugg and sugg.get("model") == spec else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pandas as pd
 import streamlit as st
 
@@ -11,10 +13,10 @@ from tli_core.files import csv_bytes
 from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.layers import CONVENTION
 from tli_core.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
-from tli_core.runs import active_runs
+from tli_core.runs import active_runs, newest
 
 from .models import current_model, runs_dir
-from .state import pairs_state
+from .state import pairs_state, persist, persisted
 
 _MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$:&=\"'")
 
@@ -76,7 +78,8 @@ def sidebar() -> None:
         pairs = pairs_state()
         if pairs:
             st.markdown("### Word pairs")
-            st.caption(f"trained {len(pairs[0]['trained'])} · control {len(pairs[0]['control'])}")
+            st.caption("  \n".join(f"{role} {len(pairs[0][role])}: {md(pairs[1][role].label)}"
+                                   for role in ("trained", "control")))
         try:
             active = active_runs(runs_dir())
         except OSError:
@@ -127,3 +130,49 @@ def evaluation_panel(run, key: str) -> None:
 def _poll_evaluation(run) -> None:
     if not run.is_evaluating():
         st.rerun(scope="app")
+
+
+def run_label(run) -> str:
+    name = run.meta().get("name")
+    return f"{run.id}" + (f" “{name}”" if name else "") + f" — {run.status().get('state')}"
+
+
+def run_picker(runs: list, label: str = "Run", none_label: str | None = None, key: str = "run-picker"):
+    """A run chosen by the link (?run=...), else the one this browser opened last, else the newest finished one;
+    the choice goes back into the link and into the session's memory."""
+    by_id = {r.id: r for r in runs}
+    wanted = st.query_params.get("run")
+    if wanted not in by_id:
+        wanted = persisted("last_run")
+    if wanted not in by_id:
+        pick = newest(runs, ("done",)) or newest(runs)
+        wanted = pick.id if pick else None
+    options = ([None] if none_label else []) + list(by_id)
+    chosen = st.selectbox(label, options, index=options.index(wanted) if wanted in options else 0, key=key,
+                          format_func=lambda rid: none_label if rid is None else run_label(by_id[rid]))
+    if chosen is None:
+        st.query_params.pop("run", None)
+        return None
+    persist("last_run", chosen)
+    if st.query_params.get("run") != chosen:
+        st.query_params["run"] = chosen
+    return by_id[chosen]
+
+
+def reflect(**params) -> None:
+    """Put a view's state into its link (values None are taken out)."""
+    for name, value in params.items():
+        if value is None:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
+
+
+def copy_link(*names: str) -> None:
+    """The link to this view (only the view's own parameters: a collaborator gets the view, not the session)."""
+    base = (st.context.url or "").split("?")[0]
+    query = urlencode({n: st.query_params[n] for n in names if n in st.query_params})
+    with st.popover("Copy link", icon=":material/link:"):
+        st.caption("A link to exactly this view (run, protocol, layer, set). Anyone who can reach this server opens "
+                   "the same view.")
+        st.code(f"{base}?{query}" if query else base, language=None)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import TLIError
-from ..files import read_csv, write_csv
+from ..files import read_csv, write_bytes, write_csv, write_text
+from ..report import build_bundle, build_report, static_images_available
 from ..runs import delete_run, diff_configs, load_run, runs_table
 from ..stats import compare_table, format_stats
 
@@ -19,8 +20,9 @@ def cmd_runs(args) -> int:
         print(f"deleted run {run.id}")
         return 0
     if args.diff:
-        a, b = (load_run(x, args.runs_dir) for x in args.diff)
-        print(diff_configs(a, b).to_string(index=False))
+        if len(args.diff) < 2:
+            raise TLIError("--diff needs two or more runs")
+        print(diff_configs(*(load_run(x, args.runs_dir) for x in args.diff)).to_string(index=False))
         return 0
     if args.stop is not None:
         run = load_run(args.stop, args.runs_dir)
@@ -32,9 +34,24 @@ def cmd_runs(args) -> int:
         print("no runs yet")
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        cols = ["run", "state", "step", "target layers", "rank", "epochs", "trained % change", "control % change",
-                "control p"]
+        cols = ["run", "name", "state", "step", "target layers", "rank", "protocol", "trained % change",
+                "control % change", "control p"]
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    run = load_run(args.run, args.runs_dir)
+    if run.summary() is None:
+        raise TLIError(f"run {run.id} has no results to report yet; evaluate it first")
+    if args.zip:
+        write_bytes(args.zip, build_bundle(run))
+        print(f"wrote {args.zip} (report, tables, figures as SVG/PNG"
+              + ("" if static_images_available() else ": none, no Chrome/Chromium found") + ", adapter)")
+    out = args.out or (None if args.zip else f"{run.id}-report.html")
+    if out:
+        write_text(out, build_report(run))
+        print(f"wrote {out} (self-contained; open it in any browser, offline)")
     return 0
 
 
@@ -80,9 +97,20 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="write the statistics table to this CSV")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("report", help="export a run as one self-contained HTML report (and a ZIP bundle)",
+                       description="Write the run's report: interactive figures, statistics under every evaluation "
+                                   "protocol, the word-by-word table, settings, model and environment facts and the "
+                                   "word sets' hashes, in one HTML file that opens offline. --zip adds the CSV "
+                                   "tables, figures as SVG and PNG and the adapter.")
+    p.add_argument("--run", required=True, help="run id (as `runs` lists it)")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--out", default=None, help="HTML file to write (default: <run>-report.html, unless --zip)")
+    p.add_argument("--zip", default=None, help="also write the bundle to this ZIP file")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("runs", help="list, diff, stop or delete runs")
     p.add_argument("--runs-dir", default=None)
-    p.add_argument("--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="settings that differ between two runs")
+    p.add_argument("--diff", nargs="+", metavar="RUN", help="settings that differ between two or more runs")
     p.add_argument("--delete", metavar="RUN", help="delete a finished run")
     p.add_argument("--stop", metavar="RUN", help="ask a running run to stop after its current step")
     p.set_defaults(func=cmd_runs)

@@ -19,7 +19,7 @@ from ..errors import OverlapError, TLIError
 from ..models import ModelSpec, model_shape
 from ..pairs import check_leakage, load_pairs
 from ..protocols import get_protocol
-from ..runs import Run, active_runs, create_run, default_runs_dir
+from ..runs import Run, active_runs, check_run_name, create_run, default_runs_dir
 from ..sweeps import Sweep, SweepSpec, create_sweep
 from ..worker import check_config
 from .process import JobLock, now, spawn_worker
@@ -43,16 +43,18 @@ def _not_busy(runs_dir: Path) -> None:
 
 
 def start_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
-              control: pd.DataFrame | None = None, name: str | None = None,
-              launch: bool = True) -> tuple[Run, Resolved, list[str]]:
+              control: pd.DataFrame | None = None, name: str | None = None, launch: bool = True,
+              pair_names: dict[str, str] | None = None) -> tuple[Run, Resolved, list[str]]:
     """Check -> busy -> create -> launch a training run; returns (run, resolved settings, warnings).
 
     ``launch=False`` creates the run without starting a worker (the CLI runs it in the foreground).
     """
     runs_dir = Path(runs_dir or default_runs_dir())
+    if name:
+        check_run_name(name)
     resolved, warnings = check_config(config, trained, control)
     _not_busy(runs_dir)
-    run = create_run(config, runs_dir, trained, control, name=name)
+    run = create_run(config, runs_dir, trained, control, name=name, pair_names=pair_names)
     if launch:
         spawn_worker("worker", run.path, run.log_path)
     return run, resolved, warnings

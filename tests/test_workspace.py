@@ -1,0 +1,240 @@
+"""The workspace persists and a result travels (issue 13): kept sets and forms, links, runs side by side, reports."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.test_app import ROOT, TIMEOUT, open_page, texts
+from tli_core import workspace
+from tli_core.config import TLIConfig
+from tli_core.figures import distribution_figure, embedding_map_figure, fd_bins, sweep_heatmap
+from tli_core.models import ModelSpec
+from tli_core.report import build_bundle, build_report, static_images_available
+from tli_core.runs import create_run, curves_side_by_side, diff_configs, results_side_by_side, runs_table
+from tli_core.worker import execute
+
+
+def session(sid: str, page: str | None = None) -> AppTest:
+    """A browser tab opened on ?s=<sid>: a reload, or the first visit after a server restart."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["s"] = sid
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def uploaded(app_env):
+    """A set as an upload on the Word pairs page leaves it: kept by content hash, chosen by one session."""
+    authors = pd.DataFrame([("kioo", "mirror"), ("kioo", "glass"), ("maji", "water"), ("mbwa", "dog")] * 1,
+                           columns=["swahili", "english"])
+    meta = workspace.save_pairs(authors, "word_pairs.json", "trained", ["word_pairs.json: 4 rows read"])
+    control = workspace.default_pairsets()["control"]
+    sid = workspace.new_session_id()
+    workspace.write_session(sid, {"sets": {"trained": meta.hash, "control": control.hash}})
+    return sid, meta
+
+
+def test_a_kept_set_comes_back_after_a_reload_or_restart_and_is_named_everywhere(uploaded):
+    sid, meta = uploaded
+    at = session(sid, "pages/train.py")  # a fresh AppTest: nothing in memory, only the workspace on disk
+    header = "\n".join(m.value for m in at.markdown).replace("\\", "")
+    assert f"4 from word_pairs.json · {meta.hash[:8]}" in header  # name and short hash, not only counts
+    at = session(sid)
+    sidebar = "\n".join(str(c.value) for c in at.sidebar.caption).replace("\\", "")
+    assert "word_pairs.json" in sidebar
+    at = session(sid, "pages/pairs.py")
+    assert "word_pairs.json" in texts(at).replace("\\", "")
+
+
+def test_a_fresh_session_starts_from_the_sets_chosen_last_on_this_server(uploaded):
+    _, meta = uploaded
+    workspace.remember_sets(meta.hash, workspace.default_pairsets()["control"].hash)
+    at = open_page("pages/train.py")
+    assert "word_pairs.json" in "\n".join(m.value for m in at.markdown).replace("\\", "")
+
+
+def test_the_train_form_survives_a_reload_and_keeps_the_papers_defaults(app_env):
+    sid = workspace.new_session_id()
+    at = session(sid, "pages/train.py")
+    number = {n.label: n for n in at.number_input}
+    assert number["Epochs"].value == 5 and at.multiselect[0].value == [2]
+    number["Epochs"].set_value(3).run()
+    at = session(sid, "pages/train.py")  # reload
+    assert {n.label: n.value for n in at.number_input}["Epochs"] == 3
+    [b for b in at.button if b.label == "Reset to the paper's settings"][0].click().run()
+    assert {n.label: n.value for n in at.number_input}["Epochs"] == 5
+
+
+def test_a_scan_suggestion_is_a_button_and_warnings_follow_the_settings(app_env):
+    sid = workspace.new_session_id()
+    at = session(sid, "pages/scan.py")
+    [b for b in at.button if b.label.startswith("Run the scan")][0].click().run()
+    assert not at.exception
+    at.switch_page("pages/train.py").run()
+    assert at.multiselect[0].value == [2]  # the paper's layer stays
+    use = [b for b in at.button if b.label.startswith("Use layer")]
+    assert use and "instead of the paper's layer 2" in use[0].label
+    layer = int(use[0].label.split()[2])
+    use[0].click().run()
+    assert at.multiselect[0].value == [layer]
+    number = {n.label: n for n in at.number_input}
+    number["Epochs"].set_value(1).run()
+    number = {n.label: n for n in at.number_input}
+    number["Trained subset (0 = all)"].set_value(24).run()
+    assert any("warm-up steps on a run of 3 steps" in w.value.replace("\\", "") for w in at.warning)
+    assert any("estimated duration" in c.value or "No duration estimate" in c.value for c in at.caption)
+
+
+@pytest.fixture
+def two_runs(app_env, tiny_model_dir, pair_files):
+    trained, control = pair_files
+    config = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                       trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1,
+                       warmup_steps=1)
+    done = create_run(config, app_env, name="finished-one")
+    assert execute(done)["state"] == "done"
+    done.set_meta(name="the good one", notes="r=16, one epoch")
+    stopped = create_run(config, app_env, name="newer-stopped")  # newer, but not finished
+    stopped.request_stop()
+    assert execute(stopped)["state"] == "stopped"
+    return done, stopped
+
+
+def test_compare_opens_the_newest_finished_run_and_a_link_opens_any(two_runs):
+    done, stopped = two_runs
+    at = open_page("pages/compare.py")
+    assert at.selectbox[0].value == done.id  # not the newer, stopped one
+    assert at.query_params["run"] == done.id and at.query_params["protocol"] == "studio"  # the view is in its link
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["run"] = done.id
+    at.query_params["protocol"] = "paper-code"
+    at.query_params["layer"] = "1"
+    at.run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert at.radio[1].value == "paper-code" and at.select_slider[0].value == 1
+    assert any("Paired statistics at layer 1" in s.value for s in at.subheader)
+
+
+def test_estimates_come_from_earlier_runs_of_the_model(two_runs):
+    from tli_core.estimate import estimate_run
+
+    done, _ = two_runs
+    est = estimate_run(done.config(), 18, 6, done.path.parent)
+    assert est is not None and "measured by 1 finished run" in est.basis
+    assert set(est.phases) >= {"embedding before", "training", "embedding after"} and est.total > 0
+
+
+def test_runs_lead_with_what_matters_and_compare_results(two_runs):
+    done, stopped = two_runs
+    table = runs_table(done.path.parent)
+    assert list(table.columns[:8]) == ["run", "name", "pairs", "target layers", "rank", "protocol", "eval layer",
+                                       "trained change"]
+    row = table.set_index("run").loc[done.id]
+    assert row["name"] == "the good one" and row["notes"] == "r=16, one epoch" and "trained.csv" in row["pairs"]
+    other = create_run(TLIConfig.from_dict(dict(done.config_dict(), lora_r=4)), done.path.parent, name="r4")
+    assert execute(other)["state"] == "done"
+    results = results_side_by_side([done, other])
+    assert len(results) == 4 and set(results["run"]) == {done.id, other.id}
+    assert results.set_index(["run", "set"]).loc[(done.id, "control"), "change"] == pytest.approx(
+        done.summary()["groups"]["control"]["change"])
+    curves = curves_side_by_side([done, other])
+    assert set(curves["run"]) == {done.id, other.id} and set(curves["phase"]) == {"before", "after"}
+    diff = diff_configs(done, other, stopped)
+    assert "lora_r" in set(diff["setting"]) and list(diff.columns) == ["setting", done.id, other.id, stopped.id]
+
+
+def test_the_report_is_one_self_contained_file_and_the_bundle_has_everything(two_runs):
+    done, _ = two_runs
+    html = build_report(done)
+    assert html.startswith("<!DOCTYPE html>") and "Plotly" in html and "cdn" not in html.lower().split("<body>")[1]
+    for text in ("Results under each evaluation protocol", "paper-code", "Word by word", "the good one",
+                 "trained.csv", "p (paired t)", "TLI Studio"):
+        assert text in html, text
+    bundle = zipfile.ZipFile(io.BytesIO(build_bundle(done)))
+    names = set(bundle.namelist())
+    root = done.id
+    assert {f"{root}/report.html", f"{root}/config.json", f"{root}/tables/studio/pairs.csv",
+            f"{root}/tables/paper-code/curve.csv", f"{root}/adapter/adapter_model.safetensors"} <= names
+    if static_images_available():
+        assert f"{root}/figures/studio__trained-layer-curve.svg" in names
+        assert bundle.read(f"{root}/figures/training-loss.png")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in bundle.read(f"{root}/figures/studio__control-distribution.svg")[:400]
+    else:
+        assert f"{root}/figures/README.txt" in names
+
+
+def test_report_cli(two_runs, tmp_path, capsys):
+    from tli_core.cli import main
+
+    done, stopped = two_runs
+    out = tmp_path / "r.html"
+    assert main(["report", "--run", done.id, "--runs-dir", str(done.path.parent), "--out", str(out)]) == 0
+    assert out.read_text().count("plotly-graph-div") >= 4
+    assert main(["report", "--run", stopped.id, "--runs-dir", str(done.path.parent)]) == 2
+    assert "no results to report yet" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- figures that read
+
+def test_histogram_bins_follow_freedman_diaconis_and_means_sit_in_the_legend():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.98, 0.01, 600), [0.2, 0.5]])  # a few far outliers
+    bins = fd_bins(values)
+    iqr = np.subtract(*np.percentile(values, [75, 25]))
+    assert bins["size"] == pytest.approx(max(2 * iqr / len(values) ** (1 / 3), (values.max() - values.min()) / 80))
+    df = pd.DataFrame({"set": "trained", "before": values, "after": values + 0.001})
+    fig = distribution_figure(df, "trained")
+    assert [t.name for t in fig.data if t.type == "scatter"] == [f"mean before {values.mean():.4f}",
+                                                                 f"mean after {values.mean() + 0.001:.4f}"]
+    assert not fig.layout.annotations  # no labels to collide
+
+
+def test_the_embedding_map_shares_one_scale_and_the_sweep_colour_bar_stays_readable():
+    pts = pd.DataFrame({"phase": ["before"] * 4 + ["after"] * 4, "language": ["swahili", "english"] * 4,
+                        "set": "trained", "pair": ["a", "a", "b", "b"] * 2, "word": list("wxyz") * 2,
+                        "partner": list("xwzy") * 2, "x": [0, 1, 2, 3, 10, 11, 12, 13.0],
+                        "y": [0, 1, 0, 1, 5, 6, 5, 6.0]})
+    fig = embedding_map_figure(pts)
+    assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.xaxis2.range)
+    assert fig.layout.xaxis.range[0] < 0 and fig.layout.xaxis.range[1] > 13
+    results = pd.DataFrame({"cell": [0], "target layers": ["2"], "placement": ["all"], "rank": [16],
+                            "state": ["done"], "control change": [0.01], "control p corrected": [0.2]})
+    heat = sweep_heatmap(results)
+    assert heat.layout.height >= 340
+
+
+def test_a_sweep_whose_cells_all_fail_says_so(tiny_model_dir, pair_files, tmp_path):
+    from tli_core.sweeps import SweepSpec, create_sweep, run_sweep
+
+    trained, control = pair_files
+    base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                     trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1)
+    sweep = create_sweep(SweepSpec(base=base, target_layers=[[9], [12]], ranks=[4]), tmp_path / "runs")
+    status = run_sweep(sweep)
+    assert status["state"] == "invalid" and "no cell could run" in status["message"]
+    assert "target layer 9" in status["message"]
+
+
+def test_compare_import_picks_a_column_named_group():
+    from tli_core.stats import guess_group_column
+
+    assert guess_group_column(["word", "before", "after", "group"]) == "group"
+    assert guess_group_column(["Set", "before", "after"]) == "Set"
+    assert guess_group_column(["word", "before", "after"]) is None
+
+
+def test_session_ids_in_links_are_checked():
+    assert workspace.valid_session_id(workspace.new_session_id())
+    for bad in ("../x", "", None, "ZZZZZZZZZZZZ", "a" * 13):
+        assert not workspace.valid_session_id(bad)
+    assert workspace.read_session("../../etc") == {}
