@@ -12,6 +12,7 @@ from tli_core.report import build_bundle, build_report
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, guess_group_column, stats_table
 from ui import state
+from ui.downstream import downstream_panel, downstream_results
 from ui.models import runs_dir
 from ui.widgets import copy_link, download_csv, evaluation_panel, md, plot, reflect, run_picker, searchable, show_error
 
@@ -71,8 +72,8 @@ if source.startswith("a training run"):
     if summary is None:
         if status.get("state") in ("queued", "running"):
             st.info(f"Run {rid} is {status.get('phase')}; its comparison appears when it finishes.")
-        elif run.has_adapter():
-            st.warning(f"Run {rid} is {status.get('state')} and has not been evaluated. Evaluate its saved adapter "
+        elif run.has_weights():
+            st.warning(f"Run {rid} is {status.get('state')} and has not been evaluated. Evaluate its saved weights "
                        f"(before/after on every layer) in the background:")
             evaluation_panel(run, key=f"evaluate-{rid}")
         else:
@@ -84,7 +85,7 @@ if source.startswith("a training run"):
     summaries = {name: (run.summary(name) or summary) for name in protocols}
     if len(protocols) > 1:
         st.subheader("The evaluation protocols side by side")
-        st.caption("The same adapter measured the ways the paper's text, the authors' script and this studio "
+        st.caption("The same trained weights measured the ways the paper's text, the authors' script and this studio "
                    "measure it (Train page, Evaluation). " + " ".join(
                        f"**{name}**: {PROTOCOLS[name].describe() if name in PROTOCOLS else 'as recorded'}."
                        for name in protocols))
@@ -129,7 +130,7 @@ if source.startswith("a training run"):
                        help="one self-contained file: interactive figures, statistics, settings; opens offline")
     c3.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{rid}-bundle.zip",
                        mime="application/zip", icon=":material/folder_zip:",
-                       help="the report, CSV tables, figures as SVG and PNG, the adapter")
+                       help="the report, CSV tables, figures as SVG and PNG, the trained weights")
     data = layers[layers["layer"] == eval_layer].reset_index(drop=True)
     if focus != "both":
         data = data[data["set"] == focus].reset_index(drop=True)
@@ -165,6 +166,13 @@ if source.startswith("a training run"):
                  key=f"curve-{rid}-{protocol}-{g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
     word_table(data, f"{rid}-{protocol}-L{eval_layer}")
+    st.subheader("Downstream benchmarks: base vs tuned")
+    has_results = downstream_results(run, rid)
+    if not has_results:
+        st.caption("Does the tuning keep (or help) what the model could already do? Not measured for this run yet.")
+    if run.has_weights() and not run.is_active():
+        with st.expander("Run benchmarks" + (" again" if has_results else ""), expanded=not has_results):
+            downstream_panel(run, key=f"downstream-{rid}")
 else:
     upload = st.file_uploader("Per-pair table with before and after columns (CSV or TSV)", type=["csv", "tsv", "txt"])
     if upload is None:

@@ -15,7 +15,7 @@ st.caption("Translation pairs are joined by a line; circles are trained pairs, d
            "after are projected together, so the two panels share one map.")
 lm = require_model()
 n = lm.facts.num_layers
-runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.model_spec() == lm.spec]
+runs = [r for r in list_runs(runs_dir()) if r.has_weights() and r.model_spec() == lm.spec]
 c1, c2, c3, c4 = st.columns(4)
 with c1:
     run = run_picker(runs, "Run (after)", none_label="(none: base model only)")
@@ -35,7 +35,7 @@ if key not in cache and st.button("Draw the map", type="primary", icon=":materia
     try:
         with st.spinner(f"embedding words at layer {layer} and projecting ({method}) …"):
             cache[key] = map_points(lm.model, lm.tokenizer, sets, layer, run.config().pooling if run else "mean",
-                                    adapter_dir=run.adapter_dir if run else None, method=method,
+                                    weights_dir=run.final_weights() if run else None, method=method,
                                     max_pairs=int(max_pairs))
     except Exception as exc:
         show_error(exc)

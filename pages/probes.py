@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from tli_core.probes import TEMPLATES, run_probes
+from tli_core.probes import TEMPLATES, probe_scores, run_probes
 from tli_core.runs import list_runs
 from ui import state
 from ui.models import get_pairs, require_model, runs_dir
@@ -12,8 +12,8 @@ st.title("Generation probes")
 st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "
            "Greedy decoding, base and tuned side by side. Templates are editable; {word} is replaced by the word.")
 lm = require_model()
-runs = [r for r in list_runs(runs_dir()) if r.has_adapter() and r.model_spec() == lm.spec]
-run = run_picker(runs, "Tuned model = base + the adapter of run", none_label="(none: base model only)")
+runs = [r for r in list_runs(runs_dir()) if r.has_weights() and r.model_spec() == lm.spec]
+run = run_picker(runs, "Tuned model = base + the trained weights of run", none_label="(none: base model only)")
 pairs = get_pairs() if run is None else {"trained": run.pairs("trained"), "control": run.pairs("control")}
 c1, c2 = st.columns(2)
 sw_en = c1.text_input("Swahili → English template", TEMPLATES["sw→en"])
@@ -29,7 +29,7 @@ if st.button("Run the probes", type="primary", icon=":material/chat:", disabled=
         with st.spinner(f"generating {2 * len(subset)} answers per model …"):
             state.results("probes")["table"] = run_probes(lm.model, lm.tokenizer, subset,
                                                     {"sw→en": sw_en, "en→sw": en_sw},
-                                                    adapter_dir=run.adapter_dir if run else None,
+                                                    weights_dir=run.final_weights() if run else None,
                                                     max_new_tokens=int(max_new))
     except Exception as exc:
         show_error(exc)
@@ -41,6 +41,14 @@ if table is not None:
         diff = round((table["tuned_correct"].mean() - table["base_correct"].mean()) * 100)
         cols[1].metric("Tuned: expected word in the answer", f"{table['tuned_correct'].mean():.0%}",
                        f"{diff:+d} points" if diff else "no change", delta_color="normal" if diff else "off")
+    scores = probe_scores(table)
+    st.caption("Translation quality of the answers against the expected words (sacrebleu, corpus level): chrF "
+               "(character n-grams, robust for single words) and BLEU (effective n-gram order, as answers are one "
+               "or two words), per direction and overall.")
+    st.dataframe(scores, hide_index=True, width="stretch", column_config={
+        "expected word found": st.column_config.NumberColumn(format="percent"),
+        "chrF": st.column_config.NumberColumn(format="%.1f"), "BLEU": st.column_config.NumberColumn(format="%.1f")})
+    download_csv(scores, "probe_scores.csv", "Download the scores (CSV)", key="dl-probe-scores")
     shown = [c for c in ("direction", "word", "expected", "base", "tuned", "base_correct", "tuned_correct",
                          "base_text", "tuned_text") if c in table]
     st.dataframe(table[shown], hide_index=True, width="stretch")

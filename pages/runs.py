@@ -8,12 +8,13 @@ from tli_core.layers import parse_layers
 from tli_core.report import build_bundle, build_report
 from tli_core.runs import curves_side_by_side, delete_run, diff_configs, list_runs, results_side_by_side, runs_table
 from ui import state
+from ui.downstream import downstream_panel, downstream_results
 from ui.models import current_model, get_pairs, runs_dir
 from ui.widgets import download_csv, evaluation_panel, md, plot, show_error
 
 st.title("Runs")
-st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, adapters and "
-           f"before/after tables. Select one run to act on it, two or more to compare their results.")
+st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, trained weights, "
+           f"before/after tables and benchmarks. Select one run to act on it, two or more to compare their results.")
 
 with st.expander("Import a published adapter (any PEFT LoRA directory)"):
     st.caption("For example the authors' `results/tli_lora_adapters/final` (r=16, α=32, q_proj/v_proj, all layers, "
@@ -97,9 +98,10 @@ elif len(selected) == 1:
             except Exception as exc:
                 show_error(exc)
     c1, c2, c3, c4 = st.columns(4)
-    if run.has_adapter():
-        c1.download_button("Download adapter (zip)", run.adapter_zip, file_name=f"{run.id}-adapter.zip",
-                           mime="application/zip", icon=":material/download:")
+    if run.has_weights():
+        kind = "adapter" if run.has_adapter() else "fine-tuned blocks"
+        c1.download_button(f"Download {kind} (zip)", run.weights_zip, mime="application/zip",
+                           file_name=f"{run.id}-{run.final_weights().name}.zip", icon=":material/download:")
     if run.is_active():
         if c2.button("Stop", icon=":material/stop_circle:"):
             run.request_stop()
@@ -124,14 +126,18 @@ elif len(selected) == 1:
                            help="one self-contained file: interactive figures, statistics, settings; opens offline")
         c2.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{run.id}-bundle.zip",
                            mime="application/zip", icon=":material/folder_zip:",
-                           help="the report, CSV tables, figures as SVG and PNG, the adapter")
-    if not run.is_active() and run.has_adapter():
+                           help="the report, CSV tables, figures as SVG and PNG, the trained weights")
+    if not run.is_active() and run.has_weights():
         if run.summary() is None:
-            st.caption("This run's saved adapter has no before/after statistics yet.")
+            st.caption("This run's saved weights have no before/after statistics yet.")
             evaluation_panel(run, key=f"evaluate-{run.id}")
         else:
             with st.expander(f"Evaluate under other protocols (evaluated: {', '.join(run.protocols())})"):
                 evaluation_panel(run, key=f"evaluate-{run.id}")
+        running = run.downstream().get("state") == "running"
+        with st.expander("Downstream benchmarks (lm-evaluation-harness)", expanded=running):
+            downstream_results(run, f"runs-{run.id}")
+            downstream_panel(run, key=f"downstream-runs-{run.id}")
     imported = status.get("import")
     if imported:
         with st.expander("Imported adapter", expanded=run.summary() is None):

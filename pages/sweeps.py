@@ -1,4 +1,4 @@
-"""Sweeps: target layer(s) x LoRA rank x adapter placement, a queue of ordinary runs, one heatmap."""
+"""Sweeps: target layer(s) x method (LoRA ranks, full fine-tuning) x placement, a queue of runs, one heatmap."""
 
 
 import streamlit as st
@@ -8,7 +8,16 @@ from tli_core.figures import sweep_heatmap
 from tli_core.jobs.runner import resume_sweep, start_sweep
 from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.stats import CORRECTIONS
-from tli_core.sweeps import Sweep, SweepSpec, best_cell, list_sweeps, parse_grid_layers, sweep_results
+from tli_core.sweeps import (
+    Sweep,
+    SweepSpec,
+    best_cell,
+    list_sweeps,
+    parse_grid_layers,
+    significant_gain,
+    sweep_results,
+    variant_label,
+)
 from ui import state
 from ui.models import get_pairs, pairs_file, require_model, runs_dir
 from ui.widgets import download_csv, md, plot, show_error
@@ -23,11 +32,14 @@ n = lm.facts.num_layers
 OVERLAP_CONTROL = "Accept pairs that are in both sets"
 
 with st.form("sweep"):
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     layers = c1.text_input("Target-layer settings", "1,2", help="comma-separated; '+' trains layers together, "
                                                                   "e.g. 1,2,1+2")
     ranks = c2.multiselect("LoRA ranks", [1, 2, 4, 8, 16, 32, 64], default=[4, 16])
-    placements = c3.multiselect("Adapter placements", list(PLACEMENTS), default=["all"],
+    full = c3.checkbox("Add full fine-tuning", False, help="one more column: the weights of the blocks themselves "
+                                                           "train (float32), same loss and evaluation — the baseline "
+                                                           "LoRA is compared against")
+    placements = c4.multiselect("Placements (blocks that train)", list(PLACEMENTS), default=["all"],
                                 help="all = every block (paper); up_to_target = blocks 1..target; early = first "
                                      "half; late = second half")
     c1, c2, c3, c4 = st.columns(4)
@@ -48,7 +60,8 @@ if start:
                          trained_subset=int(sub_t) or None, learning_rate=float(lr), eval_layer=int(eval_layer),
                          allow_overlap=overlap)
         spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
-                         placements=placements, correction=correction)
+                         placements=placements, correction=correction,
+                         methods=(["lora"] if ranks else []) + (["full"] if full else []))
         sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
         state.set_watched_sweep(sweep.id)
         st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
@@ -94,9 +107,13 @@ def show(sweep: Sweep) -> None:
     best = best_cell(results)
     if best is not None:
         row = results[results["cell"] == best].iloc[0]
-        st.success(f"Best cell: layer(s) {row['target layers']}, rank {row['rank']}, {md(row['placement'])} — control "
-                   f"change {row['control change']:+.4f} ({row['control % change']:+.2f} %), corrected p = "
-                   f"{row['control p corrected']:.3g}", icon=":material/star:")
+        text = (f"layer(s) {row['target layers']}, {variant_label(row['method'], row['rank'])}, "
+                f"{md(row['placement'])} — control change {row['control change']:+.4f} "
+                f"({row['control % change']:+.2f} %), corrected p = {row['control p corrected']:.3g}")
+        if significant_gain(results, best):
+            st.success(f"Best cell: {text}", icon=":material/star:")
+        else:
+            st.info(f"No cell raised the control set significantly. Largest change: {text}", icon=":material/info:")
     c1, c2 = st.columns(2)
     with c1:
         plot(sweep_heatmap(results, "control change", best), key=f"sweep-change-{sweep.id}")

@@ -8,7 +8,7 @@ button, never a silent change.
 
 import streamlit as st
 
-from tli_core.config import LOSSES, PLACEMENTS, TLIConfig, resolve, total_steps
+from tli_core.config import LOSSES, METHODS, PLACEMENTS, TLIConfig, resolve, total_steps
 from tli_core.embeddings import POOLINGS
 from tli_core.errors import TLIError
 from tli_core.estimate import estimate_run, remaining
@@ -45,7 +45,7 @@ def layer_label(k) -> str:
 PAPER_FORM = {
     "targets": [min(paper.target_layers[0], n)], "pooling": paper.pooling, "protocols": list(paper.protocols),
     "eval_layer": paper.eval_layer, "eval_pooling": paper.eval_pooling, "precision": paper.analysis_precision,
-    "rank": paper.lora_r, "alpha": paper.lora_alpha, "dropout": paper.lora_dropout,
+    "method": paper.method, "rank": paper.lora_r, "alpha": paper.lora_alpha, "dropout": paper.lora_dropout,
     "modules": ",".join(lm.facts.lora_targets), "placement": paper.adapter_blocks, "custom": "1-2",
     "loss": paper.loss, "margin": paper.margin, "temperature": paper.temperature, "lr": paper.learning_rate,
     "epochs": paper.epochs, "batch": paper.batch_size, "warmup": paper.warmup_steps, "seed": paper.seed,
@@ -60,8 +60,8 @@ def fits(field: str, value) -> bool:
         return value in EVAL_LAYERS or (isinstance(value, int) and 0 <= value <= n)
     if field == "protocols":
         return all(p in PROTOCOLS for p in value)
-    options = {"pooling": POOLINGS, "eval_pooling": POOLINGS, "precision": PRECISIONS, "loss": LOSSES,
-               "placement": list(PLACEMENTS) + ["custom"]}
+    options = {"method": METHODS, "pooling": POOLINGS, "eval_pooling": POOLINGS, "precision": PRECISIONS,
+               "loss": LOSSES, "placement": list(PLACEMENTS) + ["custom"]}
     return field not in options or value in options[field]
 
 
@@ -112,15 +112,21 @@ with form_col:
                                 help=helps["eval_pooling"])
     precision = c4.selectbox("Analysis precision", list(PRECISIONS), key=key("precision"),
                              help=helps["analysis_precision"])
-    st.markdown("##### LoRA")
+    st.markdown("##### What trains")
+    method = st.radio("Method", METHODS, key=key("method"), horizontal=True, help=helps["method"],
+                      format_func={"lora": "LoRA adapters (the paper)",
+                                   "full": "full fine-tuning of the blocks (a baseline)"}.get)
+    lora = method == "lora"
     c1, c2, c3, c4 = st.columns(4)
-    rank = c1.number_input("Rank r", 1, 1024, key=key("rank"), help=helps["lora_r"])
-    alpha = c2.number_input("Alpha", 1, 4096, key=key("alpha"), help=helps["lora_alpha"])
-    dropout = c3.number_input("Dropout", 0.0, 0.9, step=0.01, key=key("dropout"), help=helps["lora_dropout"])
-    modules = c4.text_input("Target modules", key=key("modules"), help=helps["target_modules"])
+    rank = c1.number_input("LoRA rank r", 1, 1024, key=key("rank"), help=helps["lora_r"], disabled=not lora)
+    alpha = c2.number_input("LoRA alpha", 1, 4096, key=key("alpha"), help=helps["lora_alpha"], disabled=not lora)
+    dropout = c3.number_input("LoRA dropout", 0.0, 0.9, step=0.01, key=key("dropout"), help=helps["lora_dropout"],
+                              disabled=not lora)
+    modules = c4.text_input("LoRA target modules", key=key("modules"), help=helps["target_modules"],
+                            disabled=not lora)
     c1, c2 = st.columns(2)
-    placement = c1.selectbox("Adapter blocks", list(PLACEMENTS) + ["custom"], key=key("placement"),
-                             help=helps["adapter_blocks"])
+    placement = c1.selectbox("Adapter blocks" if lora else "Blocks that train", list(PLACEMENTS) + ["custom"],
+                             key=key("placement"), help=helps["adapter_blocks"])
     custom = c2.text_input("Custom blocks (for 'custom')", key=key("custom"), help="blocks numbered 1..L, e.g. 1-4,8")
     st.markdown("##### Loss and optimiser")
     c1, c2, c3, c4 = st.columns(4)
@@ -155,7 +161,7 @@ try:
         model=lm.spec, trained_pairs=pairs_file(pairs["trained"]), control_pairs=pairs_file(pairs["control"]),
         trained_subset=int(sub_t) or None, control_subset=int(sub_c) or None, target_layers=sorted(targets),
         protocols=protocols, eval_layer=eval_layer, eval_pooling=eval_pooling, analysis_precision=precision,
-        pooling=pooling, lora_r=int(rank), lora_alpha=int(alpha), lora_dropout=float(dropout),
+        pooling=pooling, method=method, lora_r=int(rank), lora_alpha=int(alpha), lora_dropout=float(dropout),
         target_modules=[m.strip() for m in modules.split(",") if m.strip()] or None,
         adapter_blocks=custom if placement == "custom" else placement, loss=loss, margin=float(margin),
         temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
@@ -204,7 +210,8 @@ with job_col:
         st.markdown(f"##### Running now: {job.id}")
         cfg = job.config_dict()
         st.caption("The settings it runs with (the form on the left is your next run):")
-        shown = {"target layers": cfg.get("target_layers"), "epochs": cfg.get("epochs"), "rank": cfg.get("lora_r"),
+        shown = {"target layers": cfg.get("target_layers"), "epochs": cfg.get("epochs"),
+                 "method": "full fine-tuning" if cfg.get("method") == "full" else f"LoRA r={cfg.get('lora_r')}",
                  "learning rate": cfg.get("learning_rate"), "batch": cfg.get("batch_size"),
                  "warm-up": cfg.get("warmup_steps"), "protocols": ", ".join(cfg.get("protocols") or []),
                  "pairs": " / ".join(v.get("name", "") for v in (job.raw_status().get("pairs") or {}).values())}
@@ -264,7 +271,7 @@ def render(run: Run | None) -> None:
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare_arrows:")
     elif run_state == "stopped":
         st.warning(md(status.get("message") or "Stopped."), icon=":material/stop_circle:")
-        if run.has_adapter() and run.summary() is None:
+        if run.has_weights() and run.summary() is None:
             evaluation_panel(run, key=f"evaluate-{run.id}")
     elif run_state in ("failed", "unreadable"):
         st.error(md(status.get("message") or "Failed."), icon="⚠️")

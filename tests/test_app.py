@@ -6,6 +6,7 @@ set (TLI_DEFAULT_MODEL, TLI_DEFAULT_QUANT, TLI_RUNS_DIR).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -90,11 +91,11 @@ def test_scan_page_runs_and_draws_the_curve(app_env):
 def test_train_page_launches_a_run_directory(app_env):
     at = open_page("pages/train.py")
     labels = {n.label for n in at.number_input}
-    for label in ("Rank r", "Alpha", "Dropout", "Learning rate", "Epochs", "Batch size", "Warm-up steps", "Seed",
-                  "Triplet margin", "Gradient clipping (0 = off)"):
+    for label in ("LoRA rank r", "LoRA alpha", "LoRA dropout", "Learning rate", "Epochs", "Batch size",
+                  "Warm-up steps", "Seed", "Triplet margin", "Gradient clipping (0 = off)"):
         assert label in labels
     values = {n.label: n.value for n in at.number_input}
-    assert (values["Rank r"], values["Alpha"], values["Epochs"], values["Batch size"]) == (16, 32, 5, 8)
+    assert (values["LoRA rank r"], values["LoRA alpha"], values["Epochs"], values["Batch size"]) == (16, 32, 5, 8)
     for n in at.number_input:
         if n.label == "Epochs":
             n.set_value(1)
@@ -116,6 +117,20 @@ def test_train_page_launches_a_run_directory(app_env):
     assert runs[0].status()["state"] == "done", runs[0].log_tail()
     at = open_page("pages/train.py")  # a reload re-attaches to the run
     assert any("Done" in s.value for s in at.success)
+
+
+def test_train_page_offers_full_fine_tuning(app_env):
+    at = open_page("pages/train.py")
+    method = [r for r in at.radio if r.label == "Method"][0]
+    assert method.value == "lora"
+    method.set_value("full").run()
+    assert any("full fine-tuning: the weights of blocks 1..2" in w.value.replace("\\", "") for w in at.warning)
+    lora = {n.label: n.disabled for n in at.number_input if n.label.startswith("LoRA")}
+    assert lora == {"LoRA rank r": True, "LoRA alpha": True, "LoRA dropout": True}
+    assert [s.label for s in at.selectbox if s.label == "Blocks that train"]
+    at.switch_page("pages/scan.py").run()
+    at.switch_page("pages/train.py").run()  # kept for the session, like every other setting
+    assert [r for r in at.radio if r.label == "Method"][0].value == "full"
 
 
 def test_a_second_launch_while_one_runs_is_refused(app_env, tiny_model_dir, pair_files):
@@ -167,7 +182,7 @@ def test_compare_page_offers_to_evaluate_a_stopped_run(finished_run):
     button = next(b for b in at.button if b.label == "Evaluate this run")
     button.click().run()
     assert not at.exception
-    assert "Evaluating the saved adapter" in texts(at)  # no second button while it runs
+    assert "Evaluating the saved weights" in texts(at)  # no second button while it runs
     assert not any(b.label == "Evaluate this run" for b in at.button)
     end = time.monotonic() + TIMEOUT
     while finished_run.is_evaluating() and time.monotonic() < end:
@@ -191,6 +206,28 @@ def test_runs_page_lists_runs(finished_run):
     assert table["control p"].iloc[0] == pytest.approx(finished_run.summary()["groups"]["control"]["p"])
 
 
+def test_benchmarks_from_the_runs_page_show_on_compare(finished_run):
+    at = open_page("pages/runs.py")
+    at.multiselect(key="runs-picked").set_value([finished_run.id]).run()
+    panel = f"downstream-runs-{finished_run.id}"
+    assert at.multiselect(key=f"{panel}-tasks").value == ["tli_word_choice_sw_en", "tli_word_choice_en_sw"]
+    at.number_input(key=f"{panel}-limit").set_value(6)
+    at.button(key=f"{panel}-start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    end = time.monotonic() + 180
+    while finished_run.downstream().get("state") != "done" and time.monotonic() < end:
+        assert finished_run.downstream().get("state") != "failed", finished_run.downstream()
+        time.sleep(0.5)
+    summary = finished_run.downstream_summary()
+    assert summary["limit"] == 6 and set(summary["results"]) == {"tli_word_choice_sw_en", "tli_word_choice_en_sw"}
+    at = open_page("pages/compare.py")
+    assert "Downstream benchmarks: base vs tuned" in texts(at)
+    table = [d.value for d in at.dataframe if "p (McNemar)" in d.value.columns][0]
+    assert list(table["task"]) == ["tli_word_choice_sw_en", "tli_word_choice_en_sw"] and set(table["n"]) == {6}
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert any("Downstream benchmarks" in f["layout"]["title"]["text"] for f in figures)
+
+
 def test_pages_without_a_model_point_to_the_model_page(app_env, monkeypatch):
     import streamlit as st
 
@@ -208,7 +245,8 @@ def test_sweeps_page_runs_a_2x2_grid(app_env):
     at = open_page("pages/sweeps.py")
     assert "No sweeps yet." in texts(at)
     at.text_input[0].set_value("1,2")
-    at.multiselect[0].set_value([2, 4])
+    at.multiselect[0].set_value([4])
+    [c for c in at.checkbox if c.label == "Add full fine-tuning"][0].check()
     at.multiselect[1].set_value(["all"])
     for n in at.number_input:
         if n.label == "Epochs per cell":
@@ -228,9 +266,17 @@ def test_sweeps_page_runs_a_2x2_grid(app_env):
     assert sweep.status()["state"] == "done", (app_env / "sweeps" / sweep.id / "sweep.log").read_text()[-3000:]
     at = open_page("pages/sweeps.py")
     assert len(at.get("plotly_chart")) == 2
-    assert any("Best cell" in s.value for s in at.success)
     results = at.dataframe[0].value
+    from tli_core.sweeps import best_cell, significant_gain
+
+    if significant_gain(results, best_cell(results)):
+        assert any("Best cell" in s.value for s in at.success)
+    else:
+        assert any("No cell raised the control set significantly" in i.value for i in at.info)
     assert len(results) == 4 and set(results["state"]) == {"done"}
+    assert list(results["method"]) == ["lora", "full", "lora", "full"]
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert heatmap["data"][0]["x"] == ["r=4", "full FT"]
 
 
 def test_diagnostics_page(app_env):
@@ -253,8 +299,11 @@ def test_embedding_map_and_probes_pages(finished_run):
     [b for b in at.button if b.label == "Run the probes"][0].click()
     at.run()
     assert not at.exception
-    table = at.dataframe[0].value
+    scores, table = at.dataframe[0].value, at.dataframe[1].value
     assert {"base", "tuned", "expected"} <= set(table.columns) and len(table) == 2 * len(at.multiselect[0].value)
+    assert set(zip(scores["direction"], scores["model"], strict=True)) == {
+        (d, m) for d in ("all", "sw→en", "en→sw") for m in ("base", "tuned")}
+    assert scores["chrF"].between(0, 100).all() and scores["BLEU"].between(0, 100).all()
     assert [m.label for m in at.metric] == ["Base: expected word in the answer", "Tuned: expected word in the answer"]
 
 

@@ -153,7 +153,7 @@ def test_an_adapter_from_outside_the_run_is_refused_before_any_work(done, capsys
     for adapter in ("/tmp", "../..", "../good/adapter", "checkpoints/epoch_9"):
         assert main(["evaluate", "--run", done.id, "--runs-dir", str(done.path.parent), "--adapter", adapter]) == 2
         err = capsys.readouterr().err
-        assert "has no adapter" in err and "checkpoints/epoch_1" in err and "Traceback" not in err
+        assert "has no trained weights" in err and "checkpoints/epoch_1" in err and "Traceback" not in err
     assert done.evaluation() == {}  # refused before the lock, the model or any status write
 
 
@@ -192,7 +192,8 @@ def test_a_full_disk_during_training_fails_the_run_with_one_line_and_no_temporar
     monkeypatch.setattr(PeftModel, "save_pretrained", enospc)
     status = execute(run)
     assert status["state"] == "failed"
-    assert status["message"].startswith("could not save the adapter to") and "No space left" in status["message"]
+    assert status["message"].startswith("could not save the trained weights to")
+    assert "No space left" in status["message"]
     assert not list(run.path.rglob(".*tmp*"))
     assert json.loads((run.path / "status.json").read_text())["state"] == "failed"
 

@@ -12,13 +12,12 @@ import torch
 from scipy import stats as sps
 
 from tests.conftest import WORDS
-from tli_core.adapters import load_adapter, strip_adapters, temporary_adapter
+from tli_core.adapters import load_adapter, merged_adapter, strip_adapters, temporary_adapter
 from tli_core.alignment import precision_check
 from tli_core.cli import main
 from tli_core.config import TLIConfig, resolve
 from tli_core.embeddings import embed
 from tli_core.errors import OverlapError, TLIError
-from tli_core.evaluation import merged_adapter
 from tli_core.models import ModelShape, ModelSpec, load_model
 from tli_core.pairs import check_leakage
 from tli_core.precision import analysis_precision

@@ -71,7 +71,7 @@ def test_temporary_adapter_gives_after_and_restores_the_model(tiny, trained_run)
 
 def test_map_points_before_and_after(tiny, trained_run, pairs_df, control_df):
     pts = map_points(tiny.model, tiny.tokenizer, {"trained": pairs_df, "control": control_df}, layer=3,
-                     adapter_dir=trained_run.adapter_dir, method="pca")
+                     weights_dir=trained_run.adapter_dir, method="pca")
     assert set(pts["phase"]) == {"before", "after"}
     assert len(pts) == 2 * 2 * (len(pairs_df) + len(control_df))
     assert set(pts["language"]) == {"swahili", "english"} and set(pts["set"]) == {"trained", "control"}
@@ -90,7 +90,7 @@ def test_probe_prompts_and_answers(tiny, trained_run, control_df):
     assert answer(" 'maji', which means") == "maji" and answer(' "good morning".') == "good morning"
     with pytest.raises(TLIError, match="must contain"):
         prompts_for(control_df, {"sw→en": "no placeholder"})
-    out = run_probes(tiny.model, tiny.tokenizer, control_df.head(3), adapter_dir=trained_run.adapter_dir,
+    out = run_probes(tiny.model, tiny.tokenizer, control_df.head(3), weights_dir=trained_run.adapter_dir,
                      max_new_tokens=3)
     assert len(out) == 6 and {"base", "tuned", "base_correct", "tuned_correct", "base_text"} <= set(out)
     # the base column is the base model's own: the same without any adapter around

@@ -136,11 +136,11 @@ def test_list_table_diff_zip_delete(done_run, tiny_model_dir, pair_files):
     diff = diff_configs(done_run, other)
     assert set(diff["setting"]) >= {"lora_r", "target_layers"}
     assert "epochs" not in set(diff["setting"])
-    with zipfile.ZipFile(io.BytesIO(done_run.adapter_zip())) as zf:
+    with zipfile.ZipFile(io.BytesIO(done_run.weights_zip())) as zf:
         names = zf.namelist()
     assert f"{done_run.id}/adapter/adapter_model.safetensors" in names and f"{done_run.id}/config.json" in names
-    with pytest.raises(TLIError, match="no saved adapter"):
-        other.adapter_zip()
+    with pytest.raises(TLIError, match="no saved weights"):
+        other.weights_zip()
     delete_run(other)
     assert other.id not in [r.id for r in list_runs(runs_dir)]
 

@@ -11,7 +11,16 @@ from tli_core.config import TLIConfig
 from tli_core.figures import sweep_heatmap
 from tli_core.models import ModelSpec
 from tli_core.runs import list_runs
-from tli_core.sweeps import SweepSpec, best_cell, create_sweep, list_sweeps, parse_grid_layers, run_sweep, sweep_results
+from tli_core.sweeps import (
+    SweepSpec,
+    best_cell,
+    create_sweep,
+    list_sweeps,
+    parse_grid_layers,
+    run_sweep,
+    significant_gain,
+    sweep_results,
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +85,15 @@ def test_corrected_p_values_agree_with_an_independent_computation(finished_sweep
     assert len(fig.layout.shapes) == 1  # the best cell is outlined
 
 
+def test_a_significant_decrease_is_never_the_best_cell():
+    results = pd.DataFrame({"cell": [0, 1, 2], "control change": [0.004, -0.10, 0.002],
+                            "significant": [False, True, False]})
+    assert best_cell(results) == 0 and not significant_gain(results, 0)  # the largest change, not called a gain
+    results.loc[2, "significant"] = True
+    assert best_cell(results) == 2 and significant_gain(results, 2)  # a significant gain beats a larger one
+    assert best_cell(results.assign(**{"control change": np.nan})) is None
+
+
 def test_invalid_cells_are_reported_not_run(tiny_model_dir, pair_files, tmp_path):
     base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
                      trained_pairs=str(pair_files[0]), control_pairs=str(pair_files[1]), batch_size=4, epochs=1,
@@ -90,14 +108,38 @@ def test_invalid_cells_are_reported_not_run(tiny_model_dir, pair_files, tmp_path
 
 def test_sweep_cli(tiny_model_dir, pair_files, tmp_path, capsys):
     code = main(["sweep", "--model", str(tiny_model_dir), "--quant", "fp32", "--pairs", str(pair_files[0]),
-                 "--control", str(pair_files[1]), "--layers", "1,2", "--ranks", "2,4", "--epochs", "1",
+                 "--control", str(pair_files[1]), "--layers", "1,2", "--ranks", "2", "--methods", "lora,full",
+                 "--epochs", "1",
                  "--batch-size", "4", "--warmup-steps", "1", "--runs-dir", str(tmp_path / "runs"), "--quiet",
                  "--out", str(tmp_path / "sweep.csv")])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "control p corrected" in out and "best cell" in out
+    assert "control p corrected" in out and ("best cell" in out or "largest change: cell" in out)
     table = pd.read_csv(tmp_path / "sweep.csv")
     assert len(table) == 4 and set(table["state"]) == {"done"}
+    assert list(zip(table["target layers"], table["method"], strict=True)) == [
+        (1, "lora"), (1, "full"), (2, "lora"), (2, "full")]
+    runs = {r.id: r for r in list_runs(tmp_path / "runs")}
+    assert [runs[r].config().method for r in table["run"]] == ["lora", "full", "lora", "full"]
+    assert [runs[r].has_full_ft() for r in table["run"]] == [False, True, False, True]
+    fig = sweep_heatmap(table.assign(rank=table["rank"].astype("Int64")), "control change")
+    assert list(fig.data[0].x) == ["r=2", "full FT"] and np.isfinite(np.asarray(fig.data[0].z, float)).all()
+
+
+def test_the_method_dimension(tiny_model_dir, pair_files):
+    base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                     trained_pairs=str(pair_files[0]), control_pairs=str(pair_files[1]))
+    spec = SweepSpec(base=base, target_layers=[[2]], ranks=[4, 16], placements=["all"], methods=["lora", "full"])
+    assert [(c["method"], c["rank"]) for c in spec.cells()] == [("lora", 4), ("lora", 16), ("full", None)]
+    assert [spec.config_for(c).method for c in spec.cells()] == ["lora", "lora", "full"]
+    assert SweepSpec.from_dict(spec.to_dict()).cells() == spec.cells()
+    old = {k: v for k, v in spec.to_dict().items() if k != "methods"}  # a sweep saved before methods existed
+    assert [c["method"] for c in SweepSpec.from_dict(old).cells()] == ["lora", "lora"]
+    from tli_core.errors import TLIError
+
+    for bad in (["qlora"], []):
+        with pytest.raises(TLIError, match="methods"):
+            create_sweep(SweepSpec(base=base, target_layers=[[2]], ranks=[4], methods=bad), "/tmp/never")
 
 
 def test_grid_parsing():

@@ -120,3 +120,22 @@ def temporary_adapter(model, adapter_dir: str | Path):
             yield tuned
         finally:
             tuned.unload()
+
+
+@contextlib.contextmanager
+def merged_adapter(peft_model):
+    """The adapter merged into the base weights as ``merge_and_unload`` does (re-quantized when the base is
+    4-bit), for the duration of the block; the base weights are put back exactly afterwards."""
+    saved = []
+    with model_lock(peft_model):
+        try:
+            for layer in [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]:
+                base = layer.get_base_layer()
+                saved.append((layer, base, base.weight, base.weight.data.clone(), list(layer.merged_adapters)))
+                layer.merge()
+            yield peft_model
+        finally:
+            for layer, base, weight, data, merged in reversed(saved):
+                base.weight = weight  # bitsandbytes' merge replaces the parameter; a plain one is changed in place
+                weight.data = data
+                layer.merged_adapters = merged

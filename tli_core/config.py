@@ -23,6 +23,7 @@ from .precision import PRECISIONS
 from .protocols import DEFAULT_PROTOCOLS, PROTOCOLS, check_eval_layer, get_protocol, resolve_eval_layer
 
 LOSSES = ("triplet", "infonce")
+METHODS = ("lora", "full")
 PLACEMENTS = ("all", "up_to_target", "early", "late")
 
 
@@ -57,6 +58,8 @@ class TLIConfig:
     analysis_precision: str = _help("arithmetic of every before/after measurement: float32 (default; per-pair "
                                     "values stable) or compute (the model's dtype, with a precision check)",
                                     default="float32")
+    method: str = _help("what learns: lora (the paper: LoRA adapters) | full (the weights of the blocks the loss "
+                        "reaches, 1..deepest target layer, themselves; the baseline)", default="lora")
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA alpha (scaling = alpha / r)", default=32)
     lora_dropout: float = _help("dropout on the LoRA input", default=0.05)
@@ -164,6 +167,8 @@ def check_settings(c: TLIConfig) -> None:
         raise TLIError(f"LoRA alpha must be positive (got {c.lora_alpha})")
     if not 0 <= _number(c.lora_dropout, "LoRA dropout") < 1:
         raise TLIError(f"LoRA dropout must be in [0, 1) (got {c.lora_dropout})")
+    if c.method not in METHODS:
+        raise TLIError(f"unknown training method {c.method!r}; use one of {', '.join(METHODS)}")
     if c.loss not in LOSSES:
         raise TLIError(f"unknown loss {c.loss!r}; use one of {', '.join(LOSSES)}")
     if _whole(c.batch_size, "batch size") < 2:
@@ -269,7 +274,10 @@ def resolve(config: TLIConfig, shape: ModelShape, n_trained: int | None = None,
         raise TLIError(f"no adapter sits in blocks 1..{deepest}: a loss on layer {deepest} cannot reach "
                        f"adapters in blocks {blocks[0]}..{blocks[-1]}, so nothing would train")
     idle = len(blocks) - len(learning)
-    if idle:
+    if config.method == "full":
+        warnings.append(f"full fine-tuning: the weights of blocks {learning[0]}..{learning[-1]} themselves train "
+                        f"(in float32); LoRA settings do not apply")
+    elif idle:
         warnings.append(f"{idle} of {len(blocks)} adapter blocks lie beyond target layer {deepest}: "
                         f"they get no gradient and stay at zero (only blocks 1..{deepest} learn)")
     modules = list(config.target_modules or default_lora_targets(shape.model_type))

@@ -8,17 +8,14 @@ All the poolings the protocols need come from one forward per model state.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .alignment import curve_and_cosines
-from .anatomy import model_lock
 from .embeddings import Embeddings, embed_poolings
 from .files import read_json, write_csv, write_json
 from .layers import layer_name
@@ -49,25 +46,6 @@ def embed_sets(model, tokenizer, sets: dict[str, pd.DataFrame], poolings, precis
                                   emb.pooling, emb.precision, emb.stats)
             out[pooling][name] = (part("swahili"), part("english"))
     return out
-
-
-@contextlib.contextmanager
-def merged_adapter(peft_model):
-    """The adapter merged into the base weights as ``merge_and_unload`` does (re-quantized when the base is
-    4-bit), for the duration of the block; the base weights are put back exactly afterwards."""
-    saved = []
-    with model_lock(peft_model):
-        try:
-            for layer in [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]:
-                base = layer.get_base_layer()
-                saved.append((layer, base, base.weight, base.weight.data.clone(), list(layer.merged_adapters)))
-                layer.merge()
-            yield peft_model
-        finally:
-            for layer, base, weight, data, merged in reversed(saved):
-                base.weight = weight  # bitsandbytes' merge replaces the parameter; a plain one is changed in place
-                weight.data = data
-                layer.merged_adapters = merged
 
 
 @dataclass
@@ -156,7 +134,8 @@ def protocols_side_by_side(summaries: dict[str, dict]) -> pd.DataFrame:
             merge = (s.get("merge_vs_attached") or {}).get(group)
             rows.append({
                 "protocol": name, "set": group, "layer": s["eval_layer"], "pooling": s["pooling"],
-                "adapter": "merged" if s.get("merged") else "attached",
+                "weights": "full FT blocks" if s.get("weights") == "full" else
+                "adapter merged" if s.get("merged") else "adapter attached",
                 "base": s.get("base_quantization") or "as trained", "precision": s.get("precision"),
                 "n": g["n"], "mean before": g["mean_before"], "mean after": g["mean_after"], "change": g["change"],
                 "% change": g["pct_change"], "p (paired t)": g["p"], "shuffled before": g["shuffled_mean_before"],

@@ -286,17 +286,21 @@ def runs_curve_figure(curves: pd.DataFrame, set_name: str, labels: dict[str, str
 
 def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: int | None = None,
                   title: str | None = None) -> go.Figure:
-    """Grid of cells: rows = target layer(s) x placement, columns = rank; text = value and corrected p."""
+    """Grid of cells: rows = target layer(s) x placement, columns = LoRA rank (then full fine-tuning); text = value
+    and corrected p."""
     df = results.copy()
     df["row"] = "layer " + df["target layers"].astype(str) + " · " + df["placement"].astype(str)
+    methods = df["method"] if "method" in df else pd.Series("lora", index=df.index)
+    df["column"] = [("full FT" if m == "full" else f"r={int(r)}") for m, r in zip(methods, df["rank"], strict=True)]
     rows = list(dict.fromkeys(df["row"]))
-    ranks = sorted(df["rank"].unique())
+    ranks = sorted({c for c in df["column"] if c != "full FT"}, key=lambda c: int(c[2:])) + (
+        ["full FT"] if (df["column"] == "full FT").any() else [])
     z = np.full((len(rows), len(ranks)), np.nan)
     text = [["" for _ in ranks] for _ in rows]
     # corrected p-values belong to the mean-cosine change (paired t-test); P@1 changes have no test here
     p_col = {"control change": "control p corrected", "trained change": "trained p corrected"}.get(value)
     for _, r in df.iterrows():
-        i, j = rows.index(r["row"]), ranks.index(r["rank"])
+        i, j = rows.index(r["row"]), ranks.index(r["column"])
         z[i, j] = r[value]
         if not np.isfinite(r[value]):
             text[i][j] = r["state"]
@@ -306,18 +310,18 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: in
         else:
             text[i][j] = f"{r[value]:+.4f}"
     limit = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(go.Heatmap(z=z, x=[f"r={r}" for r in ranks], y=rows, text=text, texttemplate="%{text}",
+    fig = go.Figure(go.Heatmap(z=z, x=ranks, y=rows, text=text, texttemplate="%{text}",
                                colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
                                colorbar={"title": value.replace(" change", " Δ")},
                                hovertemplate="%{y}, %{x}<br>" + value + " %{z:+.4f}<extra></extra>"))
     if best is not None and best in set(df["cell"]):
         r = df[df["cell"] == best].iloc[0]
-        i, j = rows.index(r["row"]), ranks.index(r["rank"])
+        i, j = rows.index(r["row"]), ranks.index(r["column"])
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                       line={"color": "gold", "width": 4})
     correction = results.attrs.get("correction", "bh")
     fig.update_layout(title=title or f"{value} per cell (* = significant after {correction.upper()} correction)",
-                      height=max(340, 160 + 70 * len(rows)), xaxis_title="LoRA rank",
+                      height=max(340, 160 + 70 * len(rows)), xaxis_title="LoRA rank, or full fine-tuning",
                       yaxis_title="target layer · placement")
     fig.update_traces(colorbar={"len": 1.0, "thickness": 14, "tickformat": ".3~g", "exponentformat": "none",
                                 "title": {"side": "right"}})
@@ -396,4 +400,50 @@ def embedding_map_figure(points: pd.DataFrame, title: str = "Embedding map") -> 
     fig.update_xaxes(showticklabels=False, range=[xr["min"] - dx, xr["max"] + dx])
     fig.update_yaxes(showticklabels=False, range=[yr["min"] - dy, yr["max"] + dy])
     fig.update_layout(title=title, height=620, legend={"orientation": "h", "y": -0.05})
+    return fig
+
+
+def downstream_figure(summary: dict) -> go.Figure:
+    """Per task: accuracy of the base and the tuned model with bootstrap 95% CIs (left), and the paired change
+    with its CI and McNemar's p (right; a CI crossing 0 is no evidence of a change)."""
+    results = summary["results"]
+    tasks = list(results)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.14,
+                        subplot_titles=("accuracy (95% bootstrap CI)", "change tuned − base (paired 95% CI)"))
+    for phase, key, ci in (("base", "acc_base", "acc_base_ci"), ("tuned", "acc_tuned", "acc_tuned_ci")):
+        y = [results[t][key] for t in tasks]
+        lo = [results[t][key] - results[t][ci][0] for t in tasks]
+        hi = [results[t][ci][1] - results[t][key] for t in tasks]
+        fig.add_trace(go.Bar(x=tasks, y=y, name=f"{phase} model", marker_color=COLORS["before" if phase == "base"
+                                                                                         else "after"],
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+                             hovertemplate="%{x}<br>" + phase + " accuracy %{y:.3f}<extra></extra>"), row=1, col=1)
+    change = [results[t]["change"] for t in tasks]
+    fig.add_trace(go.Scatter(
+        x=tasks, y=change, mode="markers", name="change", marker={"size": 10, "color": "#333"},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [results[t]["ci_high"] - results[t]["change"] for t in tasks],
+                 "arrayminus": [results[t]["change"] - results[t]["ci_low"] for t in tasks]},
+        customdata=[[results[t]["p_mcnemar"], results[t]["lost"], results[t]["gained"], results[t]["n"]]
+                    for t in tasks],
+        hovertemplate="%{x}<br>change %{y:+.3f}<br>McNemar p=%{customdata[0]:.3g}<br>lost %{customdata[1]}, "
+                      "gained %{customdata[2]} of %{customdata[3]} items<extra></extra>"), row=1, col=2)
+    fig.add_hline(y=0, line={"color": "#999", "dash": "dot"}, row=1, col=2)
+    for t in tasks:
+        fig.add_annotation(x=t, y=results[t]["ci_high"], text=f"p={results[t]['p_mcnemar']:.2g}", showarrow=False,
+                           yanchor="bottom", yshift=4, font={"size": 11}, row=1, col=2)
+    chance = summary.get("chance") or {}
+    for t in tasks:
+        if t in chance:
+            fig.add_trace(go.Scatter(x=[t], y=[chance[t]], mode="markers", showlegend=t == tasks[0],
+                                     marker={"symbol": "line-ew-open", "size": 28, "color": "#555"},
+                                     name="chance"), row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], title_text="accuracy", row=1, col=1, **NUMBERS)
+    span = max([abs(results[t][k]) for t in tasks for k in ("ci_low", "ci_high")] + [0.01]) * 1.3
+    fig.update_yaxes(title_text="accuracy change", range=[-span, span], row=1, col=2, **NUMBERS)
+    shots = summary.get("num_fewshot", 0)
+    limit = summary.get("limit")
+    fig.update_layout(title=f"Downstream benchmarks, {shots}-shot" + (f", first {limit} items per task" if limit
+                                                                         else "") + ": base vs tuned",
+                      barmode="group", height=440, legend={"orientation": "h", "y": -0.2})
     return fig

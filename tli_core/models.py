@@ -139,7 +139,7 @@ class LoadedModel:
 
 # --------------------------------------------------------------------------- resolving sources
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -189,7 +189,7 @@ def _resolve_source(spec: ModelSpec, progress: Progress) -> tuple[str, str, dict
         return "hub", name, {"local_files_only": True}
     except (OSError, ValueError):
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise TLIError(f"model {name!r} is not a local directory, not in the Hugging Face cache, and the hub "
                        f"cannot be reached from here; give a local path or use 'demo'")
     return "hub", name, {}

@@ -1,7 +1,7 @@
 """Generation probes, as in the paper's qualitative check: "The English word for 'X' is" -> ?
 
 Greedy continuations of editable templates in both directions, for the base model and the
-model with a run's adapter, side by side.
+model with a run's trained weights, side by side.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .adapters import temporary_adapter
 from .anatomy import input_device, model_lock
 from .errors import TLIError
+from .trained import trained_model
 
 TEMPLATES = {
     "sw→en": "The English word for '{word}' is",
@@ -64,18 +64,43 @@ def _correct(expected: str, output: str) -> bool:
 
 
 def run_probes(model, tokenizer, pairs: pd.DataFrame, templates: dict[str, str] | None = None,
-               adapter_dir=None, max_new_tokens: int = 8) -> pd.DataFrame:
+               weights_dir=None, max_new_tokens: int = 8) -> pd.DataFrame:
     """One row per (pair, direction): prompt, expected word, base output (and, with a run's
-    adapter, the tuned output). The base model answers first, before the adapter is attached:
-    attaching injects LoRA into the same modules."""
+    trained weights -- adapter or fine-tuned blocks -- the tuned output). The base model answers
+    first, before the weights are put in: they change the same modules."""
     table = prompts_for(pairs, templates or TEMPLATES)
     prompts = list(table["prompt"])
     columns = {"base": generate(model, tokenizer, prompts, max_new_tokens)}
-    if adapter_dir is not None:
-        with temporary_adapter(model, adapter_dir) as tuned:
+    if weights_dir is not None:
+        with trained_model(model, weights_dir) as tuned:
             columns["tuned"] = generate(tuned, tokenizer, prompts, max_new_tokens)
     for name, raw in columns.items():
         table[name] = [answer(t) for t in raw]
         table[f"{name}_correct"] = [_correct(e, t) for e, t in zip(table["expected"], raw, strict=True)]
         table[f"{name}_text"] = [t.strip() for t in raw]
     return table
+
+
+def probe_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """Translation quality of each model's answers against the expected words, per direction and overall:
+    the exact-match rate (the expected word in the continuation), chrF and BLEU (sacrebleu, corpus level).
+
+    BLEU uses the effective n-gram order: answers are one or two words, with no 3- or 4-grams, and standard
+    corpus BLEU would be 0 for every model.
+    """
+    import sacrebleu
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)
+
+    rows = []
+    models = [m for m in ("base", "tuned") if m in table]
+    for direction, d in [("all", table)] + list(table.groupby("direction", sort=False)):
+        refs = [list(d["expected"].astype(str))]
+        for m in models:
+            hyps = list(d[m].fillna("").astype(str))
+            rows.append({"direction": direction, "model": m, "n": len(d),
+                         "expected word found": d[f"{m}_correct"].mean(),
+                         "chrF": sacrebleu.corpus_chrf(hyps, refs).score,
+                         "BLEU": bleu.corpus_score(hyps, refs).score})
+    return pd.DataFrame(rows)

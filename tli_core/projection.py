@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adapters import temporary_adapter
 from .embeddings import embed
 from .errors import TLIError
+from .trained import trained_model
 
 METHODS = ("pca", "tsne")
 
@@ -89,10 +89,10 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0, perplexity: float
     raise TLIError(f"unknown projection {method!r}; use one of {', '.join(METHODS)}")
 
 
-def map_points(model, tokenizer, sets: dict, layer: int, pooling: str = "mean", adapter_dir=None,
+def map_points(model, tokenizer, sets: dict, layer: int, pooling: str = "mean", weights_dir=None,
                method: str = "pca", max_pairs: int | None = 150, seed: int = 0):
     """Points of the embedding map: every word of a (sampled) pair set at ``layer``, before and,
-    with a run's adapter, after; projected jointly. Returns a DataFrame with phase, language,
+    with a run's trained weights, after; projected jointly. Returns a DataFrame with phase, language,
     set, pair, word, partner, x, y."""
     rows, words = [], []
     rng = np.random.default_rng(seed)
@@ -107,8 +107,8 @@ def map_points(model, tokenizer, sets: dict, layer: int, pooling: str = "mean", 
     base = pd.DataFrame(rows)
     vectors = [embed(model, tokenizer, words, layers=[layer], pooling=pooling).at(layer).numpy()]
     phases = ["before"]
-    if adapter_dir is not None:
-        with temporary_adapter(model, adapter_dir) as tuned:
+    if weights_dir is not None:
+        with trained_model(model, weights_dir) as tuned:
             vectors.append(embed(tuned, tokenizer, words, layers=[layer], pooling=pooling).at(layer).numpy())
         phases.append("after")
     xy = project(np.concatenate(vectors), method=method, seed=seed)

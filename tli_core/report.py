@@ -5,7 +5,7 @@ the interactive Plotly figures (plotly.js inlined once, so it opens offline in a
 the config and its resolution, each evaluation protocol with its statistics, the shuffled
 baseline and retrieval, the word-by-word table, the model and environment facts, and the word
 sets' names and hashes. The bundle adds the CSV tables, every figure as SVG and PNG (rendered by
-kaleido with a local Chromium, when one is installed), and the adapter.
+kaleido with a local Chromium, when one is installed), the benchmarks and the trained weights.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import __version__
+from .downstream import downstream_table
 from .errors import TLIError
 from .evaluation import TABLES, protocols_side_by_side
 from .figures import (
     before_after_curve_figure,
     distribution_figure,
+    downstream_figure,
     loss_figure,
     scatter_figure,
     similarity_figure,
@@ -71,6 +73,9 @@ def run_figures(run: Run) -> dict[str, go.Figure]:
             for kind, fig in named.items():
                 fig.update_layout(title=f"{fig.layout.title.text} — protocol {protocol}")
                 figs[f"{protocol}__{group}-{kind}"] = fig
+    downstream = run.downstream_summary()
+    if downstream:
+        figs["downstream-benchmarks"] = downstream_figure(downstream)
     return figs
 
 
@@ -122,7 +127,7 @@ def build_report(run: Run) -> str:
         summaries = {p: (run.summary(p) or summary) for p in protocols}
         parts.append("<h2>Results under each evaluation protocol</h2>")
         parts.append("<ul>" + "".join(
-            f"<li><b>{_esc(p)}</b>: {_esc(PROTOCOLS[p].describe() if p in PROTOCOLS else 'as recorded')}" + (
+            f"<li><b>{_esc(p)}</b>: {_esc(summaries[p].get('protocol_description') or 'as recorded')}" + (
                 "<br><span class=note>" + _esc("; ".join(PROTOCOLS[p].reasons)) + ".</span>" if p in PROTOCOLS
                 else "") + "</li>" for p in protocols) + "</ul>")
         parts.append(f"<div class=wide>{_table(protocols_side_by_side(summaries))}</div>")
@@ -140,6 +145,14 @@ def build_report(run: Run) -> str:
         if words is not None:
             parts.append(f"<h2>Word by word ({_esc(headline)}, layer {_esc(summary.get('eval_layer'))})</h2>"
                          f"<div class=words>{_table(words.sort_values('change', ascending=False))}</div>")
+    downstream = run.downstream_summary()
+    if downstream:
+        limit = downstream.get("limit")
+        parts.append(f"<h2>Downstream benchmarks: base vs tuned</h2><p class=note>lm-evaluation-harness, "
+                     f"{_esc(downstream.get('num_fewshot', 0))}-shot, "
+                     + (f"the first {_esc(limit)} items of each task" if limit else "all items")
+                     + f", weights {_esc(downstream.get('weights'))}. {_esc(downstream.get('test', ''))}.</p>"
+                     + _table(downstream_table(downstream)) + _figure(figs["downstream-benchmarks"]))
     train = [n for n in figs if n.startswith("training-")]
     if train:
         parts.append("<h2>Training</h2><div class=grid>" + "".join(_figure(figs[n]) for n in train) + "</div>")
@@ -189,7 +202,8 @@ def figure_images(figs: dict[str, go.Figure]) -> dict[str, bytes]:
 
 
 def build_bundle(run: Run) -> bytes:
-    """A ZIP: report.html, the CSV tables, config and summary, figures as SVG and PNG, the adapter."""
+    """A ZIP: report.html, the CSV tables, config and summary, benchmarks, figures as SVG and PNG, the trained
+    weights (the adapter, or the fine-tuned blocks)."""
     buf = io.BytesIO()
     root = run.id
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -205,6 +219,12 @@ def build_bundle(run: Run) -> bytes:
         metrics = run.metrics()
         if not metrics.empty:
             zf.writestr(f"{root}/tables/metrics.csv", csv_bytes(metrics))
+        downstream = run.downstream_summary()
+        if downstream:
+            zf.writestr(f"{root}/tables/downstream.csv", csv_bytes(downstream_table(downstream)))
+            for name in ("summary.json", "items.csv"):
+                if (run.path / "downstream" / name).is_file():
+                    zf.write(run.path / "downstream" / name, f"{root}/downstream/{name}")
         figs = run_figures(run)
         if static_images_available():
             for name, data in figure_images(figs).items():
@@ -214,7 +234,8 @@ def build_bundle(run: Run) -> bytes:
                         "SVG/PNG figures need a local Chrome or Chromium (kaleido renders with it); none was found "
                         "where this bundle was made. Every figure is interactive in report.html, and its camera "
                         "button downloads it as SVG.\n")
-        for f in sorted(run.adapter_dir.rglob("*")) if run.has_adapter() else []:
+        final = run.final_weights()
+        for f in sorted(final.rglob("*")) if final else []:
             if f.is_file():
-                zf.write(f, f"{root}/adapter/{f.relative_to(run.adapter_dir)}")
+                zf.write(f, f"{root}/{final.name}/{f.relative_to(final)}")
     return buf.getvalue()

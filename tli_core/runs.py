@@ -42,6 +42,7 @@ from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
 from .pairs import load_pairs, pairs_hash
 
 STATES = ("queued", "running", "done", "failed", "stopped", "imported")
+SIDE_JOB_PID = {"evaluation": "evaluate.pid", "downstream": "downstream.pid"}
 
 
 def default_runs_dir() -> Path:
@@ -113,24 +114,36 @@ class Run(JobDir):
         out.append(self._summary()[1])
         return [p for p in out if p]
 
-    def evaluation(self) -> dict:
-        """The latest re-evaluation of the saved adapter ({} if none): running, done or failed.
+    def side_job(self, name: str) -> dict:
+        """The latest job of kind ``name`` on the run's saved weights ({} if none): running, done or failed.
 
-        A launched evaluator counts as running from its first instant (its tag is in
-        ``evaluate.pid`` before it writes anything); a dead one that never finished is failed.
+        ``evaluation`` re-evaluates the adapter, ``downstream`` runs benchmarks. A launched job counts
+        as running from its first instant (its tag is in ``<name>.pid`` before it writes anything); a
+        dead one that never finished is failed.
         """
-        ev = self.raw_status().get("evaluation") or {}
-        launched = read_tag(self.path / "evaluate.pid")
-        if launched and launched != ev.get("process") and process_alive(launched):
+        job = self.raw_status().get(name) or {}
+        launched = read_tag(self.path / SIDE_JOB_PID[name])
+        if launched and launched != job.get("process") and process_alive(launched):
             return {"state": "running", "phase": "starting", "process": launched}
-        if ev.get("state") == "running" and not process_alive(ev.get("process")):
-            ev = self.raw_status().get("evaluation") or {}  # it may have finished between our two reads
-        if ev.get("state") == "running" and not process_alive(ev.get("process")):
-            ev = dict(ev, state="failed", finished=now(),
-                      message=f"the evaluation process (pid {str(ev.get('process')).split(':')[0]}) ended "
-                              f"without finishing (killed or crashed); see train.log")
-            self.update_status(evaluation=ev)
-        return ev
+        if job.get("state") == "running" and not process_alive(job.get("process")):
+            job = self.raw_status().get(name) or {}  # it may have finished between our two reads
+        if job.get("state") == "running" and not process_alive(job.get("process")):
+            job = dict(job, state="failed", finished=now(),
+                       message=f"the {name} process (pid {str(job.get('process')).split(':')[0]}) ended "
+                               f"without finishing (killed or crashed); see train.log")
+            self.update_status(**{name: job})
+        return job
+
+    def evaluation(self) -> dict:
+        return self.side_job("evaluation")
+
+    def downstream(self) -> dict:
+        return self.side_job("downstream")
+
+    def downstream_summary(self) -> dict | None:
+        """The latest downstream benchmarks (downstream/summary.json), or None."""
+        data, _ = read_json_checked(self.path / "downstream" / "summary.json", None, dict)
+        return data if data and isinstance(data.get("results"), dict) else None
 
     def is_evaluating(self) -> bool:
         return self.evaluation().get("state") == "running"
@@ -223,45 +236,68 @@ class Run(JobDir):
     def has_adapter(self) -> bool:
         return (self.adapter_dir / "adapter_config.json").is_file()
 
-    def adapters(self) -> list[str]:
-        """The saved adapters inside the run, by name: 'adapter' (the final one) and 'checkpoints/epoch_N'."""
-        names = ["adapter"] if self.has_adapter() else []
-        return names + [f"checkpoints/{p.name}" for p in self.checkpoints() if (p / "adapter_config.json").is_file()]
+    @property
+    def full_ft_dir(self) -> Path:
+        return self.path / "full_ft"
 
-    def adapter_path(self, name: str | None = None) -> Path:
-        """The directory of one of the run's own adapters; nothing outside the run is ever named here."""
-        name = "adapter" if name in (None, "", "adapter", "adapter/") else str(name).strip().rstrip("/")
-        available = self.adapters()
+    def has_full_ft(self) -> bool:
+        return (self.full_ft_dir / "blocks.safetensors").is_file()
+
+    def has_weights(self) -> bool:
+        """Trained weights to evaluate or look through: a LoRA adapter, or fully fine-tuned blocks."""
+        return self.has_adapter() or self.has_full_ft()
+
+    def weights(self) -> list[str]:
+        """The trained weights saved inside the run, by name: the final ones ('adapter' for LoRA, 'full_ft' for
+        fully fine-tuned blocks) and each epoch's ('checkpoints/epoch_N')."""
+        names = (["adapter"] if self.has_adapter() else []) + (["full_ft"] if self.has_full_ft() else [])
+        return names + [f"checkpoints/{p.name}" for p in self.checkpoints()
+                        if (p / "adapter_config.json").is_file() or (p / "blocks.safetensors").is_file()]
+
+    def weights_path(self, name: str | None = None) -> Path:
+        """The directory of one of the run's own trained weights; nothing outside the run is ever named here."""
+        available = self.weights()
+        name = (available[0] if available else "adapter") if name in (None, "", "adapter/", "full_ft/") \
+            else str(name).strip().rstrip("/")
         if name not in available:
-            raise TLIError(f"run {self.id} has no adapter {name!r}; it has: {', '.join(available) or 'none'}"
+            raise TLIError(f"run {self.id} has no trained weights {name!r}; it has: {', '.join(available) or 'none'}"
                            + (" (an adapter from elsewhere comes in with `import-adapter`)" if available else ""))
         return self.path / name
 
     def save_adapter(self, peft_model, target: Path) -> None:
-        """save_pretrained into a temporary directory, then rename: never half an adapter, and on any failure
-        (a full disk, an interrupted save) no temporary left behind and the previous adapter intact."""
+        """A PEFT adapter (``save_pretrained``) saved all or nothing (see :meth:`save_weights`)."""
+        self.save_weights(peft_model.save_pretrained, target)
+
+    def save_weights(self, write, target: Path) -> None:
+        """``write(directory)`` into a temporary directory, then rename: never half a checkpoint, and on any
+        failure (a full disk, an interrupted save) no temporary left behind and the previous one intact."""
         tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-            peft_model.save_pretrained(tmp)
+            write(tmp)
             publish_dir(tmp, target)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, Exception):  # OSError, safetensors' own error type, ...: a user's disk, not a bug
                 reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise TLIError(f"could not save the adapter to {target}: {reason}") from None
+                raise TLIError(f"could not save the trained weights to {target}: {reason}") from None
             raise
 
-    def adapter_zip(self) -> bytes:
-        """The final adapter (and the config) as a zip, for download."""
-        if not self.has_adapter():
-            raise TLIError(f"run {self.id} has no saved adapter")
+    def final_weights(self) -> Path | None:
+        """The run's final trained weights: its LoRA adapter or its fully fine-tuned blocks (None before saving)."""
+        return self.adapter_dir if self.has_adapter() else self.full_ft_dir if self.has_full_ft() else None
+
+    def weights_zip(self) -> bytes:
+        """The final trained weights (adapter or fine-tuned blocks) and the config as a zip, for download."""
+        final = self.final_weights()
+        if final is None:
+            raise TLIError(f"run {self.id} has no saved weights")
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(self.adapter_dir.rglob("*")):
+            for f in sorted(final.rglob("*")):
                 if f.is_file():
-                    zf.write(f, f"{self.id}/adapter/{f.relative_to(self.adapter_dir)}")
+                    zf.write(f, f"{self.id}/{final.name}/{f.relative_to(final)}")
             zf.write(self.path / "config.json", f"{self.id}/config.json")
         return buf.getvalue()
 
@@ -271,7 +307,7 @@ class Run(JobDir):
 def _slug(config: TLIConfig) -> str:
     layers = "+".join(str(k) for k in config.target_layers)
     model = re.sub(r"[^A-Za-z0-9]+", "-", Path(config.model.model).name)[:24].strip("-") or "model"
-    return f"{model}-L{layers}-r{config.lora_r}"
+    return f"{model}-L{layers}-" + ("full" if config.method == "full" else f"r{config.lora_r}")
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -415,7 +451,9 @@ def headline(run: Run) -> dict:
         "pairs": " / ".join(f"{v.get('name', '?')} · {str(v.get('hash', ''))[:8]}" for v in sets.values()
                             if isinstance(v, dict)),
         "target layers": ",".join(map(str, layers)) if isinstance(layers, list) else layers,
-        "rank": cfg.get("lora_r"), "protocol": summ.get("headline") or ("legacy" if groups else None),
+        "method": "full FT" if cfg.get("method") == "full" else "LoRA",
+        "rank": None if cfg.get("method") == "full" else cfg.get("lora_r"),
+        "protocol": summ.get("headline") or ("legacy" if groups else None),
         "eval layer": summ.get("eval_layer"),
     }
     for g in ("trained", "control"):

@@ -1,4 +1,5 @@
-"""Sweeps: a grid over target layer(s), LoRA rank and adapter placement, as a queue of ordinary runs.
+"""Sweeps: a grid over target layer(s), method (LoRA at each rank, full fine-tuning) and placement, as a queue
+of ordinary runs.
 
 A sweep lives in ``<runs>/sweeps/<id>/``: ``sweep.json`` (the base TLIConfig and the grid),
 ``cells.json`` (each cell's settings, its run id and state) and ``status.json``. Each cell is
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import TLIConfig
+from .config import METHODS, TLIConfig
 from .errors import OverlapError, TLIError
 from .files import read_json, write_csv, write_json
 from .jobs.jobdir import JobDir
@@ -44,24 +45,38 @@ class SweepSpec:
     ranks: list[int]
     placements: list[str] = field(default_factory=lambda: ["all"])
     correction: str = "bh"
+    methods: list[str] = field(default_factory=lambda: ["lora"])
+
+    def variants(self) -> list[tuple[str, int | None]]:
+        """(method, rank) columns of the grid: LoRA at each rank, then full fine-tuning (which has no rank)."""
+        return ([("lora", int(r)) for r in self.ranks] if "lora" in self.methods else []) + (
+            [("full", None)] if "full" in self.methods else [])
 
     def cells(self) -> list[dict]:
-        return [{"cell": i, "target_layers": list(t), "rank": int(r), "placement": p}
-                for i, (t, p, r) in enumerate(itertools.product(self.target_layers, self.placements, self.ranks))]
+        return [{"cell": i, "target_layers": list(t), "method": m, "rank": r, "placement": p}
+                for i, (t, p, (m, r)) in enumerate(itertools.product(self.target_layers, self.placements,
+                                                                     self.variants()))]
 
     def config_for(self, cell: dict) -> TLIConfig:
-        return dataclasses.replace(self.base, target_layers=list(cell["target_layers"]), lora_r=int(cell["rank"]),
+        method = cell.get("method", "lora")
+        return dataclasses.replace(self.base, target_layers=list(cell["target_layers"]), method=method,
+                                   lora_r=int(cell["rank"]) if method == "lora" else self.base.lora_r,
                                    adapter_blocks=cell["placement"])
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "target_layers": self.target_layers, "ranks": self.ranks,
-                "placements": self.placements, "correction": self.correction}
+                "placements": self.placements, "correction": self.correction, "methods": self.methods}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepSpec":
         return cls(base=TLIConfig.from_dict(d["base"]), target_layers=[list(t) for t in d["target_layers"]],
                    ranks=[int(r) for r in d["ranks"]], placements=list(d["placements"]),
-                   correction=d.get("correction", "bh"))
+                   correction=d.get("correction", "bh"), methods=list(d.get("methods", ["lora"])))
+
+
+def variant_label(method: str | None, rank) -> str:
+    """'LoRA r=16' or 'full FT': a cell's method column, as tables and messages show it."""
+    return "full FT" if method == "full" else f"LoRA r={int(rank)}"
 
 
 class Sweep(JobDir):
@@ -96,8 +111,11 @@ class Sweep(JobDir):
 def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=None, control=None,
                  name: str | None = None) -> Sweep:
     """Write the sweep's directory (and the pair sets every cell will use); nothing runs yet."""
-    if not spec.target_layers or not spec.ranks or not spec.placements:
-        raise TLIError("a sweep needs at least one target layer setting, one rank and one placement")
+    unknown = [m for m in spec.methods if m not in METHODS]
+    if unknown or not spec.methods:
+        raise TLIError(f"sweep methods must be among {', '.join(METHODS)} (got {', '.join(spec.methods) or 'none'})")
+    if not spec.target_layers or not spec.placements or ("lora" in spec.methods and not spec.ranks):
+        raise TLIError("a sweep needs at least one target layer setting, one placement, and one rank for LoRA")
     if any(r < 1 for r in spec.ranks):
         raise TLIError("every rank in a sweep must be at least 1")
     root = Path(runs_dir or default_runs_dir()) / SWEEPS
@@ -212,7 +230,8 @@ def sweep_results(sweep: Sweep, correction: str | None = None) -> pd.DataFrame:
     rows = []
     for cell in sweep.cells():
         row = {"cell": cell["cell"], "target layers": ",".join(map(str, cell["target_layers"])),
-               "rank": cell["rank"], "placement": cell["placement"], "state": cell["state"], "run": cell["run"],
+               "method": cell.get("method", "lora"), "rank": cell["rank"], "placement": cell["placement"],
+               "state": cell["state"], "run": cell["run"],
                "reason": cell.get("reason", "")}
         summary = None
         if cell["run"] and (sweep.runs_dir / cell["run"] / "summary.json").is_file():
@@ -233,12 +252,22 @@ def sweep_results(sweep: Sweep, correction: str | None = None) -> pd.DataFrame:
 
 
 def best_cell(results: pd.DataFrame) -> int | None:
-    """The cell with the largest control-set gain among the significant ones (else the largest gain)."""
+    """The cell with the largest control-set gain among the significant gains (else the largest change).
+
+    A significant *decrease* is never "best": see :func:`significant_gain` for how to word the pick.
+    """
     done = results.dropna(subset=["control change"])
     if done.empty:
         return None
-    pool = done[done["significant"]] if done["significant"].any() else done
+    gains = done[done["significant"] & (done["control change"] > 0)]
+    pool = gains if not gains.empty else done
     return int(pool.loc[pool["control change"].idxmax(), "cell"])
+
+
+def significant_gain(results: pd.DataFrame, cell: int) -> bool:
+    """Whether ``cell`` raised the control-set cosine significantly (after the sweep's correction)."""
+    row = results[results["cell"] == cell].iloc[0]
+    return bool(row["significant"] and row["control change"] > 0)
 
 
 def parse_grid_layers(text: str) -> list[list[int]]:

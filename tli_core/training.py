@@ -28,6 +28,7 @@ from .alignment import PairIndex, pair_index
 from .config import Resolved, TLIConfig, total_steps
 from .embeddings import Tokenised, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
+from .fullft import FullBlocks
 
 # --------------------------------------------------------------------------- losses
 
@@ -84,6 +85,24 @@ def attach_lora(model, config: TLIConfig, resolved: Resolved):
         return get_peft_model(model, lora)
     except ValueError as exc:
         raise TLIError(f"cannot attach LoRA to {', '.join(targets)}: {str(exc).splitlines()[0]}") from None
+
+
+class Trainable:
+    """What training needs of the method, whichever it is: the model to run, how to save what it learns,
+    how to give the base model back."""
+
+    def __init__(self, model, write, close, kind: str):
+        self.model, self.write, self.close, self.kind = model, write, close, kind
+
+
+def attach(model, config: TLIConfig, resolved: Resolved) -> Trainable:
+    """LoRA adapters on the configured modules (the paper), or the learning blocks themselves (full fine-tuning)."""
+    if config.method == "full":
+        blocks = FullBlocks(model, resolved.learning_blocks)
+        torch.manual_seed(config.seed)
+        return Trainable(model, lambda d: blocks.write(d, config.model.model), blocks.close, "full")
+    peft_model = attach_lora(model, config, resolved)
+    return Trainable(peft_model, peft_model.save_pretrained, peft_model.unload, "lora")
 
 
 def pooled_for_loss(model, ids, mask, weights, layers: Sequence[int], early_exit: bool) -> dict[int, torch.Tensor]:
@@ -220,11 +239,11 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
         result.seconds = time.perf_counter() - start
 
 
-def gradient_blocks(peft_model) -> list[int]:
-    """Blocks (1-based) whose LoRA weights currently hold a non-zero gradient (after a backward)."""
+def gradient_blocks(model) -> list[int]:
+    """Blocks (1-based) whose trainable weights (LoRA's, or a fine-tuned block's) hold a non-zero gradient."""
     blocks = set()
-    for name, p in peft_model.named_parameters():
-        if "lora_" in name and p.grad is not None and p.grad.abs().sum() > 0:
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0:
             m = re.search(r"\.layers\.(\d+)\.", name)
             if m:
                 blocks.add(int(m.group(1)) + 1)

@@ -19,18 +19,22 @@ import threading
 import time
 import traceback
 
-from .adapters import load_adapter, strip_adapters
+from peft import PeftModel
+
+from .adapters import merged_adapter, strip_adapters
 from .config import Resolved, TLIConfig, resolve, total_steps
+from .downstream import item_table, paired_items, run_tasks
 from .errors import OverlapError, TLIError
-from .evaluation import embed_sets, evaluate, merge_difference, merged_adapter, write_eval
-from .files import write_json
+from .evaluation import embed_sets, evaluate, merge_difference, write_eval
+from .files import write_csv, write_json
 from .jobs.process import JobLock, my_process_tag, now
 from .models import LoadedModel, load_model, model_shape, package_versions
 from .pairs import check_leakage, load_pairs
 from .progress import Progress, no_progress
 from .protocols import Protocol, get_protocol, resolve_eval_layer
 from .runs import Run
-from .training import attach_lora, gradient_blocks, train
+from .trained import is_adapter, trained_model
+from .training import attach, gradient_blocks, train
 
 
 def check_config(config: TLIConfig, trained=None, control=None) -> tuple[Resolved, list[str]]:
@@ -125,8 +129,8 @@ def execute(run: Run, progress: Progress = no_progress, lock_held: bool = False,
     try:
         return _execute(run, progress, stop, lm)
     except Stopped as exc:
-        message = (f"stopped during {exc}" + (" (adapter saved; evaluate it from Runs or the CLI)"
-                                              if run.has_adapter() else " (no adapter)"))
+        message = (f"stopped during {exc}" + (" (weights saved; evaluate them from Runs or the CLI)"
+                                              if run.has_weights() else " (no adapter)"))
         run.log(message)
         return _final(run, state="stopped", phase="stopped", finished=now(), message=message)
     except TLIError as exc:
@@ -195,13 +199,13 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     run.update_status(phase="embedding before")
     before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
                         _stoppable(progress, stop, "embedding before"))
-    peft_model = None
+    trainable = None
     try:
-        peft_model = attach_lora(lm.model, config, resolved)
-        return _train_and_evaluate(run, config, resolved, lm, peft_model, sets, before, protocols, progress, stop)
+        trainable = attach(lm.model, config, resolved)
+        return _train_and_evaluate(run, config, resolved, lm, trainable, sets, before, protocols, progress, stop)
     finally:
-        if peft_model is not None:
-            peft_model.unload()  # the base model goes back exactly as it was (adapters removed, not merged)
+        if trainable is not None:
+            trainable.close()  # the base model goes back exactly as it was (adapters removed / blocks restored)
         else:
             strip_adapters(lm.model)  # attaching failed half-way: take out whatever was injected
 
@@ -215,23 +219,26 @@ def _poolings(protocols: list[Protocol], local: bool = True, merged: bool | None
                               and (merged is None or p.merged == merged)))
 
 
-def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, peft_model, sets, before, protocols,
+def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, trainable, sets, before, protocols,
                         progress: Progress, stop: _StopFlag) -> dict:
     trained = sets["trained"]
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    model = trainable.model
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     learn = resolved.learning_blocks
-    run.log(f"LoRA: {trainable:,} trainable parameters; the loss on layer(s) {resolved.target_layers} reaches "
-            f"adapters in blocks {learn[0]}..{learn[-1]} only"
+    what = "LoRA adapters in blocks" if trainable.kind == "lora" else "the weights of blocks"
+    run.log(f"{trainable.kind}: {n_trainable:,} trainable parameters; the loss on layer(s) {resolved.target_layers} "
+            f"reaches {what} {learn[0]}..{learn[-1]} only"
             + (" (early exit: blocks beyond are not run)" if config.early_exit else ""))
+    weights_dir = run.adapter_dir if trainable.kind == "lora" else run.full_ft_dir
     total = total_steps(len(trained), config.batch_size, config.epochs)
-    run.update_status(phase="training", step=0, total_steps=total, trainable_parameters=trainable,
-                      learning_blocks=learn)
+    run.update_status(phase="training", step=0, total_steps=total, trainable_parameters=n_trainable,
+                      learning_blocks=learn, method=trainable.kind)
     last_write = [0.0]
     grad_seen: dict = {}
 
     def on_step(m: dict) -> None:
         if m["step"] == 1:
-            grad_seen["blocks"] = gradient_blocks(peft_model)
+            grad_seen["blocks"] = gradient_blocks(model)
         run.append_metric(m)
         if time.monotonic() - last_write[0] > 0.5 or m["step"] == m["total_steps"]:
             run.update_status(step=m["step"], epoch=m["epoch"], loss=m["loss"], elapsed=m["elapsed"])
@@ -240,32 +247,34 @@ def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, pef
 
     progress("training", 0, total, "")
 
-    def on_epoch(epoch: int, model) -> None:
-        run.save_adapter(model, run.path / "checkpoints" / f"epoch_{epoch}")
-        run.log(f"epoch {epoch} done; adapter saved to checkpoints/epoch_{epoch}")
+    def on_epoch(epoch: int, _model) -> None:
+        run.save_weights(trainable.write, run.path / "checkpoints" / f"epoch_{epoch}")
+        run.log(f"epoch {epoch} done; trained weights saved to checkpoints/epoch_{epoch}")
 
-    result = train(peft_model, lm.tokenizer, trained, config, resolved, on_step=on_step, on_epoch=on_epoch,
+    result = train(model, lm.tokenizer, trained, config, resolved, on_step=on_step, on_epoch=on_epoch,
                    should_stop=stop)
     run.log(f"training {result.state} after {result.steps}/{result.total_steps} steps in {result.seconds:.1f} s"
             + (f": {result.message}" if result.message else ""))
     train_info = {"state": result.state, "steps": result.steps, "total_steps": result.total_steps,
                   "seconds": round(result.seconds, 3), "learning_blocks": learn,
-                  "gradient_blocks": grad_seen.get("blocks"), "trainable_parameters": trainable}
+                  "gradient_blocks": grad_seen.get("blocks"), "trainable_parameters": n_trainable,
+                  "method": trainable.kind}
     if result.state == "failed":
         return run.update_status(state="failed", phase="training", finished=now(), message=result.message,
                                  train=train_info)
     if result.state == "stopped" and result.steps == 0:
         return run.update_status(state="stopped", phase="stopped", finished=now(), train=train_info,
                                  message="stopped before the first training step (no adapter)")
-    progress("saving the adapter", 0, 1, "")
-    run.save_adapter(peft_model, run.adapter_dir)
+    progress("saving the trained weights", 0, 1, "")
+    run.save_weights(trainable.write, weights_dir)
     if result.state == "stopped":
         return run.update_status(state="stopped", phase="stopped", finished=now(), step=result.steps,
-                                 message=f"{result.message}; adapter saved (evaluate it from the Runs page, or "
-                                         f"`python -m tli_core evaluate --run {run.id}`)", train=train_info)
+                                 message=f"{result.message}; {trainable.kind} weights saved (evaluate them from the "
+                                         f"Runs page, or `python -m tli_core evaluate --run {run.id}`)",
+                                 train=train_info)
     run.update_status(phase="embedding after", step=result.steps)
-    evaluate_protocols(run, config, resolved, lm, peft_model, sets, before, protocols, train_info,
-                       _stopper(progress, stop))
+    evaluate_protocols(run, config, resolved, lm, model, sets, before, protocols, train_info,
+                       _stopper(progress, stop), weights_dir)
     return run.update_status(state="done", phase="done", finished=now(), step=result.steps, message="")
 
 
@@ -273,18 +282,23 @@ def _stopper(progress: Progress, stop: _StopFlag):
     return lambda phase: _stoppable(progress, stop, phase)
 
 
-def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: LoadedModel, peft_model, sets, before,
-                       protocols: list[Protocol], train_info: dict, progress_for) -> dict:
-    """After-passes (attached, merged, FP4 base) for ``protocols``, their statistics, files and summary."""
+def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: LoadedModel, tuned, sets, before,
+                       protocols: list[Protocol], train_info: dict, progress_for, weights_dir) -> dict:
+    """After-passes (attached, merged, FP4 base) for ``protocols``, their statistics, files and summary.
+
+    ``tuned`` is the model with the trained weights: a PeftModel, or the base with fine-tuned blocks
+    (there is no adapter to merge then: merged protocols use the same after-pass, and say so).
+    """
     precision = config.analysis_precision
     local = [p for p in protocols if p.quantization is None]
     attached_poolings = _poolings(local, local=True)  # merged protocols too: the merge is measured against it
-    after = embed_sets(peft_model, lm.tokenizer, sets, attached_poolings, precision, progress_for("embedding after"))
+    after = embed_sets(tuned, lm.tokenizer, sets, attached_poolings, precision, progress_for("embedding after"))
     merged_after, merge_diff = {}, {}
     merged_poolings = _poolings(local, local=True, merged=True)
-    if merged_poolings:
-        with merged_adapter(peft_model):
-            merged_after = embed_sets(peft_model, lm.tokenizer, sets, merged_poolings, precision,
+    has_adapter = isinstance(tuned, PeftModel)
+    if merged_poolings and has_adapter:
+        with merged_adapter(tuned):
+            merged_after = embed_sets(tuned, lm.tokenizer, sets, merged_poolings, precision,
                                       progress_for("embedding after (adapter merged)"))
         merge_diff = {pooling: merge_difference(after[pooling], merged_after[pooling]) for pooling in merged_poolings}
     summaries = {}
@@ -292,16 +306,20 @@ def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: Load
     for i, p in enumerate(local):
         report("evaluating", i, len(local), p.name)
         layer = resolve_eval_layer(p.layer, resolved.num_layers, resolved.target_layers)
-        after_p = merged_after[p.pooling] if p.merged else after[p.pooling]
-        extra = {"merge_vs_attached": merge_diff.get(p.pooling)} if p.merged else {}
+        after_p = merged_after[p.pooling] if p.merged and has_adapter else after[p.pooling]
+        extra = {"merge_vs_attached": merge_diff.get(p.pooling)} if p.merged and has_adapter else {}
+        if not has_adapter:
+            extra = {"merged": False, "weights": "full", "protocol_description": p.describe("full")}
         summaries[p.name] = _write_protocol(run, sets, before[p.pooling], after_p, layer, p, config.seed, extra)
     for p in protocols:
         if p.quantization is not None:
-            summaries[p.name] = _evaluate_on_other_base(run, config, resolved, lm, sets, p, progress_for)
+            summaries[p.name] = _evaluate_on_other_base(run, config, resolved, lm, sets, p, progress_for,
+                                                        weights_dir)
     return _finish(run, config, resolved, summaries, lm.facts, train_info)
 
 
-def _evaluate_on_other_base(run: Run, config, resolved, lm, sets, protocol: Protocol, progress_for) -> dict:
+def _evaluate_on_other_base(run: Run, config, resolved, lm, sets, protocol: Protocol, progress_for,
+                            weights_dir) -> dict:
     """A protocol that loads the base differently (the authors' FP4): its own before and after passes."""
     spec = dataclasses.replace(config.model, quantization=protocol.quantization)
     progress_for(f"loading the {protocol.quantization} base")("loading model", 0, 1, "")
@@ -310,16 +328,15 @@ def _evaluate_on_other_base(run: Run, config, resolved, lm, sets, protocol: Prot
         precision = config.analysis_precision
         before = embed_sets(other.model, other.tokenizer, sets, [protocol.pooling], precision,
                             progress_for(f"embedding before ({protocol.quantization} base)"))
-        tuned = load_adapter(other.model, run.adapter_dir)
-        try:
-            with merged_adapter(tuned) if protocol.merged else contextlib.nullcontext():
-                after = embed_sets(tuned, other.tokenizer, sets, [protocol.pooling], precision,
-                                   progress_for(f"embedding after ({protocol.quantization} base)"))
-        finally:
-            tuned.unload()
+        with trained_model(other.model, weights_dir, merged=protocol.merged and is_adapter(weights_dir)) as tuned:
+            after = embed_sets(tuned, other.tokenizer, sets, [protocol.pooling], precision,
+                               progress_for(f"embedding after ({protocol.quantization} base)"))
         layer = resolve_eval_layer(protocol.layer, resolved.num_layers, resolved.target_layers)
+        extra = {"base_quantization": protocol.quantization}
+        if not is_adapter(weights_dir):
+            extra |= {"merged": False, "weights": "full", "protocol_description": protocol.describe("full")}
         return _write_protocol(run, sets, before[protocol.pooling], after[protocol.pooling], layer, protocol,
-                               config.seed, {"base_quantization": protocol.quantization})
+                               config.seed, extra)
     finally:
         del other
         gc.collect()
@@ -351,52 +368,91 @@ def _finish(run: Run, config: TLIConfig, resolved: Resolved, summaries: dict, fa
     return summary
 
 
-def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_progress,
-                 protocols: list[str] | None = None) -> dict:
-    """Re-evaluate a run from its saved adapter on a freshly loaded base model.
-
-    Holds the runs directory's job lock (a model load is as heavy as training's), and records
-    its progress under ``evaluation`` in status.json so the dashboard can show it.
-    """
+def side_job(run: Run, name: str, body, progress: Progress = no_progress, **record_extra):
+    """Run ``body(report)`` as the run's ``name`` job (evaluation, downstream): under the runs directory's job
+    lock (a model load is as heavy as training's), its state and phase recorded under ``name`` in status.json
+    so the dashboard can follow it, failures recorded before they surface."""
     if run.is_active():
-        raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
-    adapter_dir = run.adapter_path(adapter)
-    config = run.config()
-    if protocols:
-        config = dataclasses.replace(config, protocols=list(protocols))
-    tag = my_process_tag()
-    started = now()
+        raise TLIError(f"run {run.id} is still {run.status()['state']}; wait until its training ends")
+    tag, started = my_process_tag(), now()
 
-    def record(**ev):
-        run.update_status(evaluation=dict(ev, process=tag, started=started, protocols=config.protocols))
+    def record(**job):
+        run.update_status(**{name: dict(job, process=tag, started=started, **record_extra)})
 
     lock = JobLock(run.path.parent)
-    if not lock.acquire(f"evaluation of run {run.id}, pid {os.getpid()}"):
+    if not lock.acquire(f"{name} of run {run.id}, pid {os.getpid()}"):
         message = f"another job holds the lock ({lock.holder()}); one job at a time"
         record(state="failed", finished=now(), message=message)
         raise TLIError(message)
-
-    last = {"phase": None}
+    last = {"phase": None, "at": 0.0}
 
     def report(phase, done, total, detail=""):
         progress(phase, done, total, detail)
-        if phase != last["phase"]:  # one status write per phase, not per batch
-            last["phase"] = phase
-            record(state="running", phase=phase)
+        moment = time.monotonic()
+        if phase != last["phase"] or moment - last["at"] > 2.0:  # a status write per phase and every 2 s at most
+            last.update(phase=phase, at=moment)
+            record(state="running", phase=phase, done=done, total=total, detail=detail)
 
     try:
         record(state="running", phase="loading the model")
-        summary = _evaluate_run(run, config, adapter_dir, report)
+        result = body(report)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, TLIError) else f"{type(exc).__name__}: {exc} (see train.log)"
         if not isinstance(exc, TLIError):
-            run.log("unexpected error during evaluation:\n" + traceback.format_exc())
+            run.log(f"unexpected error during {name}:\n" + traceback.format_exc())
         record(state="failed", finished=now(), message=message)
         raise
     finally:
         lock.release()
     record(state="done", finished=now())
-    return summary
+    return result
+
+
+def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_progress,
+                 protocols: list[str] | None = None) -> dict:
+    """Re-evaluate a run from its saved weights on a freshly loaded base model (a side job: ``evaluation``)."""
+    adapter_dir = run.weights_path(adapter)
+    config = run.config()
+    if protocols:
+        config = dataclasses.replace(config, protocols=list(protocols))
+    return side_job(run, "evaluation", lambda report: _evaluate_run(run, config, adapter_dir, report), progress,
+                    protocols=config.protocols)
+
+
+def downstream_run(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None,
+                   weights: str | None = None, progress: Progress = no_progress) -> dict:
+    """lm-eval benchmarks on the base model and on the run's trained weights, same settings; paired item tests.
+
+    Writes ``downstream/summary.json`` (per task: accuracies with CIs, McNemar's p, the paired bootstrap CI
+    of the change) and ``downstream/items.csv`` (every item's correctness under both models).
+    """
+    if not tasks:
+        raise TLIError("no downstream task given")
+    weights_dir = run.weights_path(weights)
+    config = run.config()
+    settings = {"tasks": list(tasks), "num_fewshot": int(num_fewshot), "limit": limit,
+                "weights": str(weights_dir.relative_to(run.path))}
+
+    def body(report):
+        lm = load_model(config.model)
+        base = run_tasks(lm.model, lm.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
+                         phase="base model")
+        with trained_model(lm.model, weights_dir) as tuned:
+            after = run_tasks(tuned, lm.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
+                              phase="tuned model")
+        results = {t: paired_items(base[t], after[t], seed=config.seed) for t in tasks}
+        chance = {t: base[t].chance for t in tasks if base[t].chance is not None}
+        summary = {**settings, "model": lm.facts.name, "finished": now(), "results": results, "chance": chance,
+                   "test": "McNemar's exact test on the items one model gets right and the other wrong; paired "
+                           "bootstrap 95% CI of the accuracy change"}
+        write_csv(run.path / "downstream" / "items.csv", item_table(base, after))
+        write_json(run.path / "downstream" / "summary.json", summary)
+        for t, r in results.items():
+            run.log(f"[downstream] {t}: {r['acc_base']:.3f} -> {r['acc_tuned']:.3f} (n={r['n']}, "
+                    f"McNemar p={r['p_mcnemar']:.3g})")
+        return summary
+
+    return side_job(run, "downstream", body, progress, **settings)
 
 
 def _evaluate_run(run: Run, config: TLIConfig, adapter_dir, progress: Progress) -> dict:
@@ -410,14 +466,11 @@ def _evaluate_run(run: Run, config: TLIConfig, adapter_dir, progress: Progress) 
 
     before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
                         progress_for("embedding before"))
-    tuned = load_adapter(lm.model, adapter_dir)
-    try:
+    with trained_model(lm.model, adapter_dir) as tuned:
         train_info = (run.raw_status().get("train") or {}) | {
             "evaluated_adapter": str(adapter_dir.relative_to(run.path))}
         summary = evaluate_protocols(run, config, resolved, lm, tuned, sets, before, protocols, train_info,
-                                     progress_for)
-    finally:
-        tuned.unload()
+                                     progress_for, adapter_dir)
     if run.raw_status().get("state") == "stopped":
         run.update_status(message="stopped; evaluated from the saved adapter")
     return summary

@@ -100,7 +100,7 @@ def evaluation_panel(run, key: str) -> None:
     """
     ev = run.evaluation()
     if ev.get("state") == "running":
-        st.info(f"Evaluating the saved adapter: {ev.get('phase', 'starting')} (started {ev.get('started', 'now')}). "
+        st.info(f"Evaluating the saved weights: {ev.get('phase', 'starting')} (started {ev.get('started', 'now')}). "
                 f"This page updates when it is done.", icon=":material/hourglass_top:")
         _poll_evaluation(run)
         return

@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 
 from ..config import TLIConfig, read_config_file
+from ..downstream import HUB_TASKS, LOCAL_TASKS, downstream_table
 from ..errors import TLIError
 from ..jobs.runner import import_adapter, start_run
 from ..layers import parse_layers
@@ -16,7 +17,7 @@ from ..pairs import load_pairs
 from ..protocols import PROTOCOLS
 from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
-from ..worker import evaluate_run, execute, worker_main
+from ..worker import downstream_run, evaluate_run, execute, worker_main
 from .common import MODEL_FLAGS, TerminalProgress, add_model_args, spec_from_args
 
 # TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
@@ -25,8 +26,9 @@ TRAIN_FLAGS = {
     "trained_subset": ("--trained-subset", int), "control_subset": ("--control-subset", int),
     "target_layers": ("--target-layers", str), "protocols": ("--protocols", str), "eval_layer": ("--eval-layer", str),
     "eval_pooling": ("--eval-pooling", str), "analysis_precision": ("--analysis-precision", str),
-    "pooling": ("--pooling", str), "lora_r": ("--rank", int), "lora_alpha": ("--alpha", int),
-    "lora_dropout": ("--lora-dropout", float), "target_modules": ("--target-modules", str),
+    "pooling": ("--pooling", str), "method": ("--method", str), "lora_r": ("--rank", int),
+    "lora_alpha": ("--alpha", int), "lora_dropout": ("--lora-dropout", float),
+    "target_modules": ("--target-modules", str),
     "adapter_blocks": ("--adapter-blocks", str), "loss": ("--loss", str), "margin": ("--margin", float),
     "temperature": ("--temperature", float), "learning_rate": ("--lr", float),
     "warmup_steps": ("--warmup-steps", int), "epochs": ("--epochs", int), "batch_size": ("--batch-size", int),
@@ -147,6 +149,30 @@ def cmd_import_adapter(args) -> int:
     return 0
 
 
+def cmd_downstream(args) -> int:
+    run = load_run(args.run, args.runs_dir)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bars = TerminalProgress(not args.quiet)
+    try:
+        summary = downstream_run(run, tasks, args.fewshot, args.limit, args.weights, progress=bars)
+    finally:
+        bars.close()
+    print(f"run {run.id}: downstream benchmarks, {args.fewshot}-shot" + (f", limit {args.limit}" if args.limit else "")
+          + f"; items in {run.path / 'downstream' / 'items.csv'}")
+    print(downstream_table(summary).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 0
+
+
+def cmd_downstream_worker(args) -> int:
+    run = Run(args.run_dir)
+    try:
+        downstream_run(run, [t for t in args.tasks.split(",") if t], args.fewshot, args.limit)
+    except TLIError as exc:
+        run.log(f"downstream benchmarks failed: {exc}")
+        return 2
+    return 0
+
+
 def cmd_worker(args) -> int:
     return worker_main(args.run_dir)
 
@@ -215,6 +241,28 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", default=None)
     add_model_args(p, defaults=False)
     p.set_defaults(func=cmd_import_adapter)
+
+    p = sub.add_parser("downstream", help="benchmarks before/after with lm-evaluation-harness (XNLI, XCOPA, ...)",
+                       description="Evaluate the base model and the run's trained weights on lm-eval tasks with the "
+                                   "same settings, store every item's correctness, and test the change on paired "
+                                   "items (McNemar; paired bootstrap CI). Real tasks download their data from the "
+                                   "Hugging Face hub; the local tasks " + ", ".join(LOCAL_TASKS) + " run offline. "
+                                   "Suggested: " + "; ".join(f"{k} = {v}" for k, v in HUB_TASKS.items()))
+    p.add_argument("--run", required=True, help="run id")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--fewshot", type=int, default=0, help="few-shot examples per item (default: 0, zero-shot)")
+    p.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    p.add_argument("--weights", default=None, help="trained weights inside the run (default: the final ones)")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_downstream)
+
+    p = sub.add_parser("downstream-worker", help=argparse.SUPPRESS)
+    p.add_argument("run_dir")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--fewshot", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_downstream_worker)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("run_dir")

@@ -82,6 +82,27 @@ def resume_sweep(sweep: Sweep) -> None:
     spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
 
 
+def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None) -> None:
+    """Check -> busy -> launch lm-eval benchmarks (base and tuned) for a run's saved weights, in the background."""
+    if not tasks:
+        raise TLIError("pick at least one task")
+    unknown = [t for t in tasks if not str(t).replace("_", "").replace("-", "").isalnum()]
+    if unknown:
+        raise TLIError(f"not a task name: {', '.join(unknown)}")
+    if num_fewshot < 0 or (limit is not None and limit < 1):
+        raise TLIError("few-shot count must be 0 or more, and the limit at least 1")
+    if run.is_active():
+        raise TLIError(f"run {run.id} is still {run.status()['state']}; wait until its training ends")
+    if run.side_job("downstream").get("state") == "running":
+        raise TLIError(f"run {run.id} is already being benchmarked")
+    if not run.has_weights():
+        raise TLIError(f"run {run.id} has no trained weights to benchmark")
+    _not_busy(run.path.parent)
+    args = ["--tasks", ",".join(tasks), "--fewshot", str(int(num_fewshot))]
+    spawn_worker("downstream-worker", run.path, run.log_path, pid_file="downstream.pid",
+                 extra_args=args + (["--limit", str(int(limit))] if limit else []))
+
+
 def start_evaluation(run: Run, protocols: list[str] | None = None) -> None:
     """Check -> busy -> launch a re-evaluation of a run's saved adapter in the background."""
     for name in protocols or []:
@@ -90,8 +111,8 @@ def start_evaluation(run: Run, protocols: list[str] | None = None) -> None:
         raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
     if run.is_evaluating():
         raise TLIError(f"run {run.id} is already being evaluated")
-    if not run.has_adapter():
-        raise TLIError(f"run {run.id} has no saved adapter to evaluate")
+    if not run.has_weights():
+        raise TLIError(f"run {run.id} has no saved weights to evaluate")
     _not_busy(run.path.parent)
     spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid",
                  extra_args=["--protocol", ",".join(protocols)] if protocols else None)

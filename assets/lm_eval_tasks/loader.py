@@ -1,0 +1,27 @@
+"""Datasets of the local tasks, read from the JSONL files beside this file (whatever the working directory;
+nothing is written to the Hugging Face datasets cache)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(direction: str) -> datasets.DatasetDict:
+    splits = {}
+    for split in ("train", "test"):
+        lines = (HERE / f"{direction}_{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        splits[split] = datasets.Dataset.from_list([json.loads(line) for line in lines if line.strip()])
+    return datasets.DatasetDict(splits)
+
+
+def sw_en(**kwargs) -> datasets.DatasetDict:
+    return _load("sw_en")
+
+
+def en_sw(**kwargs) -> datasets.DatasetDict:
+    return _load("en_sw")

@@ -1,0 +1,196 @@
+"""Downstream benchmarks before and after: does early-layer tuning preserve (or help) zero-shot reasoning?
+
+Runs lm-evaluation-harness (``lm-eval``, the field's standard runner) on the base model and on the
+model with the run's adapter (or fully fine-tuned blocks), with the same settings, and keeps every
+item's correctness, so the change is tested on paired items: McNemar's exact test on the items one
+model gets right and the other wrong, and a paired bootstrap CI of the accuracy difference.
+
+Real tasks (XNLI, XCOPA, Belebele, XStoryCloze in Swahili and English) download their data from the
+Hugging Face hub as lm-eval always does; offline they fail at once with one line. The local tasks
+in ``assets/lm_eval_tasks`` (word choice over the shipped control pairs) run anywhere, through the
+same code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .errors import TLIError
+from .models import hub_reachable
+from .progress import Progress, no_progress
+
+LOCAL_TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval_tasks"
+LOCAL_TASKS = {
+    "tli_word_choice_sw_en": "local: pick the English translation of a control-set Swahili word (4 choices)",
+    "tli_word_choice_en_sw": "local: pick the Swahili translation of a control-set English word (4 choices)",
+}
+HUB_TASKS = {
+    "xnli_sw": "XNLI, Swahili: natural language inference (3 classes)",
+    "xnli_en": "XNLI, English: the same items in English",
+    "xcopa_sw": "XCOPA, Swahili: causal commonsense (2 choices)",
+    "belebele_swh_Latn": "Belebele, Swahili: reading comprehension (4 choices)",
+    "belebele_eng_Latn": "Belebele, English: the same passages in English",
+    "xstorycloze_sw": "XStoryCloze, Swahili: story endings (2 choices)",
+}
+TASKS = {**LOCAL_TASKS, **HUB_TASKS}
+BOOTSTRAP = 2000
+
+
+@dataclass
+class TaskResult:
+    task: str
+    items: pd.DataFrame  # doc_id, correct (0/1), target
+    accuracy: float
+    chance: float | None = None  # the mean of 1 / (answer choices) over the items (multiple choice)
+
+
+class _RequestBar:
+    """Stands in for the ``tqdm`` bar lm-eval's HFLM draws over its requests: the same counts go to our
+    progress callback (the Train/Runs pages, the CLI's one line, the run's status) instead of stderr."""
+
+    def __init__(self, report, iterable=None, total=None, **_ignored):
+        self.report, self.iterable = report, iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n, self._last = 0, 0.0
+        self.report(self.n, self.total)
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = time.monotonic()
+        if now - self._last > 0.5 or (self.total is not None and self.n >= self.total):
+            self._last = now
+            self.report(self.n, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _requests_to(report):
+    """lm-eval's request bars reported through ``report(done, total)`` for the duration of the block; its
+    tokenizing bars (quick) silenced."""
+    from lm_eval.api import model as api
+    from lm_eval.api import task as api_task
+    from lm_eval.models import huggingface as hf
+
+    quiet = [api, api_task]
+    originals = [hf.tqdm] + [m.tqdm for m in quiet]
+    hf.tqdm = lambda *args, **kwargs: _RequestBar(report, *args, **kwargs)
+    for m in quiet:
+        m.tqdm = lambda *args, **kwargs: _RequestBar(lambda done, total: None, *args, **kwargs)
+    try:
+        yield
+    finally:
+        for m, original in zip([hf] + quiet, originals, strict=True):
+            m.tqdm = original
+
+
+def run_tasks(model, tokenizer, tasks: list[str], num_fewshot: int = 0, limit: int | float | None = None,
+              batch_size: int = 8, seed: int = 0, progress: Progress = no_progress,
+              phase: str = "downstream") -> dict[str, TaskResult]:
+    """Evaluate ``model`` on ``tasks`` with lm-eval; per task, every item's correctness.
+
+    Progress is reported per task as lm-eval's scored requests (one per item and answer choice).
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    unknown = [t for t in tasks if t not in TASKS and not t.startswith("tli_")]
+    hub = [t for t in tasks if t not in LOCAL_TASKS]
+    if hub and not hub_reachable(timeout=2.0):  # fail at once, not after lm-eval's retries
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    manager = TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=bool(hub))
+    known = set(manager.all_tasks)
+    missing = [t for t in tasks if t not in known]
+    if missing:
+        raise TLIError(f"lm-eval knows no task {', '.join(missing)}" + (
+            f" (suggested: {', '.join(TASKS)})" if unknown else ""))
+    pad = tokenizer.pad_token  # HFLM sets a pad token of its own choosing; the shared tokenizer keeps ours
+    chatter = logging.getLogger("lm_eval")  # its notes on passing a built model, metadata, few-shot defaults
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    out = {}
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=512)
+        for i, task in enumerate(tasks):
+            detail = f"{task} (task {i + 1} of {len(tasks)}), requests"
+            progress(phase, 0, None, detail)
+            try:
+                with _requests_to(lambda done, total, detail=detail: progress(phase, done, total, detail)):
+                    res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager,
+                                                  num_fewshot=num_fewshot, limit=limit, log_samples=True,
+                                                  bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
+                                                  torch_random_seed=seed, fewshot_random_seed=seed)
+            except ConnectionError as exc:
+                raise TLIError(f"task {task} needs its dataset from the Hugging Face hub, which cannot be reached "
+                               f"from here ({str(exc).splitlines()[0][:160]}); the local tasks "
+                               f"({', '.join(LOCAL_TASKS)}) run offline") from None
+            samples = res["samples"][task]
+            items = pd.DataFrame([{"doc_id": int(s["doc_id"]), "correct": float(s["acc"]),
+                                   "target": str(s.get("target"))} for s in samples])
+            choices = [len(s.get("arguments") or []) for s in samples]
+            chance = float(np.mean([1 / c for c in choices])) if choices and min(choices) > 1 else None
+            out[task] = TaskResult(task, items.sort_values("doc_id").reset_index(drop=True),
+                                   float(items["correct"].mean()) if len(items) else float("nan"), chance)
+    finally:
+        tokenizer.pad_token = pad
+        chatter.setLevel(level)
+    return out
+
+
+def paired_items(base: TaskResult, tuned: TaskResult, seed: int = 0) -> dict:
+    """Accuracy before/after on the same items, McNemar's exact test, paired bootstrap 95% CI of the change."""
+    merged = base.items.merge(tuned.items, on="doc_id", suffixes=("_base", "_tuned"))
+    if merged.empty:
+        raise TLIError(f"task {base.task}: no item was scored by both models")
+    a, b = merged["correct_base"].to_numpy(), merged["correct_tuned"].to_numpy()
+    lost, gained = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = float(sps.binomtest(min(lost, gained), lost + gained, 0.5).pvalue) if lost + gained else 1.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(BOOTSTRAP, len(a)))
+    diffs = (b[idx] - a[idx]).mean(axis=1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    ci_base = np.percentile(a[idx].mean(axis=1), [2.5, 97.5])
+    ci_tuned = np.percentile(b[idx].mean(axis=1), [2.5, 97.5])
+    return {"task": base.task, "n": int(len(a)), "acc_base": float(a.mean()), "acc_tuned": float(b.mean()),
+            "change": float(b.mean() - a.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "acc_base_ci": [float(ci_base[0]), float(ci_base[1])],
+            "acc_tuned_ci": [float(ci_tuned[0]), float(ci_tuned[1])],
+            "lost": lost, "gained": gained, "p_mcnemar": p}
+
+
+def downstream_table(summary: dict) -> pd.DataFrame:
+    """One row per task: accuracy before and after with their CIs, the change and its CI, McNemar's p."""
+    rows = []
+    chance = summary.get("chance") or {}
+    for task, r in summary["results"].items():
+        rows.append({"task": task, "n": r["n"], "chance": chance.get(task), "acc base": r["acc_base"],
+                     "acc tuned": r["acc_tuned"],
+                     "change": r["change"], "change CI low": r["ci_low"], "change CI high": r["ci_high"],
+                     "lost": r["lost"], "gained": r["gained"], "p (McNemar)": r["p_mcnemar"]})
+    return pd.DataFrame(rows)
+
+
+def item_table(base: dict[str, TaskResult], tuned: dict[str, TaskResult]) -> pd.DataFrame:
+    frames = []
+    for task in base:
+        m = base[task].items.merge(tuned[task].items[["doc_id", "correct"]], on="doc_id",
+                                   suffixes=("_base", "_tuned"))
+        frames.append(m.assign(task=task)[["task", "doc_id", "target", "correct_base", "correct_tuned"]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
