@@ -1,5 +1,7 @@
 """Shuffled baseline, precision@k (NN and CSLS) and centering against independent computations."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -257,3 +259,37 @@ def test_suggestions_report_layers_tied_within_the_noise():
     assert noisy["raw_peak"] == 1 and noisy["ties"]["raw_peak"] == [1, 2, 3]  # earliest of the tied
     assert noisy["retrieval_peak"] == 2 and noisy["ties"]["retrieval_peak"] == [2, 3]
     assert noisy["gap_peak"] == 4
+
+
+def test_a_scan_is_one_forward_and_hands_the_host_only_numbers(tiny):
+    """The proxies of a fast scan that hold on any machine: the default pairs in at most 3 forwards, and no
+    more than 10 MB of results to the host when no vectors are asked for (the vectors stay on the device)."""
+    from tli_core.embeddings import embed
+    from tli_core.pairs import load_pairs
+
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    sets = {"trained": load_pairs(assets / "pairs_trained.csv"), "control": load_pairs(assets / "pairs_control.csv")}
+    res = scan(tiny.model, tiny.tokenizer, sets)
+    assert res.stats.forwards <= 3
+    layers, pairs = tiny.facts.num_layers + 1, sum(len(df) for df in sets.values())
+    assert res.stats.bytes_to_host == layers * pairs * 8 + layers * 2 * 9 * 4  # cosines (f64) + 9 metrics (f32)
+    assert res.stats.bytes_to_host <= 10 * 2**20
+    words = list(sets["control"]["swahili"])
+    vectors = embed(tiny.model, tiny.tokenizer, words)  # asked for on the host: every vector counts
+    assert vectors.stats.bytes_to_host == layers * len(words) * tiny.model.config.hidden_size * 4
+
+
+def test_the_scans_device_statistics_equal_a_host_computation(tiny, pairs_df):
+    """Every number of the curve, computed where the vectors are, against numpy on host copies of them."""
+    from tli_core.embeddings import embed
+
+    res = scan(tiny.model, tiny.tokenizer, {"trained": pairs_df}, seed=4)
+    src = embed(tiny.model, tiny.tokenizer, list(pairs_df["swahili"]), out_device="cpu")
+    tgt = embed(tiny.model, tiny.tokenizer, list(pairs_df["english"]), out_device="cpu")
+    perm = derangement(len(pairs_df), 4, pair_index(list(pairs_df["swahili"]), list(pairs_df["english"])))
+    for k in range(tiny.facts.num_layers + 1):
+        want = naive_metrics(src.at(k).double().numpy(), tgt.at(k).double().numpy(), perm)
+        row = res.curve[res.curve["layer"] == k].iloc[0]
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, abs=1e-6), (k, key)
+        np.testing.assert_allclose(res.pairs[f"layer_{k}"], (src.at(k) * tgt.at(k)).sum(1).numpy(), atol=1e-6)

@@ -213,3 +213,34 @@ def test_bos_is_marked_special_and_left_out_by_mean_words(tiny):
     mean = embed(tiny.model, tiny.tokenizer, ["maji"], layers=[1], pooling="mean").at(1)
     words = embed(tiny.model, tiny.tokenizer, ["maji"], layers=[1], pooling="mean_words").at(1)
     assert not torch.allclose(mean, words)
+
+
+def test_planned_forwards_stay_within_the_memory_budget_and_give_the_same_vectors(tiny):
+    """Whatever the budget, each planned forward's estimated peak (rows x bytes per row of its width) fits it,
+    every word is planned once, and the vectors equal those of the one-forward plan."""
+    from tli_core.pairs import load_default_pairs
+
+    trained, control = load_default_pairs()
+    words = list(dict.fromkeys(list(control["swahili"]) + list(control["english"]) + list(trained["swahili"][:60])))
+    tok = tokenise(tiny.tokenizer, words)
+    kept, act = tiny.facts.num_layers + 1, 4
+    one = embeddings_module.plan(tok, tiny.model, n_kept=kept)
+    assert len(one) == 1
+    row_tokens = embeddings_module.ROW_TOKENS["cpu"]
+    per_row = embeddings_module.bytes_per_row(tiny.model.config, row_tokens, kept, act,
+                                              len(words) / sum(len(f) for f in one))
+    for rows_allowed in (1, 2, 5):
+        budget = rows_allowed * per_row
+        forwards = embeddings_module.plan(tok, tiny.model, n_kept=kept, row_tokens=row_tokens // 4, budget=budget)
+        assert sorted(i for f in forwards for row in f for i in row) == list(range(len(words)))
+        if rows_allowed == 1:
+            assert len(forwards) > 1  # the budget bites: the one-forward plan does not fit it
+        for f in forwards:
+            width = max(sum(tok.lengths[i] for i in row) for row in f)
+            estimate = len(f) * embeddings_module.bytes_per_row(tiny.model.config, width, kept, act,
+                                                                 len(words) / sum(len(g) for g in forwards))
+            assert estimate <= budget or len(f) == 1
+    expected = embed(tiny.model, tiny.tokenizer, words)
+    small = embed(tiny.model, tiny.tokenizer, words, row_tokens=16)
+    assert small.stats.forwards >= 1
+    torch.testing.assert_close(small.vectors, expected.vectors, atol=1e-5, rtol=0)

@@ -183,16 +183,21 @@ def test_stop_request_is_honoured_between_steps(fresh, pairs_df):
     config = TLIConfig(target_layers=[2], batch_size=4, epochs=3, warmup_steps=1)
     r = resolved(config)
     peft_model = attach_lora(fresh.model, config, r)
-    steps = []
-    result = train(peft_model, fresh.tokenizer, pairs_df, config, r, on_step=steps.append,
-                   should_stop=lambda: len(steps) >= 3)
-    assert result.state == "stopped" and result.steps == 3 and len(steps) == 3
+    steps, polls = [], []
+
+    def stop_after_three():
+        polls.append(1)
+        return len(polls) > 3
+
+    result = train(peft_model, fresh.tokenizer, pairs_df, config, r, on_step=steps.append, should_stop=stop_after_three)
+    # stopped before step 4; the three steps' metrics, still on the device when it stopped, are all reported
+    assert result.state == "stopped" and result.steps == 3 and [s["step"] for s in steps] == [1, 2, 3]
 
 
 def test_nan_loss_stops_with_a_clear_status(fresh, pairs_df, monkeypatch):
     import tli_core.training as tr
 
-    real = tr.step_loss
+    real = tr.batch_loss
     calls = []
 
     def flaky(*args, **kwargs):
@@ -200,6 +205,86 @@ def test_nan_loss_stops_with_a_clear_status(fresh, pairs_df, monkeypatch):
         calls.append(1)
         return (loss * float("nan") if len(calls) == 2 else loss), info
 
-    monkeypatch.setattr(tr, "step_loss", flaky)
+    monkeypatch.setattr(tr, "batch_loss", flaky)
     _, result, steps = _train(fresh, pairs_df)
     assert result.state == "failed" and "loss became nan at step 2" in result.message and len(steps) == 1
+
+
+# --------------------------------------------------------------------------- a step at the device's pace
+
+SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "nonzero", "cpu")
+
+
+def test_a_training_step_never_reads_the_device(fresh, pairs_df, monkeypatch):
+    """Every call that would make the host wait for the device (a value read, a data-dependent shape) is
+    counted by where it comes from: inside a step there are none; the metrics come over once per 10 steps."""
+    import traceback
+    from pathlib import Path
+
+    sites = []
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            frame = traceback.extract_stack(limit=2)[0]
+            sites.append((_name, Path(frame.filename).name, frame.name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    config = TLIConfig(target_layers=[2], batch_size=4, epochs=3, warmup_steps=1)
+    r = resolved(config, len(pairs_df), 1)
+    steps = []
+    result = train(attach_lora(fresh.model, config, r), fresh.tokenizer, pairs_df, config, r, on_step=steps.append,
+                   log_every=10)
+    monkeypatch.undo()
+    assert result.state == "done" and len(steps) == result.steps == 15
+    # the optimiser's step counters are host tensors by PyTorch's design (on CUDA, fused AdamW keeps them on
+    # the device and never calls this); the epoch's shuffled order is drawn on the host
+    inside = [s for s in sites if s[2] not in ("flush", "epoch_batches") and (s[1], s[2]) != ("optimizer.py",
+                                                                                              "_get_value")]
+    assert inside == []
+    # one read per window of 10 steps and one at each epoch's end: steps 1-5 | 6-10 | 11-15
+    assert [s for s in sites if s[2] == "flush"] == [("tolist", "training.py", "flush")] * 3
+
+
+def test_the_prepared_causal_mask_gives_the_padded_batch_exactly(fresh):
+    """Right-padded rows under the prepared causal mask = the same rows with the usual 2D padding mask, for
+    both attention implementations the mask is prepared for."""
+    from tli_core.embeddings import causal_mask, make_batch, pooled_hidden_states
+
+    tok = tokenise(fresh.tokenizer, ["maji", "habari za asubuhi", "ndege", "a"])
+    ids, mask, weights = make_batch(tok, range(4), 0, "mean")
+    for impl in ("sdpa", "eager"):
+        fresh.model.set_attn_implementation(impl)
+        with torch.no_grad():
+            padded = pooled_hidden_states(fresh.model, ids, mask, weights, [1, 2, 4])
+            prepared = pooled_hidden_states(fresh.model, ids, causal_mask(fresh.model, ids.shape[1], "cpu"),
+                                            weights, [1, 2, 4])
+        for k in (1, 2, 4):
+            torch.testing.assert_close(prepared[k], padded[k], atol=1e-6, rtol=0)
+
+
+def test_only_tensors_that_can_learn_are_optimised_with_the_same_result(tiny_model_dir, pairs_df, monkeypatch):
+    import tli_core.training as tr
+
+    def trained(all_tensors: bool):
+        lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+        if all_tensors:  # the old way: AdamW and the gradient norm over every adapter tensor of every block
+            monkeypatch.setattr(tr, "learning_parameters",
+                                lambda model, blocks: [p for p in model.parameters() if p.requires_grad])
+        peft_model, result, steps = _train(lm, pairs_df)
+        monkeypatch.undo()
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}, steps
+
+    learning, steps_l = trained(False)
+    everything, steps_e = trained(True)
+    assert learning.keys() == everything.keys() and len(learning) == 16  # q/v, A/B, 4 blocks
+    assert all(torch.equal(learning[n], everything[n]) for n in learning)
+    assert [s["loss"] for s in steps_l] == [s["loss"] for s in steps_e]
+    assert [s["grad_norm"] for s in steps_l] == [s["grad_norm"] for s in steps_e]
+    r = resolved(TLIConfig(target_layers=[2]), len(pairs_df), 1)
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    peft_model = attach_lora(lm.model, TLIConfig(target_layers=[2]), r)
+    names = {id(p): n for n, p in peft_model.named_parameters()}
+    chosen = [names[id(p)] for p in tr.learning_parameters(peft_model, r.learning_blocks)]
+    assert len(chosen) == 8 and all(".layers.0." in n or ".layers.1." in n for n in chosen)

@@ -249,7 +249,7 @@ def _layer_sweep(src: Embeddings, tgt: Embeddings, centering: str, seed: int) ->
         cosines.append(true.double())
     metrics, pairs = torch.stack(rows).cpu(), torch.stack(cosines).cpu()
     for t in (metrics, pairs):
-        src.stats.add_host_copy(t, src.vectors.device)
+        src.stats.add_host_copy(t)
     return metrics.numpy(), pairs.numpy(), _chances(index)
 
 
@@ -416,7 +416,7 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
         if keep_embeddings:
             kept[name] = (src, tgt)
     report = None
-    if precision != "float32":
+    if precision != "float32" and check_sample:  # check_sample=0: no check (benchmarks of the bare scan)
         report = precision_check(model, tokenizer, {n: sets[n] for n in names}, pooling, emb.layers,
                                  sample=check_sample, seed=seed, precision=precision)
     return ScanResult(curve=pd.concat(curves, ignore_index=True), pairs=pd.concat(tables, ignore_index=True),

@@ -13,6 +13,7 @@ initial value (LoRA's B = 0, i.e. no change). The tool reports both facts with e
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from .alignment import PairIndex, pair_index
 from .config import Resolved, TLIConfig, total_steps
-from .embeddings import Tokenised, make_batch, pooled_hidden_states, tokenise
+from .embeddings import Tokenised, causal_mask, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
 from .fullft import FullBlocks
 
@@ -41,17 +42,30 @@ def batch_similarities(src: torch.Tensor, tgt: torch.Tensor, same_target: torch.
     return sims, neg_ok
 
 
+def _hardest_negative(sims: torch.Tensor, neg_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor: the most similar valid negative (0 where there is none) and whether there is one."""
+    neg = sims.masked_fill(~neg_ok, float("-inf")).max(dim=1).values
+    has_neg = neg_ok.any(dim=1)
+    return torch.where(has_neg, neg, torch.zeros_like(neg)), has_neg
+
+
 def triplet_loss(src: torch.Tensor, tgt: torch.Tensor, margin: float = 0.4,
                  same_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The paper's loss: for each anchor, relu(margin + hardest in-batch negative - positive)."""
+    """The paper's loss: for each anchor, relu(margin + hardest in-batch negative - positive).
+
+    Anchors without a valid negative (every other word in the batch is one of its translations)
+    are left out of the mean. Written without data-dependent shapes or host reads: the loss and
+    its statistics (tensors in the returned dict) stay on the device until someone asks for them.
+    """
     sims, neg_ok = batch_similarities(src, tgt, same_target)
     pos = sims.diagonal()
-    neg = sims.masked_fill(~neg_ok, float("-inf")).max(dim=1).values
-    has_neg = torch.isfinite(neg)
-    losses = F.relu(margin + neg - pos)[has_neg]
-    loss = losses.mean() if len(losses) else sims.sum() * 0.0
-    return loss, {"pos_sim": pos.mean().item(), "neg_sim": neg[has_neg].mean().item() if has_neg.any() else
-                  float("nan"), "active": (losses > 0).float().mean().item() if len(losses) else 0.0}
+    neg, has_neg = _hardest_negative(sims, neg_ok)
+    counted = has_neg.float()
+    losses = F.relu(margin + neg - pos) * counted
+    n = counted.sum()
+    loss = losses.sum() / n.clamp_min(1.0)
+    return loss, {"pos_sim": pos.mean().detach(), "neg_sim": ((neg * counted).sum() / n).detach(),  # nan: none
+                  "active": (((losses > 0).float() * counted).sum() / n.clamp_min(1.0)).detach()}
 
 
 def infonce_loss(src: torch.Tensor, tgt: torch.Tensor, temperature: float = 0.05,
@@ -61,10 +75,11 @@ def infonce_loss(src: torch.Tensor, tgt: torch.Tensor, temperature: float = 0.05
     logits = (sims / temperature).masked_fill(~(neg_ok | torch.eye(len(src), dtype=torch.bool,
                                                                     device=src.device)), float("-inf"))
     loss = F.cross_entropy(logits, torch.arange(len(src), device=src.device))
-    neg = sims.masked_fill(~neg_ok, float("-inf")).max(dim=1).values
-    return loss, {"pos_sim": sims.diagonal().mean().item(),
-                  "neg_sim": neg[torch.isfinite(neg)].mean().item() if torch.isfinite(neg).any() else float("nan"),
-                  "active": 1.0}
+    neg, has_neg = _hardest_negative(sims, neg_ok)
+    counted = has_neg.float()
+    return loss, {"pos_sim": sims.diagonal().mean().detach(),
+                  "neg_sim": ((neg * counted).sum() / counted.sum()).detach(),
+                  "active": torch.ones((), device=src.device)}
 
 
 # --------------------------------------------------------------------------- the model side
@@ -117,11 +132,23 @@ def pooled_for_loss(model, ids, mask, weights, layers: Sequence[int], early_exit
 
 def step_loss(model, tok_src, tok_tgt, idx: Sequence[int], pad_id: int, config: TLIConfig,
               target_layers: Sequence[int], same_target: torch.Tensor | None, device) -> tuple[torch.Tensor, dict]:
-    """Loss of one batch of pairs, averaged over the (resolved) target layers."""
+    """Loss of one batch of pairs, averaged over the (resolved) target layers (tokens built on the host)."""
     n = len(idx)
     both = _concat_tokens(tok_src, tok_tgt, idx)
-    ids, mask, weights = make_batch(both, list(range(2 * n)), pad_id, config.pooling, device)
-    vecs = pooled_for_loss(model, ids, mask, weights, target_layers, config.early_exit)
+    ids, _, weights = make_batch(both, list(range(2 * n)), pad_id, config.pooling, device)
+    return batch_loss(model, ids, weights, n, config, target_layers, same_target, device)
+
+
+def batch_loss(model, ids: torch.Tensor, weights: torch.Tensor, n: int, config: TLIConfig,
+               target_layers: Sequence[int], same_target: torch.Tensor | None, device) -> tuple[torch.Tensor, dict]:
+    """Loss of a batch whose first ``n`` rows are Swahili words and last ``n`` their English translations.
+
+    Rows are right-padded, and the model is causal: a word's tokens never see the padding after them,
+    so the mask is the plain causal one, prepared once per width (see ``embeddings.causal_mask``: the
+    library would otherwise read the mask on the host every forward). The statistics are device tensors.
+    """
+    vecs = pooled_for_loss(model, ids, causal_mask(model, ids.shape[1], ids.device), weights, target_layers,
+                           config.early_exit)
     losses, infos = [], []
     for k in target_layers:
         src, tgt = vecs[k][:n], vecs[k][n:]
@@ -131,7 +158,7 @@ def step_loss(model, tok_src, tok_tgt, idx: Sequence[int], pad_id: int, config: 
             loss, info = infonce_loss(src, tgt, config.temperature, same_target)
         losses.append(loss.to(device))  # target layers may live on different GPUs when sharded
         infos.append(info)
-    info = {key: float(np.mean([i[key] for i in infos])) for key in infos[0]}
+    info = {key: torch.stack([i[key].to(device) for i in infos]).mean() for key in infos[0]}
     return torch.stack(losses).mean(), info
 
 
@@ -177,14 +204,70 @@ class TrainResult:
     learning_blocks: list[int] = field(default_factory=list)
 
 
+LOG_EVERY = 10  # steps between the host reading the step metrics (one device->host copy per window)
+METRIC_KEYS = ("loss", "grad_norm", "pos_sim", "neg_sim", "active")
+
+
+def learning_parameters(model, learning_blocks: Sequence[int]) -> list[torch.nn.Parameter]:
+    """The trainable tensors that can receive a gradient: those in blocks 1..deepest target (``learning_blocks``).
+
+    Adapters in later blocks stay attached (the saved adapter has the paper's layout) but never get
+    a gradient, with or without early exit, so AdamW and the gradient norm skip them: the same
+    updates, without iterating over tensors that cannot change.
+    """
+    blocks = {b - 1 for b in learning_blocks}
+    out = []
+    for name, p in model.named_parameters():
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if p.requires_grad and (m is None or int(m.group(1)) in blocks):
+            out.append(p)
+    return out
+
+
+class DeviceBatches:
+    """The training words tokenised once and kept on the device; each epoch's batch order and translation masks
+    go there in one copy each, so a step builds its batch by indexing on the device (no host->device copy)."""
+
+    def __init__(self, tok_src: Tokenised, tok_tgt: Tokenised, pad_id: int, pooling: str, device):
+        self.n, self.device = len(tok_src.input_ids), device
+        both = Tokenised(tok_src.input_ids + tok_tgt.input_ids, tok_src.special + tok_tgt.special)
+        self.lengths = both.lengths
+        self.ids, _, self.weights = make_batch(both, list(range(2 * self.n)), pad_id, pooling, device)
+        self._order = self._masks = None
+
+    def start_epoch(self, batches: list[list[int]], gold: PairIndex) -> None:
+        width = max(len(b) for b in batches)
+        masks = torch.zeros((len(batches), width, width), dtype=torch.bool)
+        for s, b in enumerate(batches):
+            masks[s, :len(b), :len(b)] = translation_mask(gold, b)
+        self._order = torch.tensor([i for b in batches for i in b]).to(self.device)
+        self._masks = masks.to(self.device)
+        self._offsets = [0]
+        for b in batches:
+            self._offsets.append(self._offsets[-1] + len(b))
+
+    def batch(self, s: int, b: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids [2B, T], pool weights [2B, T], translation mask [B, B]) of the epoch's ``s``-th batch ``b``."""
+        idx = self._order[self._offsets[s]:self._offsets[s + 1]]
+        rows = torch.cat([idx, idx + self.n])
+        width = max(max(self.lengths[i], self.lengths[i + self.n]) for i in b)  # host-side lengths: no sync
+        return (self.ids.index_select(0, rows)[:, :width], self.weights.index_select(0, rows)[:, :width],
+                self._masks[s, :len(b), :len(b)])
+
+
 def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resolved: Resolved,
           on_step: Callable[[dict], None] | None = None,
           on_epoch: Callable[[int, object], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, log_every: int = LOG_EVERY) -> TrainResult:
     """Train the adapters of ``peft_model`` on ``trained`` pairs; the caller saves and evaluates.
 
-    ``on_step`` gets each step's metrics; ``on_epoch(epoch, model)`` runs after every epoch
-    (save a checkpoint there); ``should_stop`` is polled between steps.
+    A step never waits for the device: the batch is indexed on the device, the loss and its
+    statistics stay there, and a non-finite loss is noted there. Every ``log_every`` steps (and
+    at each epoch's end, before ``on_epoch``) the window's metrics come to the host in one copy;
+    ``on_step`` then gets each step's metrics in order (``step_time`` is the window's mean), and a
+    non-finite loss ends training as failed, naming the step where it first appeared.
+    ``on_epoch(epoch, model)`` runs after every epoch (save a checkpoint there); ``should_stop``
+    is polled between steps.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -193,30 +276,52 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tok_src = tokenise(tokenizer, list(trained["swahili"]))
     tok_tgt = tokenise(tokenizer, list(trained["english"]))
+    data = DeviceBatches(tok_src, tok_tgt, pad_id, config.pooling, device)
     gold = pair_index(list(trained["swahili"]), list(trained["english"]))
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    params = learning_parameters(peft_model, resolved.learning_blocks)
+    # fused AdamW on CUDA: one kernel for all tensors, its step counters on the device (no host round trip)
+    optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(config.seed)
     total = total_steps(len(trained), config.batch_size, config.epochs)
     scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total), total)
     peft_model.train()
     start, step = time.perf_counter(), 0
     result = TrainResult("done", 0, total, learning_blocks=list(resolved.learning_blocks))
+    pending: list[tuple[dict, torch.Tensor]] = []  # steps whose metrics are still on the device
+    window = {"start": time.perf_counter()}
+
+    def flush() -> bool:
+        """The pending steps' metrics to the host (one copy); False if a loss was not finite."""
+        if not pending:
+            return True
+        values = torch.stack([v for _, v in pending]).tolist()
+        seconds = (time.perf_counter() - window["start"]) / len(pending)
+        window["start"] = time.perf_counter()
+        rows, pending[:] = [dict(meta, **dict(zip(METRIC_KEYS, v, strict=True))) for (meta, _), v in
+                            zip(pending, values, strict=True)], []
+        for row in rows:
+            if not math.isfinite(row["loss"]):
+                result.state = "failed"
+                result.message = (f"loss became {row['loss']} at step {row['step']}: training diverged; "
+                                  f"lower the learning rate or enable gradient clipping")
+                return False
+            if on_step:
+                on_step(dict(row, step_time=seconds, elapsed=time.perf_counter() - start))
+        return True
+
     try:
         for epoch in range(1, config.epochs + 1):
-            for batch in epoch_batches(len(trained), config.batch_size, generator):
+            batches = epoch_batches(len(trained), config.batch_size, generator)
+            data.start_epoch(batches, gold)
+            for s, batch in enumerate(batches):
                 if should_stop and should_stop():
-                    result.state, result.message = "stopped", f"stopped by request after step {step}"
+                    if flush():
+                        result.state, result.message = "stopped", f"stopped by request after step {step}"
                     return result
-                t0 = time.perf_counter()
-                same = translation_mask(gold, batch)
-                loss, info = step_loss(peft_model, tok_src, tok_tgt, batch, pad_id, config, resolved.target_layers,
-                                       same, device)
-                if not torch.isfinite(loss):
-                    result.state = "failed"
-                    result.message = (f"loss became {loss.item()} at step {step + 1}: training diverged; "
-                                      f"lower the learning rate or enable gradient clipping")
-                    return result
+                ids, weights, same = data.batch(s, batch)
+                loss, info = batch_loss(peft_model, ids, weights, len(batch), config, resolved.target_layers, same,
+                                        device)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
@@ -225,10 +330,13 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
                 scheduler.step()
                 step += 1
                 result.steps = step
-                if on_step:
-                    on_step({"step": step, "total_steps": total, "epoch": epoch, "loss": loss.item(), "lr": lr,
-                             "grad_norm": float(grad_norm), "step_time": time.perf_counter() - t0,
-                             "elapsed": time.perf_counter() - start, **info})
+                pending.append(({"step": step, "total_steps": total, "epoch": epoch, "lr": lr},
+                                torch.stack([loss.detach().float(), grad_norm.float().to(device)]
+                                            + [info[k].float() for k in METRIC_KEYS[2:]])))
+                if len(pending) >= log_every and not flush():
+                    return result
+            if not flush():  # before a checkpoint is written: a diverged epoch is never saved
+                return result
             if on_epoch:
                 peft_model.eval()
                 on_epoch(epoch, peft_model)
