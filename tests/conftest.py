@@ -68,6 +68,27 @@ WORDS = [("maji", "water"), ("kitabu", "book"), ("mbwa", "dog"), ("paka", "cat")
          ("kichwa", "head"), ("moyo", "heart"), ("habari za asubuhi", "good morning"), ("asante", "thank you")]
 
 
+def trained_tiny_run(tiny_model_dir: Path, directory: Path, **settings):
+    """A run of the tiny model on the shared word pairs (18 trained, 6 control), trained to the end.
+
+    ``settings`` are TLIConfig fields (batch 4, 2 epochs, 1 warm-up step unless given).
+    """
+    from tli_core.config import TLIConfig
+    from tli_core.models import ModelSpec
+    from tli_core.runs import create_run
+    from tli_core.worker import execute
+
+    t, c = directory / "t.csv", directory / "c.csv"
+    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
+    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
+    settings = {"batch_size": 4, "epochs": 2, "warmup_steps": 1} | settings
+    run = create_run(TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
+                               trained_pairs=str(t), control_pairs=str(c), **settings), directory / "runs")
+    status = execute(run)
+    assert status["state"] == "done", status
+    return run
+
+
 @pytest.fixture
 def pairs_df() -> pd.DataFrame:
     return pd.DataFrame(WORDS[:18], columns=["swahili", "english"])

@@ -197,7 +197,19 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         offline.screenshot(path=str(SHOTS / "12-report-from-disk.png"), full_page=False)
         other.close()
 
-        # Research views. A 2 x 2 sweep (target layers 1, 2 x ranks 4, 16) on small subsets
+        # Downstream benchmarks of this run (the local lm-eval tasks, 20 items each), launched from Compare
+        expect(page.get_by_text("Downstream benchmarks: base vs tuned")).to_be_visible()
+        items = page.get_by_label("Items per task (0 = all)", exact=True)
+        items.fill("20")
+        items.press("Tab")
+        page.get_by_role("button", name="Run the benchmarks").click()
+        expect(page.get_by_text("Downstream benchmarks, 0-shot, first 20 items per task", exact=False)).to_be_visible(
+            timeout=300_000)
+        expect(page.get_by_role("button", name="Download every item (CSV)")).to_be_visible()  # the items are kept
+        page.get_by_text("Downstream benchmarks: base vs tuned").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "13-benchmarks.png"), full_page=True)
+
+        # Research views. A 2 x 3 sweep (target layers 1, 2 x LoRA ranks 4, 16 and full fine-tuning), small subsets
         sidebar.get_by_role("link", name="Sweeps").click()
         expect(page.get_by_role("heading", name="Sweeps")).to_be_visible()
         for label, value in (("Target-layer settings", "1,2"), ("Epochs per cell", "1"),
@@ -205,8 +217,9 @@ def test_walk_through_scan_train_compare(server, tmp_path):
             box = page.get_by_label(label, exact=True)
             box.fill(value)
             box.press("Tab")
+        page.get_by_text("Add full fine-tuning").click()
         page.get_by_role("button", name="Start the sweep").click()
-        expect(page.get_by_text("done: 4 of 4 cells finished")).to_be_visible(timeout=600_000)
+        expect(page.get_by_text("done: 6 of 6 cells finished")).to_be_visible(timeout=600_000)
         expect(page.get_by_text("Best cell:", exact=False).or_(
             page.get_by_text("No cell raised the control set significantly", exact=False))).to_be_visible()
         expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
@@ -242,7 +255,7 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         page.screenshot(path=str(SHOTS / "10-probes.png"), full_page=True)
         browser.close()
     runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".") and d.name != "sweeps"]
-    assert len(runs) == 5 and all((r / "summary.json").is_file() for r in runs)  # the run and 4 sweep cells
+    assert len(runs) == 7 and all((r / "summary.json").is_file() for r in runs)  # the run and 6 sweep cells
     status = json.loads(next(r for r in runs if "sweep" not in r.name).joinpath("status.json").read_text())
     assert status["pairs"]["trained"]["name"].startswith("authors_word_pairs.json")
 

@@ -32,21 +32,9 @@ TASKS = list(LOCAL_TASKS)
 
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import WORDS
-    from tli_core.config import TLIConfig
-    from tli_core.models import ModelSpec
-    from tli_core.runs import create_run
-    from tli_core.worker import execute
+    from tests.conftest import trained_tiny_run
 
-    d = tmp_path_factory.mktemp("downstream")
-    t, c = d / "t.csv", d / "c.csv"
-    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
-    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
-    run = create_run(TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
-                               trained_pairs=str(t), control_pairs=str(c), batch_size=4, epochs=2, warmup_steps=1,
-                               learning_rate=3e-2), d / "runs")
-    assert execute(run)["state"] == "done"
-    return run
+    return trained_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("downstream"), learning_rate=3e-2)
 
 
 def choice_correct(model, tokenizer, doc: dict, context: str) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,25 +14,16 @@ from tli_core.embeddings import embed
 from tli_core.errors import TLIError
 from tli_core.fullft import FullBlocks
 from tli_core.models import ModelSpec, load_model
-from tli_core.runs import create_run
 from tli_core.trained import trained_model
-from tli_core.worker import evaluate_run, execute
+from tli_core.worker import evaluate_run
 
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import WORDS
+    from tests.conftest import trained_tiny_run
 
-    d = tmp_path_factory.mktemp("fullft")
-    t, c = d / "t.csv", d / "c.csv"
-    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
-    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
-    config = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
-                       trained_pairs=str(t), control_pairs=str(c), method="full", target_layers=[2], batch_size=4,
-                       epochs=2, warmup_steps=1, learning_rate=1e-3, protocols=["studio", "paper-code"])
-    run = create_run(config, d / "runs")
-    assert execute(run)["state"] == "done", run.status()
-    return run
+    return trained_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("fullft"), method="full", target_layers=[2],
+                            learning_rate=1e-3, protocols=["studio", "paper-code"])
 
 
 def weights(model) -> dict[str, torch.Tensor]:

@@ -1,7 +1,6 @@
 """Embedding map (PCA, t-SNE), the temporary adapter, and generation probes on the tiny model."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -37,21 +36,9 @@ def test_tsne_keeps_clusters_apart():
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory):
-    from tests.conftest import WORDS
-    from tli_core.config import TLIConfig
-    from tli_core.models import ModelSpec
-    from tli_core.runs import create_run
-    from tli_core.worker import execute
+    from tests.conftest import trained_tiny_run
 
-    d = tmp_path_factory.mktemp("research")
-    t, c = d / "t.csv", d / "c.csv"
-    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
-    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
-    run = create_run(TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
-                               trained_pairs=str(t), control_pairs=str(c), batch_size=4, epochs=2, warmup_steps=1,
-                               learning_rate=1e-2), d / "runs")
-    assert execute(run)["state"] == "done"
-    return run
+    return trained_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("research"), learning_rate=1e-2)
 
 
 def test_temporary_adapter_gives_after_and_restores_the_model(tiny, trained_run):
