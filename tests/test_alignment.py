@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tli_core import alignment
 from tli_core.alignment import (
     center,
     csls_scores,
@@ -215,7 +216,9 @@ def test_retrieval_counts_every_gold_translation():
     assert np.argmax(sims[1]) != 1
 
 
-def test_gold_retrieval_matches_an_independent_loop_on_random_vectors():
+@pytest.mark.parametrize("chunk", [4096, 4])  # 4: queries scored in several blocks, each with its own gold mask
+def test_gold_retrieval_matches_an_independent_loop_on_random_vectors(chunk, monkeypatch):
+    monkeypatch.setattr(alignment, "QUERY_CHUNK", chunk)
     rng = np.random.default_rng(9)
     sw = [f"s{i % 17}" for i in range(30)]  # repeated Swahili words (several translations)
     en = [f"e{(i * 7) % 23}" for i in range(30)]  # repeated English words (several Swahili words)

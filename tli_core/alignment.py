@@ -55,6 +55,24 @@ class PairIndex:
     swahili: list[str]
     english: list[str]
 
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def device_tensors(self, device, chunk: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(query rows, target rows, the gold mask [queries x targets] per chunk of ``chunk`` queries) on
+        ``device``, built once and reused for every layer: one host->device copy per scan, not per layer."""
+        key = (str(device), chunk)
+        if key not in self._on_device:
+            blocks = []
+            for start in range(0, len(self.query_rows), chunk):
+                golds = self.gold_targets[start:start + chunk]
+                rows = [r for r, g in enumerate(golds) for _ in g]
+                block = torch.zeros((len(golds), len(self.target_rows)), dtype=torch.bool)
+                block[rows, [t for g in golds for t in g]] = True
+                blocks.append(block.to(device))
+            self._on_device[key] = (torch.as_tensor(self.query_rows, device=device),
+                                    torch.as_tensor(self.target_rows, device=device), blocks)
+        return self._on_device[key]
+
     def is_gold(self, i: int, j: int) -> bool:
         """Whether the English word of row j is a valid translation of the Swahili word of row i."""
         return self.english[j] in self.translations[self.swahili[i]]
@@ -164,29 +182,22 @@ def chance_at_k(gold_counts: Sequence[int], n_targets: int, k: int) -> float:
     return float(1 - np.mean(miss))
 
 
-def _gold_block(index: PairIndex, queries: range, device) -> torch.Tensor:
-    block = torch.zeros((len(queries), len(index.target_rows)), dtype=torch.bool)
-    for r, q in enumerate(queries):
-        block[r, index.gold_targets[q]] = True
-    return block.to(device)
-
-
 def retrieval(src: torch.Tensor, tgt: torch.Tensor, index: PairIndex) -> dict[str, torch.Tensor]:
     """P@k by NN and CSLS over the distinct words, gold = every valid translation (device tensors)."""
-    q = src[torch.as_tensor(index.query_rows, device=src.device)]
-    t = tgt[torch.as_tensor(index.target_rows, device=tgt.device)]
+    query_rows, target_rows, golds = index.device_tensors(src.device, QUERY_CHUNK)
+    q, t = src[query_rows], tgt[target_rows.to(tgt.device)]
     k = min(CSLS_K, q.shape[0], t.shape[0])
     # each target's CSLS neighbourhood over all queries, chunked so no [Q x T] block exceeds QUERY_CHUNK rows
     top = None
     for start in range(0, q.shape[0], QUERY_CHUNK):
-        chunk = (q[start:start + QUERY_CHUNK] @ t.T).topk(min(k, min(QUERY_CHUNK, q.shape[0] - start)), dim=0).values
-        top = chunk if top is None else torch.cat([top, chunk]).topk(k, dim=0).values
+        best = q[start:start + QUERY_CHUNK] @ t.T if top is None else torch.cat([top, q[start:start + QUERY_CHUNK] @ t.T])
+        top = best.topk(min(k, best.shape[0]), dim=0).values
     r_tgt = top.mean(0, keepdim=True)
     nn_ranks, csls_ranks = [], []
     for start in range(0, q.shape[0], QUERY_CHUNK):
         queries = range(start, min(start + QUERY_CHUNK, q.shape[0]))
         sims = q[start:queries.stop] @ t.T
-        gold = _gold_block(index, queries, sims.device)
+        gold = golds[start // QUERY_CHUNK].to(sims.device)
         nn_ranks.append(gold_ranks(sims, gold))
         csls_ranks.append(gold_ranks(csls_scores(sims, CSLS_K, r_tgt), gold))
     nn, csls = torch.cat(nn_ranks), torch.cat(csls_ranks)

@@ -38,8 +38,10 @@ POOLINGS = {
     "last": "the last attended token's state",
 }
 PHASE = "embedding"
-# tokens per packed row: attention inside a row costs ~row length per token, so rows stay short
-ROW_TOKENS = {"cuda": 512, "cpu": 256}
+# tokens per packed row: attention inside a row costs ~row length per token, so rows stay short. On the 2-core
+# AMD machine (demo, 1,372 words in one forward), float32: 64 -> 5.1 s, 128 -> 5.3 s, 256 -> 6.1 s; bf16 2.7 / 2.7
+# / 2.9 s. The GPU value is unmeasured (flash attention makes a row's length matter far less there).
+ROW_TOKENS = {"cuda": 512, "cpu": 64}
 # rows per forward, before the memory budget: enough to keep the matmuls efficient
 TOKENS_PER_FORWARD = {"cuda": 65536, "cpu": 4096}
 
@@ -306,17 +308,18 @@ class Packed:
 
 def build_packed(tok: Tokenised, rows: list[list[int]], pad_id: int, poolings: Sequence[str],
                  device: torch.device) -> Packed:
+    """The forward's tensors, built as flat Python lists and turned into tensors once (not word by word)."""
     width = max(sum(tok.lengths[i] for i in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    ids: list[int] = []
+    pos: list[int] = []
     words: list[int] = []
     flat: dict[str, list[list]] = {p: [[], [], []] for p in poolings}
     for r, row in enumerate(rows):
         start = 0
         for i in row:
             n = tok.lengths[i]
-            ids[r, start:start + n] = torch.as_tensor(tok.input_ids[i])
-            pos[r, start:start + n] = torch.arange(n)
+            ids += tok.input_ids[i]
+            pos += range(n)
             local = len(words)
             words.append(i)
             for p in poolings:
@@ -326,10 +329,14 @@ def build_packed(tok: Tokenised, rows: list[list[int]], pad_id: int, poolings: S
                         flat[p][1].append(local)
                         flat[p][2].append(w)
             start += n
-        pos[r, start:] = torch.arange(width - start)  # padding: a block of its own that nobody attends to
+        ids += [pad_id] * (width - start)
+        pos += range(width - start)  # padding: a block of its own that nobody attends to
     tokens = {p: (torch.as_tensor(a, device=device), torch.as_tensor(b, device=device),
                   torch.as_tensor(c, dtype=torch.float32, device=device)) for p, (a, b, c) in flat.items()}
-    return Packed(ids.to(device), pos.to(device), words, tokens, sum(tok.lengths[i] for i in words))
+    shape = (len(rows), width)
+    return Packed(torch.as_tensor(ids, dtype=torch.long).view(shape).to(device),
+                  torch.as_tensor(pos, dtype=torch.long).view(shape).to(device), words, tokens,
+                  sum(tok.lengths[i] for i in words))
 
 
 def pool_packed(hidden: torch.Tensor, packed: Packed, pooling: str,
