@@ -190,7 +190,8 @@ def retrieval(src: torch.Tensor, tgt: torch.Tensor, index: PairIndex) -> dict[st
     # each target's CSLS neighbourhood over all queries, chunked so no [Q x T] block exceeds QUERY_CHUNK rows
     top = None
     for start in range(0, q.shape[0], QUERY_CHUNK):
-        best = q[start:start + QUERY_CHUNK] @ t.T if top is None else torch.cat([top, q[start:start + QUERY_CHUNK] @ t.T])
+        sims = q[start:start + QUERY_CHUNK] @ t.T
+        best = sims if top is None else torch.cat([top, sims])
         top = best.topk(min(k, best.shape[0]), dim=0).values
     r_tgt = top.mean(0, keepdim=True)
     nn_ranks, csls_ranks = [], []
