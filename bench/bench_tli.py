@@ -323,6 +323,49 @@ def bench_train(lm, trained, steps, device, target=2):
     return out
 
 
+def bench_compile(lm, trained, steps, device, target=2):
+    """``torch.compile`` of the decoder blocks an early-exit step runs (blocks 1..target; the early exit raises
+    from a hook between blocks, so each block is its own graph): steps from the same adapter state and seed,
+    eager then compiled, with the compile time and how far the losses move."""
+    from tli_core.anatomy import decoder_parts
+    from tli_core.config import TLIConfig, resolve
+    from tli_core.training import attach_lora, train
+
+    config = TLIConfig(model=lm.spec, target_layers=[target])
+    resolved, _ = resolve(config, lm.facts.shape())
+    peft_model = attach_lora(lm.model, config, resolved)
+    start = {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+
+    def timed(n):
+        peft_model.load_state_dict(start, strict=False)
+        losses = []
+        sync(device)
+        t0 = time.perf_counter()
+        subset = trained.head(config.batch_size * n)
+        result = train(peft_model, lm.tokenizer, subset, dataclasses.replace(config, epochs=1, warmup_steps=1),
+                       resolved, on_step=lambda m: losses.append(m["loss"]))
+        sync(device)
+        return (time.perf_counter() - t0) / result.steps, losses
+
+    timed(3)  # warm-up
+    eager_s, eager_losses = timed(steps)
+    blocks = decoder_parts(peft_model)[1]
+    try:
+        for i in range(target):
+            blocks[i].compile(dynamic=True)
+        t0 = time.perf_counter()
+        timed(3)
+        compile_s = time.perf_counter() - t0
+        compiled_s, compiled_losses = timed(steps)
+    finally:
+        for i in range(target):
+            blocks[i]._compiled_call_impl = None  # what nn.Module.compile set: back to eager for what follows
+        peft_model.unload()
+    return {"eager_ms_per_step": 1000 * eager_s, "compiled_ms_per_step": 1000 * compiled_s,
+            "first_steps_with_compile_s": compile_s,
+            "max_loss_difference": max(abs(a - b) for a, b in zip(eager_losses, compiled_losses, strict=True))}
+
+
 def bench_epochs(lm, trained, device, target=2):
     """Measured, not estimated: ``training.train`` with the paper's settings (5 epochs, r=16, lr 2e-4,
     batch 8, triplet loss) at the target layer, early exit on, from freshly attached adapters."""
@@ -358,6 +401,8 @@ def main() -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer.json for llama3-8b-random (default: "
                                                      "bench/tokenizer/tokenizer.json, else the demo model's)")
     p.add_argument("--skip-epochs", action="store_true", help="leave out the measured five-epoch run")
+    p.add_argument("--compile", action="store_true", help="also time training steps with the blocks before the "
+                                                          "target compiled (torch.compile)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     quiet_libraries()
@@ -385,6 +430,7 @@ def main() -> int:
 
     scan = bench_scan(lm, {"trained": trained, "control": control}, ref_words, args.repeats, args.device)
     train = bench_train(lm, trained, args.steps, args.device)
+    compiled = bench_compile(lm, trained, args.steps, args.device) if args.compile else None
     epochs = None if args.skip_epochs else bench_epochs(lm, trained, args.device)
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_name()}, {os.cpu_count()} cores"
@@ -392,7 +438,7 @@ def main() -> int:
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "model": lm.facts.name,
         "tokenizer": tokenizer_kind, "quantization": args.quant, "compute_dtype": args.compute_dtype,
         "device": args.device, "load_s": load_s, "pairs": len(trained) + len(control), "scan": scan, "train": train,
-        "five_epochs": epochs,
+        "compile": compiled, "five_epochs": epochs,
         "peak_rss_mib": peak_rss_mib(),
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None,
     }
@@ -430,6 +476,12 @@ def main() -> int:
     print(f"  where the host time goes (profiled, {t['profiled_ms_per_step']:.1f} ms/step; self CPU ms/step):")
     for k, v in t["cpu_top_ops_ms_per_step"].items():
         print(f"    {v:7.2f}  {k}")
+    if compiled:
+        c = compiled
+        print(f"torch.compile of the blocks before the target: {c['compiled_ms_per_step']:.1f} ms/step vs eager "
+              f"{c['eager_ms_per_step']:.1f} ({c['eager_ms_per_step'] / c['compiled_ms_per_step']:.2f}x); "
+              f"first 3 steps with compilation {c['first_steps_with_compile_s']:.1f} s; losses differ by up to "
+              f"{c['max_loss_difference']:.1e}")
     if epochs:
         e = epochs
         print(f"TLI training, paper's settings ({e['epochs']} epochs, {e['steps']} steps, layer 2, early exit): "

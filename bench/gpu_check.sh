@@ -10,4 +10,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__)" | tee -a "$OUT/bench_gpu.txt"
 python3 bench/bench_tli.py --model llama3-8b-random --device cuda --tokenizer bench/tokenizer/tokenizer.json \
-  --ref-words 8 --repeats 5 --steps 20 --json "$OUT/bench_gpu.json" 2>&1 | grep -v '^USDT' | tee -a "$OUT/bench_gpu.txt"
+  --ref-words 8 --repeats 5 --steps 20 --compile --json "$OUT/bench_gpu.json" 2>&1 | grep -v '^USDT' | tee -a "$OUT/bench_gpu.txt"
