@@ -50,7 +50,10 @@ event = st.dataframe(
     column_config={"trained change": change, "control change": change, "trained % change": percent,
                    "control % change": percent, "trained p": pval, "control p": pval, "trained before": sim,
                    "trained after": sim, "control before": sim, "control after": sim,
-                   "pairs": st.column_config.TextColumn("pairs (trained / control)", width="large")})
+                   "run": st.column_config.TextColumn(width="small", pinned=True),
+                   "pairs": st.column_config.TextColumn("pairs (trained / control)", width="small",
+                                                        help="file names and short content hashes; hover a cell "
+                                                             "for the whole text")})
 download_csv(table, "runs.csv", "Download this table (CSV)", key="dl-runs")
 selected = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
 runs = {r.id: r for r in list_runs(runs_dir())}

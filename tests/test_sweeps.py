@@ -35,7 +35,7 @@ def finished_sweep(tiny_model_dir, tmp_path_factory):
                      trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1, warmup_steps=1,
                      learning_rate=5e-3)
     spec = SweepSpec(base=base, target_layers=[[1], [2]], ranks=[2, 4], placements=["all"])
-    sweep = create_sweep(spec, d / "runs")
+    sweep = create_sweep(spec, d / "runs", pair_names={"trained": "my uploaded words.csv"})
     status = run_sweep(sweep)
     assert status["state"] == "done", status
     return sweep
@@ -49,6 +49,9 @@ def test_every_cell_is_an_ordinary_run(finished_sweep):
     for c in cells:
         cfg = runs[c["run"]].config()
         assert cfg.target_layers == c["target_layers"] and cfg.lora_r == c["rank"]
+        # each cell names the sets as the user knows them (an upload's file name), not the sweep's own copies
+        sets = runs[c["run"]].status()["pairs"]
+        assert sets["trained"]["name"] == "my uploaded words.csv" and sets["control"]["name"] == "c.csv"
     assert [s.id for s in list_sweeps(finished_sweep.runs_dir)] == [finished_sweep.id]
 
 

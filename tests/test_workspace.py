@@ -137,8 +137,9 @@ def test_estimates_come_from_earlier_runs_of_the_model(two_runs):
 def test_runs_lead_with_what_matters_and_compare_results(two_runs):
     done, stopped = two_runs
     table = runs_table(done.path.parent)
-    assert list(table.columns[:9]) == ["run", "name", "pairs", "target layers", "method", "rank", "protocol",
-                                       "eval layer", "trained change"]
+    # the order: name, pairs, target layer, rank, protocol, change trained, change control, p, state
+    assert list(table.columns[:11]) == ["run", "name", "pairs", "target layers", "method", "rank", "protocol",
+                                        "trained change", "control change", "control p", "state"]
     row = table.set_index("run").loc[done.id]
     assert row["name"] == "the good one" and row["notes"] == "r=16, one epoch" and "trained.csv" in row["pairs"]
     other = create_run(TLIConfig.from_dict(dict(done.config_dict(), lora_r=4)), done.path.parent, name="r4")

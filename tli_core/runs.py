@@ -454,15 +454,17 @@ def headline(run: Run) -> dict:
         "method": "full FT" if cfg.get("method") == "full" else "LoRA",
         "rank": None if cfg.get("method") == "full" else cfg.get("lora_r"),
         "protocol": summ.get("headline") or ("legacy" if groups else None),
-        "eval layer": summ.get("eval_layer"),
     }
     for g in ("trained", "control"):
-        s = groups.get(g) or {}
-        row[f"{g} change"] = s.get("change")
-        row[f"{g} % change"] = s.get("pct_change")
+        row[f"{g} change"] = (groups.get(g) or {}).get("change")
     row["control p"] = (groups.get("control") or {}).get("p")
+    row["state"] = st.get("state")
+    # the rest, off to the right
+    row["eval layer"] = summ.get("eval_layer")
+    for g in ("trained", "control"):
+        row[f"{g} % change"] = (groups.get(g) or {}).get("pct_change")
     row["trained p"] = (groups.get("trained") or {}).get("p")
-    row.update({"state": st.get("state"), "phase": st.get("phase"),
+    row.update({"phase": st.get("phase"),
                 "step": f"{st.get('step', 0)}/{st.get('total_steps') or '?'}", "created": st.get("created"),
                 "model": model.get("model"), "quant": model.get("quantization"), "blocks": cfg.get("adapter_blocks"),
                 "epochs": cfg.get("epochs"), "loss": cfg.get("loss")})

@@ -109,8 +109,11 @@ class Sweep(JobDir):
 
 
 def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=None, control=None,
-                 name: str | None = None) -> Sweep:
-    """Write the sweep's directory (and the pair sets every cell will use); nothing runs yet."""
+                 name: str | None = None, pair_names: dict[str, str] | None = None) -> Sweep:
+    """Write the sweep's directory (and the pair sets every cell will use); nothing runs yet.
+
+    ``pair_names``: what the user calls the sets (an uploaded file's name); every cell's run records it, not the
+    sweep's own copies. Default: the file names of ``spec.base``'s pair paths."""
     unknown = [m for m in spec.methods if m not in METHODS]
     if unknown or not spec.methods:
         raise TLIError(f"sweep methods must be among {', '.join(METHODS)} (got {', '.join(spec.methods) or 'none'})")
@@ -125,6 +128,8 @@ def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=No
         raise TLIError(f"sweep {sid} exists already")
     trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
     control = load_pairs(spec.base.control_pairs) if control is None else control
+    names = {role: (pair_names or {}).get(role) or Path(str(path)).name
+             for role, path in (("trained", spec.base.trained_pairs), ("control", spec.base.control_pairs))}
     base = dataclasses.replace(spec.base, trained_pairs=str(path / "pairs_trained.csv"),
                                control_pairs=str(path / "pairs_control.csv"))
     spec = dataclasses.replace(spec, base=base)
@@ -137,7 +142,7 @@ def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=No
         write_json(tmp / "sweep.json", spec.to_dict())
         write_json(tmp / "cells.json", [dict(c, run=None, state="pending", reason="") for c in spec.cells()])
         write_json(tmp / "status.json", {"state": "queued", "created": now(), "updated": now(), "done": 0,
-                                         "total": len(spec.cells())})
+                                         "total": len(spec.cells()), "pair_names": names})
         os.rename(tmp, path)
     except OSError as exc:
         if tmp is not None:
@@ -199,7 +204,9 @@ def run_sweep(sweep: Sweep, progress=None) -> dict:
                 continue
             if lm is None:
                 lm = load_model(config.model)
-            run = create_run(config, sweep.runs_dir, trained, control, name=f"{sweep.id}-c{cell['cell']}")
+            names = sweep.status().get("pair_names")
+            run = create_run(config, sweep.runs_dir, trained, control, name=f"{sweep.id}-c{cell['cell']}",
+                             pair_names=names if isinstance(names, dict) else None)
             cell.update(run=run.id, state="running")
             sweep.save_cells(cells)
             if progress:

@@ -61,7 +61,8 @@ def start_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd
 
 
 def start_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
-                control: pd.DataFrame | None = None, launch: bool = True) -> Sweep:
+                control: pd.DataFrame | None = None, launch: bool = True,
+                pair_names: dict[str, str] | None = None) -> Sweep:
     """Check -> busy -> create -> launch a sweep (cells that cannot run are marked invalid when reached)."""
     runs_dir = Path(runs_dir or default_runs_dir())
     trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
@@ -70,7 +71,7 @@ def start_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained: pd
     if leak.leaks and not spec.base.allow_overlap:
         raise OverlapError("; ".join(leak.leak_lines()))
     _not_busy(runs_dir)
-    sweep = create_sweep(spec, runs_dir, trained, control)
+    sweep = create_sweep(spec, runs_dir, trained, control, pair_names=pair_names)
     if launch:
         resume_sweep(sweep)
     return sweep
