@@ -104,15 +104,22 @@ class TLIConfig:
         if unknown:
             raise TLIError(f"unknown setting(s) in the config: {', '.join(sorted(unknown))}")
         model = d.pop("model", {})
+        if not isinstance(model, (ModelSpec, dict)):
+            raise TLIError("the config's model must be a mapping of model settings")
         d["model"] = model if isinstance(model, ModelSpec) else ModelSpec.from_dict(model or {})
         if "target_layers" in d:
             tl = d["target_layers"]
+            if not isinstance(tl, (int, list, tuple)):
+                raise TLIError(f"target_layers must be a layer number or a list of them, not {tl!r}")
             d["target_layers"] = [tl] if isinstance(tl, int) else list(tl)
         if "eval_layer" in d and d["eval_layer"] is None:  # configs written before symbolic layers: the paper's
             d["eval_layer"] = "paper"
         if isinstance(d.get("protocols"), str):
             d["protocols"] = [p.strip() for p in d["protocols"].split(",") if p.strip()]
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:  # a value of a type no check expected (e.g. a list for a number)
+            raise TLIError(f"a setting in the config has the wrong type: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TLIConfig":

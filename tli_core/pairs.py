@@ -131,6 +131,19 @@ def _detect_format(source: str, fmt: str | None) -> str:
     return fmt
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(items: list[tuple]) -> dict:
+    """json's object hook: an object naming a key twice (json keeps the last silently) is refused."""
+    keys = [k for k, _ in items]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _RepeatedKey(", ".join(map(repr, repeated)))
+    return dict(items)
+
+
 def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
     if fmt in ("csv", "tsv"):
         reader = csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
@@ -149,11 +162,13 @@ def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
         return rows
     if fmt == "json":
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_no_repeated_keys)
         except json.JSONDecodeError as exc:
             raise TLIError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         except RecursionError:
             raise TLIError(f"{source}: the JSON is nested too deeply to be a list of word pairs") from None
+        except _RepeatedKey as exc:
+            raise TLIError(f"{source}: an object names the key(s) {exc} more than once; keep one") from None
         if isinstance(obj, dict) and "pairs" in obj:
             obj = obj["pairs"]
         if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
@@ -165,11 +180,13 @@ def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_no_repeated_keys)
         except json.JSONDecodeError as exc:
             raise TLIError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from None
         except RecursionError:
             raise TLIError(f"{source}: line {lineno} is nested too deeply to be a word pair") from None
+        except _RepeatedKey as exc:
+            raise TLIError(f"{source}: line {lineno} names the key(s) {exc} more than once; keep one") from None
         if not isinstance(rec, dict):
             raise TLIError(f"{source}: line {lineno} must be a JSON object with keys swahili and english")
         records.append(rec)
@@ -199,7 +216,10 @@ def _canonical_columns(records: list[dict], source: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for name in found:
         canon = COLUMN_ALIASES.get(str(name).strip().lower())
-        if canon and canon not in mapping.values():
+        if canon in mapping.values():
+            first = next(k for k, v in mapping.items() if v == canon)
+            raise TLIError(f"{source}: columns {first!r} and {name!r} both name the {canon} words; keep one")
+        if canon:
             mapping[name] = canon
     missing = {"swahili", "english"} - set(mapping.values())
     if missing:

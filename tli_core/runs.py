@@ -49,6 +49,21 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("TLI_RUNS_DIR", PROJECT_ROOT / "runs")).expanduser()
 
 
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Half-written checkpoints (``.NAME.tmpPID``) of processes that are gone: a ``kill -9`` mid-save cannot
+    clean up after itself, so the next save does."""
+    for tmp in folder.glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # alive but not ours (EPERM): leave it
+            pass
+
+
 class Run(JobDir):
     """One run directory."""
 
@@ -114,6 +129,10 @@ class Run(JobDir):
         out.append(self._summary()[1])
         return [p for p in out if p]
 
+    def _side_record(self, name: str) -> dict:
+        job = self.raw_status().get(name)
+        return job if isinstance(job, dict) else {}
+
     def side_job(self, name: str) -> dict:
         """The latest job of kind ``name`` on the run's saved weights ({} if none): running, done or failed.
 
@@ -121,12 +140,12 @@ class Run(JobDir):
         as running from its first instant (its tag is in ``<name>.pid`` before it writes anything); a
         dead one that never finished is failed.
         """
-        job = self.raw_status().get(name) or {}
+        job = self._side_record(name)
         launched = read_tag(self.path / SIDE_JOB_PID[name])
         if launched and launched != job.get("process") and process_alive(launched):
             return {"state": "running", "phase": "starting", "process": launched}
         if job.get("state") == "running" and not process_alive(job.get("process")):
-            job = self.raw_status().get(name) or {}  # it may have finished between our two reads
+            job = self._side_record(name)  # it may have finished between our two reads
         if job.get("state") == "running" and not process_alive(job.get("process")):
             job = dict(job, state="failed", finished=now(),
                        message=f"the {name} process (pid {str(job.get('process')).split(':')[0]}) ended "
@@ -196,9 +215,12 @@ class Run(JobDir):
         summary, problem = read_json_checked(self.path / "summary.json", None, dict)
         if summary is None:
             return None, problem
+        protocols = summary.get("protocols") or {}
+        if not isinstance(protocols, dict):
+            return None, "summary.json: not a summary of before/after statistics"
         groups = [summary.get("groups")] + [s.get("groups") if isinstance(s, dict) else None
-                                             for s in (summary.get("protocols") or {}).values()]
-        if not isinstance(summary.get("protocols") or {}, dict) or not all(
+                                             for s in protocols.values()]
+        if not all(
                 isinstance(g, dict) and all(isinstance(v, dict) for v in g.values()) for g in groups):
             return None, "summary.json: not a summary of before/after statistics"
         return summary, None
@@ -274,6 +296,7 @@ class Run(JobDir):
         tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(target.parent)
             shutil.rmtree(tmp, ignore_errors=True)
             write(tmp)
             publish_dir(tmp, target)

@@ -144,10 +144,12 @@ def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=No
         write_json(tmp / "status.json", {"state": "queued", "created": now(), "updated": now(), "done": 0,
                                          "total": len(spec.cells()), "pair_names": names})
         os.rename(tmp, path)
+        tmp = None
     except OSError as exc:
+        raise TLIError(f"cannot create sweep {sid} in {root}: {exc.strerror or exc}") from None
+    finally:  # whatever went wrong (a full disk, an interrupt), no half-written sweep stays behind
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise TLIError(f"cannot create sweep {sid} in {root}: {exc.strerror or exc}") from None
     return Sweep(path)
 
 

@@ -52,7 +52,8 @@ class JobDir:
 
     def process(self, status: dict | None = None) -> str | None:
         st = self.raw_status() if status is None else status
-        return st.get("process") or read_tag(self.path / self.pid_file)
+        tag = st.get("process")
+        return tag if isinstance(tag, str) and tag else read_tag(self.path / self.pid_file)
 
     def status(self) -> dict:
         """status.json, with a dead process's active job turned into ``dead_state`` (and saved so)."""
