@@ -6,7 +6,7 @@ from tli_core.diagnostics import compare_without_artifacts, dominated_layers
 from tli_core.figures import activation_figure, variants_figure
 from ui import state
 from ui.models import frame_hash, get_pairs, require_model, spec_key
-from ui.widgets import download_csv, plot, show_error
+from ui.widgets import copy_link, download_csv, plot, show_error
 
 st.title("Artifact diagnostics")
 st.caption("Does a high similarity come from the words, or from a few massive activations? Per layer: the first "
@@ -15,10 +15,16 @@ st.caption("Does a high similarity come from the words, or from a few massive ac
            "with the first token, or those dimensions, left out.")
 lm = require_model()
 pairs = get_pairs()
+DIAG_FORM = {"which": "trained", "sample": 200, "dims": ""}  # kept for this browser session and in the link
+state.init_form("diagnostics", DIAG_FORM, state.checks(which=lambda v: v in ("trained", "control"),
+                                                       sample=lambda v: 20 <= v <= 5000), link=tuple(DIAG_FORM))
 c1, c2, c3 = st.columns(3)
-which = c1.radio("Set", ["trained", "control"], horizontal=True)
-sample = c2.number_input("Words sampled for the activation statistics", 20, 5000, 200)
-dims_text = c3.text_input("Dimensions to leave out (empty = the ones found)", "")
+which = c1.radio("Set", ["trained", "control"], horizontal=True, key=state.form_key("diagnostics", "which"))
+sample = c2.number_input("Words sampled for the activation statistics", 20, 5000,
+                         key=state.form_key("diagnostics", "sample"))
+dims_text = c3.text_input("Dimensions to leave out (empty = the ones found)", key=state.form_key("diagnostics", "dims"))
+state.save_form("diagnostics", DIAG_FORM, link=tuple(DIAG_FORM))
+copy_link(*DIAG_FORM)
 key = (spec_key(lm.spec), frame_hash(pairs[which]), which, int(sample), dims_text)
 cache = state.results("diagnostics")
 if key not in cache and st.button("Run diagnostics", type="primary", icon=":material/troubleshoot:"):

@@ -8,7 +8,7 @@ from tli_core.projection import METHODS, map_points
 from tli_core.runs import list_runs
 from ui import state
 from ui.models import get_pairs, require_model, runs_dir, spec_key
-from ui.widgets import download_csv, plot, run_picker, show_error
+from ui.widgets import copy_link, download_csv, plot, run_picker, show_error
 
 st.title("Embedding map")
 st.caption("Translation pairs are joined by a line; circles are trained pairs, diamonds control pairs. Before and "
@@ -20,10 +20,18 @@ c1, c2, c3, c4 = st.columns(4)
 with c1:
     run = run_picker(runs, "Run (after)", none_label="(none: base model only)")
 default_layer = (run.summary() or {}).get("eval_layer", n - 1) if run else n - 1
-layer = c2.selectbox("Layer", list(range(n + 1)), index=int(default_layer),
+# kept for this browser session and in the page's link (?run=...&layer=...&method=...)
+MAP_FORM = {"layer": int(default_layer), "method": METHODS[0], "max_pairs": 120}
+LINK = tuple(MAP_FORM)
+state.init_form("map", MAP_FORM, state.checks(layer=lambda v: 0 <= v <= n, method=lambda v: v in METHODS,
+                                              max_pairs=lambda v: 10 <= v <= 2000), link=LINK)
+layer = c2.selectbox("Layer", list(range(n + 1)), key=state.form_key("map", "layer"),
                      format_func=lambda k: f"{k} ({layer_name(k, n)})")
-method = c3.selectbox("Projection", METHODS, format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE"}[m])
-max_pairs = c4.number_input("Pairs per set (sampled)", 10, 2000, 120)
+method = c3.selectbox("Projection", METHODS, key=state.form_key("map", "method"),
+                      format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE"}[m])
+max_pairs = c4.number_input("Pairs per set (sampled)", 10, 2000, key=state.form_key("map", "max_pairs"))
+state.save_form("map", MAP_FORM, link=LINK)
+copy_link("run", *LINK)
 sets = run_sets = None
 if run is not None:
     sets = {"trained": run.pairs("trained"), "control": run.pairs("control")}

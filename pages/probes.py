@@ -6,7 +6,7 @@ from tli_core.probes import TEMPLATES, probe_scores, run_probes
 from tli_core.runs import list_runs
 from ui import state
 from ui.models import get_pairs, require_model, runs_dir
-from ui.widgets import download_csv, run_picker, show_error
+from ui.widgets import copy_link, download_csv, run_picker, show_error
 
 st.title("Generation probes")
 st.caption("The paper's qualitative check: does the tuned model complete “The English word for 'X' is” better? "
@@ -15,14 +15,26 @@ lm = require_model()
 runs = [r for r in list_runs(runs_dir()) if r.has_weights() and r.model_spec() == lm.spec]
 run = run_picker(runs, "Tuned model = base + the trained weights of run", none_label="(none: base model only)")
 pairs = get_pairs() if run is None else {"trained": run.pairs("trained"), "control": run.pairs("control")}
+# the templates and choices are kept for this browser session (a reload brings back an edited template)
+PROBE_FORM = {"sw_en": TEMPLATES["sw→en"], "en_sw": TEMPLATES["en→sw"], "which": "control", "words": [],
+              "max_new": 8}
+state.init_form("probes", PROBE_FORM, state.checks(which=lambda v: v in ("control", "trained"),
+                                                  max_new=lambda v: 1 <= v <= 64), link=("which",))
 c1, c2 = st.columns(2)
-sw_en = c1.text_input("Swahili → English template", TEMPLATES["sw→en"])
-en_sw = c2.text_input("English → Swahili template", TEMPLATES["en→sw"])
+sw_en = c1.text_input("Swahili → English template", key=state.form_key("probes", "sw_en"))
+en_sw = c2.text_input("English → Swahili template", key=state.form_key("probes", "en_sw"))
 c1, c2, c3 = st.columns([1, 3, 1])
-which = c1.radio("Words from", ["control", "trained"])
+which = c1.radio("Words from", ["control", "trained"], key=state.form_key("probes", "which"))
 pool = pairs[which]
-chosen = c2.multiselect("Words", list(pool["swahili"]), default=list(pool["swahili"][:8]))
-max_new = c3.number_input("New tokens", 1, 64, 8)
+options = list(dict.fromkeys(pool["swahili"]))
+kept = [w for w in state.form_value("probes", "words") or [] if w in options]
+if not kept:  # first visit, or words of another set or run: the set's first eight
+    kept = options[:8]
+state.set_form_value("probes", "words", kept)
+chosen = c2.multiselect("Words", options, key=state.form_key("probes", "words"))
+max_new = c3.number_input("New tokens", 1, 64, key=state.form_key("probes", "max_new"))
+state.save_form("probes", PROBE_FORM, link=("which",))
+copy_link("run", "which")
 if st.button("Run the probes", type="primary", icon=":material/chat:", disabled=not chosen):
     try:
         subset = pool[pool["swahili"].isin(chosen)].assign(set=which)

@@ -10,7 +10,7 @@ from tli_core.runs import curves_side_by_side, delete_run, diff_configs, list_ru
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
 from ui.models import current_model, get_pairs, runs_dir
-from ui.widgets import download_csv, evaluation_panel, md, plot, show_error
+from ui.widgets import copy_link, download_csv, evaluation_panel, md, plot, reflect, show_error
 
 st.title("Runs")
 st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, trained weights, "
@@ -57,9 +57,16 @@ event = st.dataframe(
 download_csv(table, "runs.csv", "Download this table (CSV)", key="dl-runs")
 selected = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
 runs = {r.id: r for r in list_runs(runs_dir())}
-picked = st.multiselect("…or pick runs by id", list(runs), key="runs-picked",
-                        help="the same as ticking their rows in the table")
+kept = state.form_value("runs", "runs")
+if kept is None:  # first view: the runs named by the link (those that still exist)
+    kept = (st.query_params.get("runs") or "").split(",")
+state.set_form_value("runs", "runs", [r for r in kept if r in runs])
+picked = st.multiselect("…or pick runs by id", list(runs), key=state.form_key("runs", "runs"),
+                        help="the same as ticking their rows in the table; a link to this page brings them back")
 selected = [runs[s] for s in dict.fromkeys(selected + picked) if s in runs]
+reflect(runs=",".join(r.id for r in selected) or None)
+if selected:
+    copy_link("runs")
 
 if len(selected) >= 2:
     st.subheader(f"{len(selected)} runs side by side")

@@ -8,7 +8,7 @@ from tli_core.figures import curve_figure, heatmap_figure, mark_layers
 from tli_core.precision import NOISE_LIMIT, PRECISIONS
 from ui import state
 from ui.models import cached_scan, get_pairs, require_model
-from ui.widgets import download_csv, md, plot, searchable, show_error
+from ui.widgets import copy_link, download_csv, md, plot, searchable, show_error
 
 st.title("Layer scan")
 lm = require_model()
@@ -19,12 +19,33 @@ st.caption(f"{md(lm.facts.name)}: hidden states 0–{n_layers} (0 = input embedd
 
 CENTER_HELP = {"none": "raw cosines (the paper's)", "joint": "subtract the mean of all words first",
                "language": "subtract each language's mean first"}
+# the scan's settings: kept for this browser session (a reload brings them back) and in the page's link
+SCAN_FORM = {"pooling": "mean", "centering": "none", "precision": "float32", "sets": ["trained", "control"],
+             "seed": 0, "show": "trained"}
+LINK = tuple(SCAN_FORM)
+OPTIONS = {"pooling": list(POOLINGS), "centering": list(CENTERING), "precision": list(PRECISIONS)}
+
+
+state.init_form("scan", SCAN_FORM, state.checks(
+    pooling=lambda v: v in OPTIONS["pooling"], centering=lambda v: v in OPTIONS["centering"],
+    precision=lambda v: v in OPTIONS["precision"], sets=lambda v: all(s in ("trained", "control") for s in v),
+    show=lambda v: v in ("trained", "control"), seed=lambda v: 0 <= v <= 10**6), link=LINK)
+
+
+def key(field: str) -> str:
+    return state.form_key("scan", field)
+
+
 c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 1])
-pooling = c1.selectbox("Pooling", list(POOLINGS), format_func=lambda p: f"{p} — {POOLINGS[p]}")
-centering = c2.selectbox("Mean-centering", CENTERING, format_func=lambda c: f"{c} — {CENTER_HELP[c]}")
-precision = c3.selectbox("Analysis precision", list(PRECISIONS), format_func=lambda p: f"{p} — {PRECISIONS[p]}")
-which = c4.multiselect("Sets", ["trained", "control"], default=["trained", "control"])
-seed = c5.number_input("Shuffle seed", 0, 10**6, 0, help="seed of the derangement behind the shuffled baseline")
+pooling = c1.selectbox("Pooling", OPTIONS["pooling"], format_func=lambda p: f"{p} — {POOLINGS[p]}", key=key("pooling"))
+centering = c2.selectbox("Mean-centering", OPTIONS["centering"], format_func=lambda c: f"{c} — {CENTER_HELP[c]}",
+                         key=key("centering"))
+precision = c3.selectbox("Analysis precision", OPTIONS["precision"], format_func=lambda p: f"{p} — {PRECISIONS[p]}",
+                         key=key("precision"))
+which = c4.multiselect("Sets", ["trained", "control"], key=key("sets"))
+seed = c5.number_input("Shuffle seed", 0, 10**6, key=key("seed"),
+                       help="seed of the derangement behind the shuffled baseline")
+state.save_form("scan", SCAN_FORM, link=LINK)
 sets = {name: pairs[name] for name in which}
 
 result = cached_scan(lm, sets, pooling, centering, int(seed), precision, compute=False) if sets else None
@@ -60,7 +81,11 @@ if result.precision_report is not None:
         st.caption(text + f" No layer above {NOISE_LIMIT:g}.")
     with st.expander("Precision by layer"):
         st.dataframe(result.precision_report, hide_index=True, width="stretch")
-show = st.radio("Curve of", list(sets), horizontal=True, key="scan-set")
+if state.form_value("scan", "show") not in sets:
+    state.set_form_value("scan", "show", list(sets)[0])
+show = st.radio("Curve of", list(sets), horizontal=True, key=key("show"))
+state.save_form("scan", SCAN_FORM, link=LINK)
+copy_link(*LINK)
 curve = result.curve
 sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report))
 state.set_scan_suggestion(dict(sugg, model=lm.spec,

@@ -19,8 +19,8 @@ from tli_core.sweeps import (
     variant_label,
 )
 from ui import state
-from ui.models import get_pairs, pairs_file, require_model, runs_dir
-from ui.widgets import download_csv, md, plot, show_error
+from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir
+from ui.widgets import copy_link, download_csv, md, plot, reflect, show_error
 
 st.title("Sweeps")
 st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "
@@ -31,27 +31,44 @@ n = lm.facts.num_layers
 
 OVERLAP_CONTROL = "Accept pairs that are in both sets"
 
-with st.form("sweep"):
-    c1, c2, c3, c4 = st.columns(4)
-    layers = c1.text_input("Target-layer settings", "1,2", help="comma-separated; '+' trains layers together, "
-                                                                  "e.g. 1,2,1+2")
-    ranks = c2.multiselect("LoRA ranks", [1, 2, 4, 8, 16, 32, 64], default=[4, 16])
-    full = c3.checkbox("Add full fine-tuning", False, help="one more column: the weights of the blocks themselves "
-                                                           "train (float32), same loss and evaluation — the baseline "
-                                                           "LoRA is compared against")
-    placements = c4.multiselect("Placements (blocks that train)", list(PLACEMENTS), default=["all"],
-                                help="all = every block (paper); up_to_target = blocks 1..target; early = first "
-                                     "half; late = second half")
-    c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs per cell", 1, 100, 2)
-    sub_t = c2.number_input("Trained subset (0 = all)", 0, 10**6, 0)
-    lr = c3.number_input("Learning rate", 1e-7, 1.0, 2e-4, format="%.1e")
-    correction = c4.selectbox("Correction", CORRECTIONS, help="bh = Benjamini–Hochberg (FDR); holm = Holm (FWER)")
-    c1, c2 = st.columns([3, 1])
-    eval_layer = c1.select_slider("Evaluation layer (studio protocol, the heatmap's headline)", list(range(n + 1)),
-                                  value=paper_eval_layer(n), format_func=lambda k: f"{k} ({layer_name(k, n)})")
-    overlap = c2.checkbox(OVERLAP_CONTROL, False, help=TLIConfig.help()["allow_overlap"])
-    start = st.form_submit_button("Start the sweep", type="primary", icon=":material/grid_on:")
+# the grid's settings, kept for this browser session (a reload or a restart brings them back); widgets, not a
+# form, so nothing typed waits for a submit to be kept, and Enter starts nothing
+SWEEP_FORM = {"layers": "1,2", "ranks": [4, 16], "full": False, "placements": ["all"], "epochs": 2, "sub_t": 0,
+              "lr": 2e-4, "correction": CORRECTIONS[0], "eval_layer": paper_eval_layer(n), "overlap": False}
+RANKS = [1, 2, 4, 8, 16, 32, 64]
+
+
+state.init_form("sweep", SWEEP_FORM, state.checks(
+    ranks=lambda v: all(r in RANKS for r in v), placements=lambda v: all(p in PLACEMENTS for p in v),
+    correction=lambda v: v in CORRECTIONS, eval_layer=lambda v: 0 <= v <= n))
+
+
+def key(field: str) -> str:
+    return state.form_key("sweep", field)
+
+
+c1, c2, c3, c4 = st.columns(4)
+layers = c1.text_input("Target-layer settings", key=key("layers"), help="comma-separated; '+' trains layers "
+                                                                         "together, e.g. 1,2,1+2")
+ranks = c2.multiselect("LoRA ranks", RANKS, key=key("ranks"))
+full = c3.checkbox("Add full fine-tuning", key=key("full"), help="one more column: the weights of the blocks "
+                                                                 "themselves train (float32), same loss and evaluation "
+                                                                 "— the baseline LoRA is compared against")
+placements = c4.multiselect("Placements (blocks that train)", list(PLACEMENTS), key=key("placements"),
+                            help="all = every block (paper); up_to_target = blocks 1..target; early = first half; "
+                                 "late = second half")
+c1, c2, c3, c4 = st.columns(4)
+epochs = c1.number_input("Epochs per cell", 1, 100, key=key("epochs"))
+sub_t = c2.number_input("Trained subset (0 = all)", 0, 10**6, key=key("sub_t"))
+lr = c3.number_input("Learning rate", 1e-7, 1.0, format="%.1e", key=key("lr"))
+correction = c4.selectbox("Correction", CORRECTIONS, key=key("correction"),
+                          help="bh = Benjamini–Hochberg (FDR); holm = Holm (FWER)")
+c1, c2 = st.columns([3, 1])
+eval_layer = c1.select_slider("Evaluation layer (studio protocol, the heatmap's headline)", list(range(n + 1)),
+                              key=key("eval_layer"), format_func=lambda k: f"{k} ({layer_name(k, n)})")
+overlap = c2.checkbox(OVERLAP_CONTROL, key=key("overlap"), help=TLIConfig.help()["allow_overlap"])
+state.save_form("sweep", SWEEP_FORM)
+start = st.button("Start the sweep", type="primary", icon=":material/grid_on:")
 
 if start:
     try:
@@ -62,8 +79,10 @@ if start:
         spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
                          placements=placements, correction=correction,
                          methods=(["lora"] if ranks else []) + (["full"] if full else []))
-        sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"])
+        sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"],
+                            pair_names=pair_names())
         state.set_watched_sweep(sweep.id)
+        state.set_form_value("sweeps", "pick", sweep.id)  # show the new sweep (its selector is drawn below)
         st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
     except Exception as exc:
         show_error(exc, overlap_control=OVERLAP_CONTROL)
@@ -73,9 +92,14 @@ if not sweeps:
     st.info("No sweeps yet.")
     st.stop()
 ids = [s.id for s in sweeps]
-wanted = state.watched_sweep()
-sid = st.selectbox("Sweep", ids, index=ids.index(wanted) if wanted in ids else 0,
+# first view: the link's sweep, else the one just started, else the newest
+if state.form_value("sweeps", "pick") not in ids:
+    linked, started = st.query_params.get("sweep"), state.watched_sweep()
+    state.set_form_value("sweeps", "pick", linked if linked in ids else started if started in ids else ids[0])
+sid = st.selectbox("Sweep", ids, key=state.form_key("sweeps", "pick"),
                    format_func=lambda i: f"{i} — {Sweep(runs_dir() / 'sweeps' / i).status().get('state')}")
+reflect(sweep=sid)
+copy_link("sweep")
 sweep = next(s for s in sweeps if s.id == sid)
 
 

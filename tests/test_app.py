@@ -73,6 +73,7 @@ def test_pairs_page_shows_both_sets_and_no_leakage(app_env):
 
 def test_scan_page_runs_and_draws_the_curve(app_env):
     at = open_page("pages/scan.py")
+    at.number_input[0].set_value(4242).run()  # a seed no other test scans with: nothing cached yet
     run_button = [b for b in at.button if b.label.startswith("Run the scan")]
     assert run_button
     run_button[0].click().run()
@@ -82,8 +83,12 @@ def test_scan_page_runs_and_draws_the_curve(app_env):
     assert [m.label for m in at.metric][:3] == ["Raw-cosine peak (the paper's rule)",
                                                  "Largest gap over shuffled pairs", "Best retrieval (P@1, CSLS)"]
     assert "Scan took" in texts(at)
-    # a second visit does not recompute: the result comes straight from the cache
-    at2 = open_page("pages/scan.py")
+    # a second visit (here: the page's link, in a new session) does not recompute: the result comes from the cache
+    at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at2.run()
+    at2.switch_page("pages/scan.py")
+    at2.query_params["seed"] = "4242"
+    at2.run()
     assert not [b for b in at2.button if b.label.startswith("Run the scan")]
     assert len(at2.get("plotly_chart")) >= 2
 
@@ -208,7 +213,7 @@ def test_runs_page_lists_runs(finished_run):
 
 def test_benchmarks_from_the_runs_page_show_on_compare(finished_run):
     at = open_page("pages/runs.py")
-    at.multiselect(key="runs-picked").set_value([finished_run.id]).run()
+    at.multiselect(key="runs-runs").set_value([finished_run.id]).run()
     panel = f"downstream-runs-{finished_run.id}"
     assert at.multiselect(key=f"{panel}-tasks").value == ["tli_word_choice_sw_en", "tli_word_choice_en_sw"]
     at.number_input(key=f"{panel}-limit").set_value(6)

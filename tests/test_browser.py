@@ -137,6 +137,14 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         expect(page.get_by_text("Raw-cosine peak (the paper's rule)")).to_be_visible()
         page.screenshot(path=str(SHOTS / "03-scan.png"), full_page=True)
+        # the scan's settings are in the link and survive a reload (the result comes from the server's cache)
+        page.get_by_test_id("stRadio").get_by_text("control", exact=True).click()
+        expect(page).to_have_url(re.compile(r"show=control"))
+        assert "pooling=mean" in page.url and "s=" in page.url
+        page.reload()
+        expect(page.get_by_text("Scan took", exact=False)).to_be_visible(timeout=120_000)
+        expect(page.get_by_test_id("stRadio").locator("input[type=radio]").nth(1)).to_be_checked()
+        sidebar = page.get_by_test_id("stSidebar")
 
         # Train: the paper's layer 2 stays, the scan's suggestion is a button; the uploaded set is named
         sidebar.get_by_role("link", name="Train").click()

@@ -74,6 +74,53 @@ def test_the_train_form_survives_a_reload_and_keeps_the_papers_defaults(app_env)
     assert {n.label: n.value for n in at.number_input}["Epochs"] == 5
 
 
+def test_what_is_typed_on_every_page_survives_a_reload(app_env):
+    """Scan settings, the sweep grid, edited probe templates, diagnostics: a new AppTest on the same ?s= is a
+    reload (or the first visit after a server restart: the state is on disk, not in the server)."""
+    sid = workspace.new_session_id()
+    at = session(sid, "pages/scan.py")
+    select = {s.label: s for s in at.selectbox}
+    select["Pooling"].set_value("last").run()
+    {s.label: s for s in at.selectbox}["Mean-centering"].set_value("joint").run()
+    at.number_input[0].set_value(7).run()
+    at = session(sid, "pages/scan.py")
+    select = {s.label: s.value for s in at.selectbox}
+    assert (select["Pooling"], select["Mean-centering"], at.number_input[0].value) == ("last", "joint", 7)
+
+    at.switch_page("pages/sweeps.py").run()
+    at.text_input[0].set_value("1,3").run()
+    {n.label: n for n in at.number_input}["Epochs per cell"].set_value(4).run()
+    [c for c in at.checkbox if c.label == "Add full fine-tuning"][0].check().run()
+    at = session(sid, "pages/sweeps.py")
+    assert at.text_input[0].value == "1,3" and {n.label: n.value for n in at.number_input}["Epochs per cell"] == 4
+    assert [c for c in at.checkbox if c.label == "Add full fine-tuning"][0].value is True
+
+    at.switch_page("pages/probes.py").run()
+    at.text_input[0].set_value("Kiingereza cha '{word}' ni").run()
+    at.radio[0].set_value("trained").run()
+    at = session(sid, "pages/probes.py")
+    assert at.text_input[0].value == "Kiingereza cha '{word}' ni" and at.radio[0].value == "trained"
+
+    at.switch_page("pages/diagnostics.py").run()
+    at.text_input[0].set_value("3, 5").run()
+    at = session(sid, "pages/diagnostics.py")
+    assert at.text_input[0].value == "3, 5"
+
+
+def test_a_link_opens_the_scan_with_its_settings_and_ignores_nonsense(app_env):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/scan.py")
+    for k, v in {"pooling": "mean_no_first", "centering": "language", "seed": "12", "sets": "control",
+                 "precision": "bogus"}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception
+    select = {s.label: s.value for s in at.selectbox}
+    assert (select["Pooling"], select["Mean-centering"], at.number_input[0].value) == ("mean_no_first", "language", 12)
+    assert at.multiselect[0].value == ["control"] and select["Analysis precision"] == "float32"  # the default
+
+
 def test_a_scan_suggestion_is_a_button_and_warnings_follow_the_settings(app_env):
     sid = workspace.new_session_id()
     at = session(sid, "pages/scan.py")
@@ -239,3 +286,16 @@ def test_session_ids_in_links_are_checked():
     for bad in ("../x", "", None, "ZZZZZZZZZZZZ", "a" * 13):
         assert not workspace.valid_session_id(bad)
     assert workspace.read_session("../../etc") == {}
+
+
+def test_a_link_to_the_runs_page_brings_back_the_runs_compared(two_runs):
+    done, stopped = two_runs
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/runs.py")
+    at.query_params["runs"] = f"{done.id},{stopped.id},no-such-run"  # a run deleted since: the link still opens
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="runs-runs").value == [done.id, stopped.id]
+    assert any(s.value == "2 runs side by side" for s in at.subheader)
+    assert at.query_params["runs"] == f"{done.id},{stopped.id}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -149,15 +150,41 @@ def form_key(form: str, field: str) -> str:
     return f"{form}-{field}"
 
 
-def init_form(form: str, defaults: dict, fits=None) -> None:
+def _from_link(text: str, default: Any) -> Any:
+    """A query-parameter value in the type of the field's default (None when it cannot be one)."""
+    try:
+        if isinstance(default, bool):
+            return {"1": True, "true": True, "0": False, "false": False}.get(text.lower())
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, list):
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            return [int(t) for t in items] if default and isinstance(default[0], int) else items
+        return text
+    except ValueError:
+        return None
+
+
+def checks(**tests) -> Callable[[str, Any], bool]:
+    """``fits`` for :func:`init_form` from one test per field (fields without one take any value of their type)."""
+    return lambda field, value: tests.get(field, lambda _: True)(value)
+
+
+def init_form(form: str, defaults: dict, fits=None, link: tuple[str, ...] = ()) -> None:
     """Give each field of ``form`` its value before the widgets are drawn: this session's last value, else the
-    draft kept on disk (a reload), else the default. ``fits(field, value)`` drops values a widget cannot take."""
+    page link's (``link`` names the fields a URL may set, e.g. ``?layer=11``), else the draft kept on disk (a
+    reload), else the default. ``fits(field, value)`` drops values a widget cannot take."""
     draft = persisted(f"form-{form}") or {}
     for field, default in defaults.items():
         k = form_key(form, field)
         if k in st.session_state:
             continue
         value = draft.get(field, default)
+        if field in link and field in st.query_params:
+            linked = _from_link(st.query_params[field], default)
+            value = value if linked is None else linked
         if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
             value = default
         if fits is not None and not fits(field, value):
@@ -179,10 +206,16 @@ def reset_form(form: str, defaults: dict) -> None:
         st.session_state[form_key(form, field)] = default
 
 
-def save_form(form: str, defaults: dict) -> None:
-    """Keep what the user typed (called after the widgets are drawn)."""
-    persist(f"form-{form}", {field: st.session_state.get(form_key(form, field), default)
-                             for field, default in defaults.items()})
+def save_form(form: str, defaults: dict, link: tuple[str, ...] = ()) -> None:
+    """Keep what the user typed (called after the widgets are drawn); the ``link`` fields also go into the URL."""
+    values = {field: st.session_state.get(form_key(form, field), default) for field, default in defaults.items()}
+    persist(f"form-{form}", values)
+    for field in link:
+        value = values[field]
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
+            if isinstance(value, bool) else str(value)
+        if st.query_params.get(field) != text:
+            st.query_params[field] = text
 
 
 def scan_seconds_per_word(spec) -> float | None:
