@@ -37,15 +37,16 @@ def show_stats(table: pd.DataFrame, key: str) -> None:
     download_csv(table, f"statistics_{key}.csv", "Download statistics (CSV)", key=f"dl-stats-{key}")
 
 
-def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str, key: str) -> None:
+def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str, key: str,
+                 source: str | None = None) -> None:
     kind = st.radio("Distribution as", ["histogram", "violin"], horizontal=True, key=f"kind-{key}")
     cols = st.columns(len(groups))
     for col, g in zip(cols, groups, strict=True):
         with col:
             st.markdown(f"#### {md(g)}")
-            plot(distribution_figure(data, g, kind, before, after), key=f"dist-{key}-{g}")
-            plot(ecdf_figure(data, g, before, after), key=f"ecdf-{key}-{g}")
-            plot(scatter_figure(data, g, before, after), key=f"scatter-{key}-{g}")
+            plot(distribution_figure(data, g, kind, before, after), key=f"dist-{key}-{g}", source=source)
+            plot(ecdf_figure(data, g, before, after), key=f"ecdf-{key}-{g}", source=source)
+            plot(scatter_figure(data, g, before, after), key=f"scatter-{key}-{g}", source=source)
 
 
 def word_table(data: pd.DataFrame, key: str) -> None:
@@ -96,6 +97,9 @@ if source.startswith("a training run"):
             "% change": st.column_config.NumberColumn(format="%+.2f%%"),
             "p (paired t)": st.column_config.NumberColumn(format="%.3g")})
         download_csv(side, f"protocols_{rid}.csv", "Download the protocols table (CSV)", key="dl-protocols")
+    with st.expander("Why each protocol measures the way it does"):
+        st.markdown("\n".join(f"- **{name}** ({PROTOCOLS[name].title}): " + "; ".join(PROTOCOLS[name].reasons) + "."
+                               for name in protocols if name in PROTOCOLS))
     wanted = st.query_params.get("protocol")
     protocol = st.radio("Protocol shown below", protocols, horizontal=True,
                         index=protocols.index(wanted) if wanted in protocols else 0,
@@ -157,13 +161,15 @@ if source.startswith("a training run"):
                "cosine that the shuffled pairs share is not better alignment.")
     st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0] if c != "set"})
-    side_by_side(data, groups, "before", "after", f"{rid}-{protocol}")
+    source = (f"run {rid} · {protocol} protocol · layer {eval_layer} · pooling {summary.get('pooling')} · "
+              f"{summary.get('precision', 'compute dtype')} analysis")
+    side_by_side(data, groups, "before", "after", f"{rid}-{protocol}", source=source)
     st.subheader("The whole layer curve before vs after")
     cols = st.columns(len(groups))
     for col, g in zip(cols, groups, strict=True):
         with col:
             plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")),
-                 key=f"curve-{rid}-{protocol}-{g}")
+                 key=f"curve-{rid}-{protocol}-{g}", source=f"run {rid} · {protocol} protocol · set {g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
     word_table(data, f"{rid}-{protocol}-L{eval_layer}")
     st.subheader("Downstream benchmarks: base vs tuned")

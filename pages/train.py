@@ -101,7 +101,8 @@ with form_col:
     c1, c2 = st.columns(2)
     targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), format_func=layer_label, key=key("targets"),
                              help=helps["target_layers"])
-    pooling = c2.selectbox("Training pooling", list(POOLINGS), key=key("pooling"), help=helps["pooling"])
+    pooling = c2.selectbox("Training pooling", list(POOLINGS), key=key("pooling"), help=helps["pooling"],
+                           format_func=lambda p: f"{p} — {POOLINGS[p]}")
     st.markdown("##### Evaluation")
     c1, c2, c3, c4 = st.columns(4)
     protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), key=key("protocols"),
@@ -109,7 +110,7 @@ with form_col:
     eval_layer = c2.selectbox("Studio protocol: evaluation layer", list(EVAL_LAYERS) + list(range(n + 1)),
                               format_func=layer_label, key=key("eval_layer"), help=helps["eval_layer"])
     eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS), key=key("eval_pooling"),
-                                help=helps["eval_pooling"])
+                                help=helps["eval_pooling"], format_func=lambda p: f"{p} — {POOLINGS[p]}")
     precision = c4.selectbox("Analysis precision", list(PRECISIONS), key=key("precision"),
                              help=helps["analysis_precision"])
     st.markdown("##### What trains")

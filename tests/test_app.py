@@ -173,6 +173,11 @@ def test_compare_page_shows_the_statistics_for_a_run(finished_run):
     summary = finished_run.summary()
     assert stats["p (paired t)"].iloc[1] == pytest.approx(summary["groups"]["control"]["p"])
     assert len(at.get("plotly_chart")) >= 8  # 3 per set side by side, plus the layer curves
+    # each figure says what it measured, so a downloaded PNG still does
+    protocol, layer = summary["headline"], summary["eval_layer"]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["title"]["subtitle"]["text"].startswith(
+        f"run {finished_run.id} · {protocol} protocol · layer {layer} · pooling")
     # another evaluation layer recomputes the statistics from the stored per-layer table
     at.select_slider[0].set_value(1).run()
     assert not at.exception

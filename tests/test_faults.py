@@ -477,3 +477,29 @@ def test_user_text_reaches_markdown_escaped(tiny_model_dir, tmp_path, monkeypatc
         assert unsafe not in shown, unsafe  # ... but only escaped: \!\[t\]\(http\:...
 
 
+
+
+def test_a_run_whose_adapters_fail_to_attach_leaves_the_shared_model_as_it_was(tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    """The worker's other half of issue 11's finding: PEFT injected its layers, then failed. The model a sweep
+    or the server shares must come back without any of them."""
+    import torch
+
+    import tli_core.training as training_module
+    import tli_core.worker as worker_module
+    from tli_core.models import load_model
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"))
+    tree, state = str(lm.model), {k: v.clone() for k, v in lm.model.state_dict().items()}
+
+    def half_way(model, config, resolved):
+        training_module.attach(model, config, resolved)  # every LoRA layer injected ...
+        raise RuntimeError("CUDA out of memory (simulated)")  # ... then the failure
+
+    monkeypatch.setattr(worker_module, "attach", half_way)
+    run = create_run(tiny_config(tiny_model_dir, tmp_path), tmp_path / "runs")
+    status = execute(run, lm=lm)
+    assert status["state"] == "failed" and "out of memory" in status["message"]
+    assert str(lm.model) == tree and "lora" not in tree
+    after = lm.model.state_dict()
+    assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)

@@ -126,6 +126,25 @@ def test_evaluate_command_recomputes_the_same_tables(done_run, capsys):
     assert "trained" in out and "control" in out and "p (paired t)" in out
 
 
+def test_foreground_evaluate_and_downstream_go_through_the_job_runner(done_run, capsys):
+    """With another job holding the runs directory, the CLI says so in one line and writes nothing into the run
+    (it used to start, fail to take the lock, and record a failed evaluation in the run's status)."""
+    from tli_core.cli import main
+    from tli_core.jobs.process import JobLock
+
+    status_before = (done_run.path / "status.json").read_text()
+    lock = JobLock(done_run.path.parent)
+    assert lock.acquire("another training, pid 1")
+    try:
+        for args in (["evaluate", "--quiet"], ["downstream", "--tasks", "tli_word_choice_sw_en", "--quiet"]):
+            assert main([args[0], "--run", done_run.id, "--runs-dir", str(done_run.path.parent), *args[1:]]) == 2
+            err = capsys.readouterr().err
+            assert "a job is already running (another training, pid 1)" in err and "Traceback" not in err
+    finally:
+        lock.release()
+    assert (done_run.path / "status.json").read_text() == status_before
+
+
 def test_list_table_diff_zip_delete(done_run, tiny_model_dir, pair_files):
     runs_dir = done_run.path.parent
     table = runs_table(runs_dir)

@@ -38,7 +38,8 @@ class Protocol:
         """One line on what the protocol measures; ``weights="full"`` for fully fine-tuned blocks (no adapter)."""
         layer = {"paper": "layer L-1 (the paper's 'layer 31')", "target": "the training layer",
                  "last": "the final layer L"}.get(str(self.layer), f"layer {self.layer}")
-        adapter = "adapter merged into the quantized base" if self.merged else "adapter attached (exact weights)"
+        adapter = ("adapter merged into the quantized base (the merged weights are re-quantized, so the model "
+                   "differs slightly from base + adapter)" if self.merged else "adapter attached (exact weights)")
         if weights == "full":
             adapter = "fine-tuned blocks in float32" + (" (no adapter to merge)" if self.merged else "")
         quant = "; base reloaded in FP4 (the script's BitsAndBytesConfig default)" if self.quantization == "fp4" else ""

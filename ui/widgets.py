@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -28,8 +29,15 @@ def md(text) -> str:
     return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text)).replace("\n", "  \n")
 
 
-def plot(fig, key: str | None = None) -> None:
-    """A Plotly figure with its PNG download button (camera icon) in the mode bar."""
+def plot(fig, key: str | None = None, source: str | None = None) -> None:
+    """A Plotly figure with its PNG download button (camera icon) in the mode bar.
+
+    ``source`` (e.g. "run X · studio protocol · layer 29") becomes the figure's subtitle, so a downloaded PNG
+    still says what was measured and how."""
+    if source:
+        title = fig.layout.title.text or ""
+        fig.update_layout(title={"text": title, "subtitle": {"text": html.escape(source)}},
+                          margin={"t": max(80, (fig.layout.margin.t or 0))})
     config = dict(PLOT_CONFIG)
     if key:
         config["toImageButtonOptions"] = dict(PLOT_CONFIG["toImageButtonOptions"], filename=f"tli-{key}")

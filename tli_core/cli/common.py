@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..embeddings import POOLINGS
 from ..models import COMPUTE_DTYPES, DEVICES, QUANTIZATIONS, LoadedModel, ModelSpec, load_model
 
 EXIT_USER_ERROR = 2
@@ -83,3 +84,8 @@ def load(spec: ModelSpec, quiet: bool) -> LoadedModel:
             print(f"[{done / (total or 100):4.0%}] {detail or phase}", file=sys.stderr)
 
     return load_model(spec, progress=report)
+
+
+def pooling_help() -> str:
+    """The pooling modes as ``embeddings.POOLINGS`` describes them (the one description the UI shows too)."""
+    return "; ".join(f"{name} = {text}" for name, text in POOLINGS.items())

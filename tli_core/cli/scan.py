@@ -13,7 +13,7 @@ from ..files import write_csv, write_json
 from ..layers import CONVENTION, parse_layers, resolve_layer
 from ..pairs import check_leakage, read_pairs
 from ..precision import NOISE_LIMIT, PRECISIONS
-from .common import TerminalProgress, add_model_args, load, spec_from_args
+from .common import TerminalProgress, add_model_args, load, pooling_help, spec_from_args
 
 
 def format_curve(curve) -> str:
@@ -121,10 +121,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def pooling_help() -> str:
-    return "; ".join(f"{name} = {text}" for name, text in POOLINGS.items()) + " (default: mean)"
-
-
 def add_commands(sub) -> None:
     p = sub.add_parser("scan", help="layer scan: translation-pair cosine, shuffled baseline, gap and "
                                     "retrieval precision for every layer",
@@ -135,7 +131,7 @@ def add_commands(sub) -> None:
                    help="trained word pairs: CSV/TSV with a header swahili,english (or source,target), "
                         "JSON list of objects or {\"pairs\": [...]}, or JSONL")
     p.add_argument("--control", default=None, help="control word pairs, same formats; scored as a second set")
-    p.add_argument("--pooling", choices=list(POOLINGS), default="mean", help=pooling_help())
+    p.add_argument("--pooling", choices=list(POOLINGS), default="mean", help=pooling_help() + " (default: mean)")
     p.add_argument("--center", nargs="?", const="joint", default="none", choices=CENTERING,
                    help="mean-centering correction before cosines: joint (the flag alone) removes the mean "
                         "of all words, language removes each language's mean (default: none)")

@@ -10,7 +10,7 @@ import pandas as pd
 from ..config import TLIConfig, read_config_file
 from ..downstream import HUB_TASKS, LOCAL_TASKS, downstream_table
 from ..errors import TLIError
-from ..jobs.runner import import_adapter, start_run
+from ..jobs.runner import import_adapter, start_downstream, start_evaluation, start_run
 from ..layers import parse_layers
 from ..models import ModelSpec
 from ..pairs import load_pairs
@@ -18,7 +18,7 @@ from ..protocols import PROTOCOLS
 from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
 from ..worker import downstream_run, evaluate_run, execute, worker_main
-from .common import MODEL_FLAGS, TerminalProgress, add_model_args, spec_from_args
+from .common import MODEL_FLAGS, TerminalProgress, add_model_args, pooling_help, spec_from_args
 
 # TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
 TRAIN_FLAGS = {
@@ -122,6 +122,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     run = load_run(args.run, args.runs_dir)
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()] if args.protocol else None
+    start_evaluation(run, protocols, launch=False, weights=args.adapter)  # the checks; it runs here, in front
     bars = TerminalProgress(not args.quiet)
     try:
         evaluate_run(run, adapter=args.adapter, progress=bars, protocols=protocols)
@@ -152,6 +153,7 @@ def cmd_import_adapter(args) -> int:
 def cmd_downstream(args) -> int:
     run = load_run(args.run, args.runs_dir)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    start_downstream(run, tasks, args.fewshot, args.limit, launch=False, weights=args.weights)  # the checks
     bars = TerminalProgress(not args.quiet)
     try:
         summary = downstream_run(run, tasks, args.fewshot, args.limit, args.weights, progress=bars)
@@ -196,7 +198,8 @@ def add_training_flags(p, skip=()) -> None:
     for key, (flag, typ) in TRAIN_FLAGS.items():
         if key not in skip:
             p.add_argument(flag, type=typ, default=None, help=helps[key] + (
-                " (comma-separated)" if key in ("target_layers", "target_modules", "protocols") else ""))
+                " (comma-separated)" if key in ("target_layers", "target_modules", "protocols") else "")
+                + (f". {pooling_help()}" if key in ("pooling", "eval_pooling") else ""))
     p.add_argument("--early-exit", action=argparse.BooleanOptionalAction, default=None,
                    help=helps["early_exit"] + " (default: on)")
     p.add_argument("--allow-overlap", action="store_true", help=helps["allow_overlap"])

@@ -83,8 +83,12 @@ def resume_sweep(sweep: Sweep) -> None:
     spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
 
 
-def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None) -> None:
-    """Check -> busy -> launch lm-eval benchmarks (base and tuned) for a run's saved weights, in the background."""
+def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None,
+                     launch: bool = True, weights: str | None = None) -> None:
+    """Check -> busy -> launch lm-eval benchmarks (base and tuned) for a run's saved weights, in the background.
+
+    ``launch=False`` only checks (the CLI then runs the benchmarks in the foreground, on ``weights`` if given).
+    """
     if not tasks:
         raise TLIError("pick at least one task")
     unknown = [t for t in tasks if not str(t).replace("_", "").replace("-", "").isalnum()]
@@ -96,27 +100,34 @@ def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: in
         raise TLIError(f"run {run.id} is still {run.status()['state']}; wait until its training ends")
     if run.side_job("downstream").get("state") == "running":
         raise TLIError(f"run {run.id} is already being benchmarked")
-    if not run.has_weights():
+    if weights is None and not run.has_weights():
         raise TLIError(f"run {run.id} has no trained weights to benchmark")
     _not_busy(run.path.parent)
+    if not launch:
+        return
     args = ["--tasks", ",".join(tasks), "--fewshot", str(int(num_fewshot))]
     spawn_worker("downstream-worker", run.path, run.log_path, pid_file="downstream.pid",
                  extra_args=args + (["--limit", str(int(limit))] if limit else []))
 
 
-def start_evaluation(run: Run, protocols: list[str] | None = None) -> None:
-    """Check -> busy -> launch a re-evaluation of a run's saved adapter in the background."""
+def start_evaluation(run: Run, protocols: list[str] | None = None, launch: bool = True,
+                     weights: str | None = None) -> None:
+    """Check -> busy -> launch a re-evaluation of a run's saved adapter in the background.
+
+    ``launch=False`` only checks (the CLI then evaluates in the foreground, on ``weights`` if given).
+    """
     for name in protocols or []:
         get_protocol(name)
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; it evaluates itself when training ends")
     if run.is_evaluating():
         raise TLIError(f"run {run.id} is already being evaluated")
-    if not run.has_weights():
+    if weights is None and not run.has_weights():
         raise TLIError(f"run {run.id} has no saved weights to evaluate")
     _not_busy(run.path.parent)
-    spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid",
-                 extra_args=["--protocol", ",".join(protocols)] if protocols else None)
+    if launch:
+        spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid",
+                     extra_args=["--protocol", ",".join(protocols)] if protocols else None)
 
 
 def import_adapter(adapter_dir: str | Path, spec: ModelSpec | None = None, runs_dir: str | Path | None = None,
