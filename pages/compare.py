@@ -161,6 +161,8 @@ if source.startswith("a training run"):
                "cosine that the shuffled pairs share is not better alignment.")
     st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0] if c != "set"})
+    download_csv(pd.DataFrame(base_rows), f"baselines_{rid}_L{eval_layer}.csv", "Download the baselines (CSV)",
+                 key=f"dl-baselines-{rid}")
     source = (f"run {rid} · {protocol} protocol · layer {eval_layer} · pooling {summary.get('pooling')} · "
               f"{summary.get('precision', 'compute dtype')} analysis")
     side_by_side(data, groups, "before", "after", f"{rid}-{protocol}", source=source)

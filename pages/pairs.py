@@ -39,7 +39,7 @@ for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
                 for line in lines:
                     st.markdown(f"- {md(line)}")
         df = searchable(pairs[which], key=f"search-{which}")
-        st.dataframe(df, hide_index=True, width="stretch", height=360)
+        st.dataframe(df, hide_index=True, width="stretch", height=360)  # downloads: the buttons below
         if "category" in pairs[which]:
             counts = pairs[which]["category"].value_counts()
             st.caption("By category: " + md(", ".join(f"{k} {v}" for k, v in counts.items())))

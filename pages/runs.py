@@ -87,7 +87,9 @@ if len(selected) >= 2:
                 with col:
                     plot(runs_curve_figure(curves, group, labels), key=f"runs-curves-{group}")
     only = st.toggle("Only settings that differ", value=True)
-    st.dataframe(diff_configs(*selected, only_different=only), hide_index=True, width="stretch")
+    diff = diff_configs(*selected, only_different=only)
+    st.dataframe(diff, hide_index=True, width="stretch")
+    download_csv(diff, "runs_settings.csv", "Download the settings (CSV)", key="dl-runs-settings")
 elif len(selected) == 1:
     run = selected[0]
     status = run.status()

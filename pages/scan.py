@@ -81,6 +81,8 @@ if result.precision_report is not None:
         st.caption(text + f" No layer above {NOISE_LIMIT:g}.")
     with st.expander("Precision by layer"):
         st.dataframe(result.precision_report, hide_index=True, width="stretch")
+        download_csv(result.precision_report, "scan_precision.csv", "Download the precision check (CSV)",
+                     key="dl-precision")
 if state.form_value("scan", "show") not in sets:
     state.set_form_value("scan", "show", list(sets)[0])
 show = st.radio("Curve of", list(sets), horizontal=True, key=key("show"))

@@ -314,6 +314,17 @@ def test_a_real_kill_mid_save_leaves_a_temporary_that_the_next_save_removes(done
 
 # --------------------------------------------------------------------------- 7. spreadsheets
 
+def test_streamlits_own_table_export_is_off():
+    """Streamlit's table toolbar writes cells as they are ("=HYPERLINK(...)" from a third party's word list);
+    the server's settings turn it off, and every table has the app's own CSV button (csv_bytes, below)."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    settings = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert settings["client"]["disableDataExport"] is True
+
+
 def test_csv_exports_neutralise_formulas_and_round_trip():
     df = pd.DataFrame({"swahili": ["=1+1", "+cmd", "-x", "@SUM(A1)", "'=already", "plain", "'quote"],
                        "english": ["a", "b", "c", "d", "e", "f", "g"], "value": [-1.5, 2.0, 3, 4, 5, 6, 7]})
