@@ -112,6 +112,11 @@ if source.startswith("a training run"):
                f"· rank {cfg.get('lora_r')} · {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · **{protocol}**: "
                f"{summary.get('protocol_description', 'pooling ' + summary['pooling'])} · analysis precision "
                f"{summary.get('precision', 'the compute dtype')}")
+    if summary.get("precision") == "compute":
+        st.warning("This run was analysed in the compute dtype, not float32: per-pair cosines at some layers can "
+                   "move by far more than the changes shown (bf16 moved single pairs by up to 0.8 on the demo "
+                   "model). The layer means are robust. For word-level numbers, train with float32 analysis (the "
+                   "default), or see which layers the Layer scan's precision check flags for this model.", icon="⚠️")
     # a layer in the link counts for the view it was made with; another protocol opens at its own layer
     wanted = st.query_params.get("layer")
     from_link = state.shown_protocol(rid) in (None, protocol)

@@ -11,7 +11,7 @@ import streamlit as st
 from tli_core.config import LOSSES, METHODS, PLACEMENTS, TLIConfig, resolve, total_steps
 from tli_core.embeddings import POOLINGS
 from tli_core.errors import TLIError
-from tli_core.estimate import estimate_run, remaining
+from tli_core.estimate import estimate_run, progress_text
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.jobs.jobdir import ACTIVE
 from tli_core.jobs.runner import start_run
@@ -181,7 +181,8 @@ with form_col:
         used = min(config.trained_subset or len(pairs["trained"]), len(pairs["trained"]))
         steps = total_steps(used, config.batch_size, config.epochs)
         scan_rate = state.scan_seconds_per_word(lm.spec)
-        est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, scan_rate)
+        est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, scan_rate,
+                           load_seconds=lm.facts.load_seconds)
         if est is None:
             st.caption(f"{steps} training steps. No duration estimate yet: nothing has been measured for this model "
                        f"on this machine (the first run, or a layer scan, measures it).")
@@ -230,20 +231,6 @@ def run_to_watch() -> Run | None:
     return active[0] if active else newest(runs)
 
 
-def phase_label(status: dict, est) -> tuple[float, str]:
-    """The progress bar's fraction and text: the phase, its counts, elapsed time and the overall ETA."""
-    progress = status.get("progress") or {}
-    phase = progress.get("phase") or status.get("phase") or "starting"
-    done, total = progress.get("done") or 0, progress.get("total")
-    unit = {"training": "steps", "loading model": "%"}.get(phase, "words" if "embedding" in phase else "")
-    text = f"{phase}: {done:g}/{total:g} {unit}" if total else f"{phase} …"
-    text += f" · {float(progress.get('phase_seconds') or 0):.0f} s in this phase"
-    left = remaining(status, est)
-    if left is not None:
-        text += f" · about {left:.0f} s left overall"
-    return (done / total if total else 0.0), text
-
-
 def render(run: Run | None) -> None:
     if run is None:
         st.info("No runs yet: set up the run above and launch it.")
@@ -262,7 +249,7 @@ def render(run: Run | None) -> None:
             est = estimate_run(cfg, sizes.get("trained", 0), sizes.get("control", 0), runs_dir())
         except TLIError:
             est = None
-        fraction, text = phase_label(status, est)
+        fraction, text = progress_text(status, est)
         st.progress(min(max(fraction, 0.0), 1.0), text=text)
         if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run.id}"):
             run.request_stop()

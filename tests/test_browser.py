@@ -175,7 +175,7 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         expect(table).to_contain_text("p (paired t)")
         expect(table).to_contain_text("trained")
         expect(table).to_contain_text("control")
-        page.get_by_text("paper-code (the authors' published script)").click()
+        page.get_by_text("paper-code (the authors' published script)", exact=True).click()
         expect(page.get_by_text("Paired statistics at layer 2 (block 2), paper-code")).to_be_visible()
         expect(page.locator(".js-plotly-plot").nth(5)).to_be_visible()
         page.screenshot(path=str(SHOTS / "05-compare.png"), full_page=True)

@@ -181,6 +181,42 @@ def test_estimates_come_from_earlier_runs_of_the_model(two_runs):
     assert set(est.phases) >= {"embedding before", "training", "embedding after"} and est.total > 0
 
 
+def test_the_estimate_covers_every_phase_a_run_goes_through(two_runs):
+    from tli_core.estimate import estimate_run
+
+    done, _ = two_runs
+    times = done.raw_status()["phase_times"]
+    est = estimate_run(done.config(), 18, 6, done.path.parent)
+    # each phase the finished run went through (but checking, the worker's first instant) is in the estimate
+    assert set(times) - {"checking"} <= set(est.phases) | {"loading model"}
+    words = 2 * (18 + 6)
+    measured = 2 * sum(v["rows"] for v in done.raw_status()["pairs"].values())
+    assert est.phases["evaluating"] == pytest.approx(times["evaluating"] / measured * words)
+    assert est.phases["saving the trained weights"] == pytest.approx(times["saving the trained weights"])
+    # before any finished run: the model's load time here stands in for the worker's own load
+    fresh = estimate_run(done.config(), 18, 6, done.path.parent / "empty", scan_seconds_per_word=0.01,
+                         load_seconds=4.5)
+    assert fresh.phases["loading model"] == 4.5 and "rough" in fresh.basis
+
+
+def test_progress_reads_phase_counts_times_and_what_is_left():
+    from tli_core.estimate import Estimate, progress_text, remaining
+
+    est = Estimate(phases={"loading model": 5.0, "embedding before": 10.0, "training": 40.0,
+                           "saving the trained weights": 1.0, "embedding after": 10.0, "evaluating": 2.0})
+    status = {"phase": "training", "phase_times": {"loading model": 6.0, "embedding before": 9.0},
+              "progress": {"phase": "training", "done": 10, "total": 40, "phase_seconds": 12.0}}
+    # the current phase at its own pace (1.2 s/step x 30 steps), then the estimate of what follows
+    assert remaining(status, est) == pytest.approx(36.0 + 1.0 + 10.0 + 2.0)
+    fraction, text = progress_text(status, est)
+    assert fraction == 0.25
+    assert text == "training: 10/40 steps · 12 s in this phase, 27 s in all · about 49 s left"
+    # a phase without counts falls back to its estimate; nothing left is never negative
+    status = {"phase_times": {}, "progress": {"phase": "embedding after", "phase_seconds": 30.0}}
+    assert remaining(status, est) == pytest.approx(0.0 + 2.0)
+    assert progress_text({}, None) == (0.0, "starting … · 0 s in this phase, 0 s in all")
+
+
 def test_runs_lead_with_what_matters_and_compare_results(two_runs):
     done, stopped = two_runs
     table = runs_table(done.path.parent)

@@ -17,6 +17,7 @@ from .protocols import get_protocol
 from .runs import Run, list_runs
 
 EMBED_PHASES = ("embedding before", "embedding after", "embedding after (adapter merged)")
+SAVE_PHASE = "saving the trained weights"
 
 
 @dataclass
@@ -44,6 +45,10 @@ def _run_costs(run: Run) -> dict | None:
         costs["step"] = float(metrics["step_time"].median())
     if times.get("loading model"):
         costs["load"] = times["loading model"]
+    if times.get(SAVE_PHASE):
+        costs["save"] = times[SAVE_PHASE]
+    if words and times.get("evaluating"):
+        costs["evaluate_word"] = times["evaluating"] / words
     return costs
 
 
@@ -64,8 +69,11 @@ def unit_costs(runs_dir, config: TLIConfig) -> tuple[dict, int]:
 
 
 def estimate_run(config: TLIConfig, n_trained: int, n_control: int, runs_dir, num_layers: int | None = None,
-                 scan_seconds_per_word: float | None = None) -> Estimate | None:
-    """Seconds per phase of a run with ``config`` on sets of these sizes, or None with nothing to go on."""
+                 scan_seconds_per_word: float | None = None, load_seconds: float | None = None) -> Estimate | None:
+    """Seconds per phase of a run with ``config`` on sets of these sizes, or None with nothing to go on.
+
+    ``load_seconds``: how long this model took to load here (the server's copy), for the worker's own load
+    before any run has measured it."""
     costs, n = unit_costs(runs_dir, config)
     basis = f"measured by {n} finished run{'s' if n != 1 else ''} of this model on this machine"
     if "word" not in costs and scan_seconds_per_word:
@@ -81,13 +89,15 @@ def estimate_run(config: TLIConfig, n_trained: int, n_control: int, runs_dir, nu
     words = 2 * (trained + control)
     steps = total_steps(trained, config.batch_size, config.epochs)
     protocols = [get_protocol(p) for p in config.protocols]
-    phases = {"loading model": costs.get("load", 0.0), "embedding before": words * costs["word"],
-              "training": steps * costs["step"], "embedding after": words * costs["word"]}
+    phases = {"loading model": costs.get("load", load_seconds or 0.0), "embedding before": words * costs["word"],
+              "training": steps * costs["step"], SAVE_PHASE: costs.get("save", 0.0),
+              "embedding after": words * costs["word"]}
     if any(p.merged and p.quantization is None for p in protocols):
         phases["embedding after (adapter merged)"] = words * costs["word"]
     for p in protocols:
         if p.quantization:
-            phases[f"{p.name} (reloaded base)"] = costs.get("load", 0.0) + 2 * words * costs["word"]
+            phases[f"{p.name} (reloaded base)"] = costs.get("load", load_seconds or 0.0) + 2 * words * costs["word"]
+    phases["evaluating"] = words * costs.get("evaluate_word", 0.0)
     return Estimate(phases={k: v for k, v in phases.items() if v > 0}, basis=basis)
 
 
@@ -110,3 +120,20 @@ def remaining(status: dict, estimate: Estimate | None) -> float | None:
     later = order[order.index(phase) + 1:] if phase in order else [p for p in order
                                                                      if p not in (status.get("phase_times") or {})]
     return left + sum(estimate.phases[p] for p in later)
+
+
+def progress_text(status: dict, estimate: Estimate | None) -> tuple[float, str]:
+    """A running run's progress bar: the fraction of its phase done, and the phase with its counts, the time
+    in this phase and in all, and the overall time left."""
+    progress = status.get("progress") or {}
+    phase = progress.get("phase") or status.get("phase") or "starting"
+    done, total = progress.get("done") or 0, progress.get("total")
+    unit = {"training": "steps", "loading model": "%"}.get(phase, "words" if "embedding" in phase else "")
+    text = f"{phase}: {done:g}/{total:g} {unit}".rstrip() if total else f"{phase} …"
+    in_phase = float(progress.get("phase_seconds") or 0)
+    elapsed = in_phase + sum(float(v) for v in (status.get("phase_times") or {}).values())
+    text += f" · {in_phase:.0f} s in this phase, {elapsed:.0f} s in all"
+    left = remaining(status, estimate)
+    if left is not None:
+        text += f" · about {left:.0f} s left"
+    return (done / total if total else 0.0), text
