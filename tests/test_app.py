@@ -184,6 +184,17 @@ def test_compare_page_shows_the_statistics_for_a_run(finished_run):
     assert "layer 1 (block 1)" in texts(at)
 
 
+def test_compare_warns_when_a_run_was_analysed_in_the_compute_dtype(finished_run):
+    assert not any("compute dtype" in w.value for w in open_page("pages/compare.py").warning)  # float32: no warning
+    path = finished_run.path / "summary.json"
+    summary = json.loads(path.read_text())
+    for one in [summary, *summary.get("protocols", {}).values()]:
+        one["precision"] = "compute"
+    path.write_text(json.dumps(summary))
+    at = open_page("pages/compare.py")
+    assert any("analysed in the compute dtype" in w.value for w in at.warning)
+
+
 def test_compare_page_offers_to_evaluate_a_stopped_run(finished_run):
     (finished_run.path / "summary.json").unlink()
     finished_run.update_status(state="stopped")
