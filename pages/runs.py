@@ -50,7 +50,7 @@ event = st.dataframe(
     column_config={"trained change": change, "control change": change, "trained % change": percent,
                    "control % change": percent, "trained p": pval, "control p": pval, "trained before": sim,
                    "trained after": sim, "control before": sim, "control after": sim,
-                   "run": st.column_config.TextColumn(width="small", pinned=True),
+                   "run": st.column_config.TextColumn(width="medium", pinned=True),
                    "pairs": st.column_config.TextColumn("pairs (trained / control)", width="small",
                                                         help="file names and short content hashes; hover a cell "
                                                              "for the whole text")})

@@ -244,6 +244,8 @@ def test_the_report_is_one_self_contained_file_and_the_bundle_has_everything(two
     for text in ("Results under each evaluation protocol", "paper-code", "Word by word", "the good one",
                  "trained.csv", "p (paired t)", "TLI Studio"):
         assert text in html, text
+    pct = done.summary()["groups"]["control"]["pct_change"]  # in percent units: shown with its sign and a % sign
+    assert f"<td>{pct:+.2f} %</td>" in html
     bundle = zipfile.ZipFile(io.BytesIO(build_bundle(done)))
     names = set(bundle.namelist())
     root = done.id

@@ -85,6 +85,8 @@ def _table(df: pd.DataFrame, floats: str = "{:.4f}") -> str:
     for c in df.columns:
         if str(c).startswith("p (") or str(c) in ("p", "p_holm", "wilcoxon_p"):
             formatters[c] = lambda v: "" if pd.isna(v) else f"{v:.3g}"
+        elif "% change" in str(c) or str(c) == "pct_change":  # percent units: 0.4252 is +0.43 %, not 42 %
+            formatters[c] = lambda v: "" if pd.isna(v) else f"{v:+.2f} %"
     return df.to_html(index=False, escape=True, formatters=formatters, border=0)
 
 
