@@ -16,8 +16,8 @@ runs = [r for r in list_runs(runs_dir()) if r.has_weights() and r.model_spec() =
 run = run_picker(runs, "Tuned model = base + the trained weights of run", none_label="(none: base model only)")
 pairs = get_pairs() if run is None else {"trained": run.pairs("trained"), "control": run.pairs("control")}
 # the templates and choices are kept for this browser session (a reload brings back an edited template)
-PROBE_FORM = {"sw_en": TEMPLATES["sw→en"], "en_sw": TEMPLATES["en→sw"], "which": "control", "words": [],
-              "max_new": 8}
+PROBE_FORM = {"sw_en": TEMPLATES["sw→en"], "en_sw": TEMPLATES["en→sw"], "which": "control",
+              "words": list(dict.fromkeys(pairs["control"]["swahili"]))[:8], "max_new": 8}
 state.init_form("probes", PROBE_FORM, state.checks(which=lambda v: v in ("control", "trained"),
                                                   max_new=lambda v: 1 <= v <= 64), link=("which",))
 c1, c2 = st.columns(2)
@@ -27,8 +27,9 @@ c1, c2, c3 = st.columns([1, 3, 1])
 which = c1.radio("Words from", ["control", "trained"], key=state.form_key("probes", "which"))
 pool = pairs[which]
 options = list(dict.fromkeys(pool["swahili"]))
-kept = [w for w in state.form_value("probes", "words") or [] if w in options]
-if not kept:  # first visit, or words of another set or run: the set's first eight
+wanted = state.form_value("probes", "words") or []
+kept = [w for w in wanted if w in options]
+if wanted and not kept:  # words of another set or run: this set's first eight (an emptied choice stays empty)
     kept = options[:8]
 state.set_form_value("probes", "words", kept)
 chosen = c2.multiselect("Words", options, key=state.form_key("probes", "words"))
