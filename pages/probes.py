@@ -31,7 +31,8 @@ wanted = state.form_value("probes", "words") or []
 kept = [w for w in wanted if w in options]
 if wanted and not kept:  # words of another set or run: this set's first eight (an emptied choice stays empty)
     kept = options[:8]
-state.set_form_value("probes", "words", kept)
+if kept != wanted:  # only when it must change: a value set by the script each run can overwrite a pick in flight
+    state.set_form_value("probes", "words", kept)
 chosen = c2.multiselect("Words", options, key=state.form_key("probes", "words"))
 max_new = c3.number_input("New tokens", 1, 64, key=state.form_key("probes", "max_new"))
 state.save_form("probes", PROBE_FORM, link=("which",))

@@ -57,10 +57,14 @@ event = st.dataframe(
 download_csv(table, "runs.csv", "Download this table (CSV)", key="dl-runs")
 selected = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
 runs = {r.id: r for r in list_runs(runs_dir())}
+# set the picker only when it must change (a value set by the script each run can overwrite a pick in flight)
 kept = state.form_value("runs", "runs")
 if kept is None:  # first view: the runs named by the link (those that still exist)
-    kept = (st.query_params.get("runs") or "").split(",")
-state.set_form_value("runs", "runs", [r for r in kept if r in runs])
+    linked = [r for r in (st.query_params.get("runs") or "").split(",") if r in runs]
+    if linked:
+        state.set_form_value("runs", "runs", linked)
+elif any(r not in runs for r in kept):  # a run deleted since
+    state.set_form_value("runs", "runs", [r for r in kept if r in runs])
 picked = st.multiselect("…or pick runs by id", list(runs), key=state.form_key("runs", "runs"),
                         help="the same as ticking their rows in the table; a link to this page brings them back")
 selected = [runs[s] for s in dict.fromkeys(selected + picked) if s in runs]

@@ -241,8 +241,10 @@ def test_walk_through_scan_train_compare(server, tmp_path):
             picker.click()
             page.get_by_role("option", name=option).click()
             page.keyboard.press("Escape")
+            expect(picker.get_by_text(option)).to_be_visible()  # the pick shows as a chip, as a user would see
             page.wait_for_timeout(800)
         expect(page.get_by_text("2 runs side by side")).to_be_visible()
+        expect(picker.get_by_text(re.compile(r"-demo-L2-r16$"))).to_be_visible()  # no pick was lost on the way
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "06-runs-compare.png"), full_page=True)
 
