@@ -96,8 +96,8 @@ ids = [s.id for s in sweeps]
 if state.form_value("sweeps", "pick") not in ids:
     linked, started = st.query_params.get("sweep"), state.watched_sweep()
     state.set_form_value("sweeps", "pick", linked if linked in ids else started if started in ids else ids[0])
-sid = st.selectbox("Sweep", ids, key=state.form_key("sweeps", "pick"),
-                   format_func=lambda i: f"{i} — {Sweep(runs_dir() / 'sweeps' / i).status().get('state')}")
+# the id only: the sweep's state is shown (and kept current) by the live view below, not frozen in this label
+sid = st.selectbox("Sweep", ids, key=state.form_key("sweeps", "pick"))
 reflect(sweep=sid)
 copy_link("sweep")
 sweep = next(s for s in sweeps if s.id == sid)
