@@ -416,18 +416,27 @@ def load_run(run_id: str | Path, runs_dir: str | Path | None = None) -> Run:
     the runs directory (``runs/<id>``), so no command can read, write or delete anything else.
     """
     runs_dir = Path(runs_dir or default_runs_dir())
-    text = str(run_id).strip()
+    return Run(job_path(run_id, runs_dir, "run", "config.json", id_hint=" (as `runs` lists it)",
+                        missing_hint=" (`python -m tli_core runs` lists them)"))
+
+
+def job_path(job_id: str | Path, root: Path, kind: str, marker: str, id_hint: str = "",
+             missing_hint: str = "") -> Path:
+    """The directory of the ``kind`` (run, sweep) called ``job_id`` directly inside ``root``, holding ``marker``.
+
+    A plain id, or a path only when it points directly inside ``root``: nothing else is ever read, written
+    or deleted through an id a user typed."""
+    text = str(job_id).strip()
     given = Path(text)
     if given.is_absolute() or len(given.parts) > 1:
-        if given.resolve().parent != runs_dir.resolve():
-            raise TLIError(f"{text!r} is not a run in {runs_dir}: give the run's id (as `runs` lists it), and "
-                           f"--runs-dir for another runs directory")
+        if given.resolve().parent != root.resolve():
+            raise TLIError(f"{text!r} is not a {kind} in {root}: give the {kind}'s id{id_hint}, and --runs-dir for "
+                           f"another runs directory")
         text = given.name
-    check_run_name(text, "run id")
-    path = runs_dir / text
-    if not (path / "config.json").is_file():
-        raise TLIError(f"no run {text!r} in {runs_dir} (`python -m tli_core runs` lists them)")
-    return Run(path)
+    check_run_name(text, f"{kind} id")
+    if not (root / text / marker).is_file():
+        raise TLIError(f"no {kind} {text!r} in {root}{missing_hint}")
+    return root / text
 
 
 def delete_run(run: Run) -> None:

@@ -30,7 +30,7 @@ from .jobs.jobdir import JobDir
 from .jobs.process import JobLock, my_process_tag, now
 from .models import load_model
 from .pairs import load_pairs
-from .runs import Run, check_run_name, create_run, default_runs_dir
+from .runs import Run, check_run_name, create_run, default_runs_dir, job_path
 from .stats import correct_pvalues
 from .util import parse_int_ranges
 from .worker import check_config, execute
@@ -155,18 +155,7 @@ def create_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained=No
 
 def load_sweep(sweep_id: str | Path, runs_dir: str | Path | None = None) -> Sweep:
     """The sweep called ``sweep_id`` inside ``<runs>/sweeps`` (a path only if it points there)."""
-    root = Path(runs_dir or default_runs_dir()) / SWEEPS
-    text = str(sweep_id).strip()
-    given = Path(text)
-    if given.is_absolute() or len(given.parts) > 1:
-        if given.resolve().parent != root.resolve():
-            raise TLIError(f"{text!r} is not a sweep in {root}: give the sweep's id, and --runs-dir for another "
-                           f"runs directory")
-        text = given.name
-    check_run_name(text, "sweep id")
-    if not (root / text / "sweep.json").is_file():
-        raise TLIError(f"no sweep {text!r} in {root}")
-    return Sweep(root / text)
+    return Sweep(job_path(sweep_id, Path(runs_dir or default_runs_dir()) / SWEEPS, "sweep", "sweep.json"))
 
 
 def list_sweeps(runs_dir: str | Path | None = None) -> list[Sweep]:
