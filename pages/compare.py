@@ -8,13 +8,23 @@ from tli_core.figures import before_after_curve_figure, distribution_figure, ecd
 from tli_core.files import read_csv
 from tli_core.layers import layer_name
 from tli_core.protocols import PROTOCOLS
-from tli_core.report import build_bundle, build_report
 from tli_core.runs import list_runs
 from tli_core.stats import STAT_LABELS, compare_table, guess_group_column, stats_table
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
 from ui.models import runs_dir
-from ui.widgets import copy_link, download_csv, evaluation_panel, md, plot, reflect, run_picker, searchable, show_error
+from ui.widgets import (
+    copy_link,
+    download_csv,
+    evaluation_panel,
+    export_buttons,
+    md,
+    plot,
+    reflect,
+    run_picker,
+    searchable,
+    show_error,
+)
 
 st.title("Compare")
 source = st.radio("Compare", ["a training run", "an imported per-pair table (CSV)"], horizontal=True)
@@ -134,12 +144,7 @@ if source.startswith("a training run"):
     c1, c2, c3 = st.columns([1, 1, 1])
     with c1:
         copy_link("run", "protocol", "layer", "set")
-    c2.download_button("Export report (HTML)", lambda: build_report(run).encode("utf-8"),
-                       file_name=f"{rid}-report.html", mime="text/html", icon=":material/description:",
-                       help="one self-contained file: interactive figures, statistics, settings; opens offline")
-    c3.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{rid}-bundle.zip",
-                       mime="application/zip", icon=":material/folder_zip:",
-                       help="the report, CSV tables, figures as SVG and PNG, the trained weights")
+    export_buttons(run, c2, c3)
     data = layers[layers["layer"] == eval_layer].reset_index(drop=True)
     if focus != "both":
         data = data[data["set"] == focus].reset_index(drop=True)

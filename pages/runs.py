@@ -5,12 +5,11 @@ import streamlit as st
 from tli_core.figures import runs_curve_figure
 from tli_core.jobs.runner import import_adapter
 from tli_core.layers import parse_layers
-from tli_core.report import build_bundle, build_report
 from tli_core.runs import curves_side_by_side, delete_run, diff_configs, list_runs, results_side_by_side, runs_table
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
 from ui.models import current_model, get_pairs, runs_dir
-from ui.widgets import copy_link, download_csv, evaluation_panel, md, plot, reflect, show_error
+from ui.widgets import copy_link, download_csv, evaluation_panel, export_buttons, md, plot, reflect, show_error
 
 st.title("Runs")
 st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, trained weights, "
@@ -136,13 +135,7 @@ elif len(selected) == 1:
             except Exception as exc:
                 show_error(exc)
     if run.summary() is not None:
-        c1, c2 = st.columns(2)
-        c1.download_button("Export report (HTML)", lambda: build_report(run).encode("utf-8"),
-                           file_name=f"{run.id}-report.html", mime="text/html", icon=":material/description:",
-                           help="one self-contained file: interactive figures, statistics, settings; opens offline")
-        c2.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{run.id}-bundle.zip",
-                           mime="application/zip", icon=":material/folder_zip:",
-                           help="the report, CSV tables, figures as SVG and PNG, the trained weights")
+        export_buttons(run, *st.columns(2))
     if not run.is_active() and run.has_weights():
         if run.summary() is None:
             st.caption("This run's saved weights have no before/after statistics yet.")

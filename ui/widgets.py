@@ -14,6 +14,7 @@ from tli_core.files import csv_bytes
 from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.layers import CONVENTION
 from tli_core.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
+from tli_core.report import build_bundle, build_report
 from tli_core.runs import active_runs, newest
 
 from .models import current_model, runs_dir
@@ -165,6 +166,17 @@ def run_picker(runs: list, label: str = "Run", none_label: str | None = None, ke
     if st.query_params.get("run") != chosen:
         st.query_params["run"] = chosen
     return by_id[chosen]
+
+
+def export_buttons(run, report_col, bundle_col) -> None:
+    """'Export report (HTML)' and 'Export bundle (ZIP)' of ``run``, in the two given columns."""
+    report_col.download_button("Export report (HTML)", lambda: build_report(run).encode("utf-8"),
+                               file_name=f"{run.id}-report.html", mime="text/html", icon=":material/description:",
+                               help="one self-contained file: interactive figures, statistics, settings; opens "
+                                    "offline")
+    bundle_col.download_button("Export bundle (ZIP)", lambda: build_bundle(run), file_name=f"{run.id}-bundle.zip",
+                               mime="application/zip", icon=":material/folder_zip:",
+                               help="the report, CSV tables, figures as SVG and PNG, the trained weights")
 
 
 def reflect(**params) -> None:
