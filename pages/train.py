@@ -289,9 +289,11 @@ def render(run: Run | None) -> None:
 def live() -> None:
     """Polls the run directory every second while the run is active."""
     run = run_to_watch()
-    render(run)
     if run is None or not run.is_active():
-        st.rerun()  # the whole page: switches to the static view, which does not poll
+        # the whole page, before drawing the finished run here: its "Open Compare" link must come from the
+        # static view, or a click on the fragment's copy is lost in the rerun that replaces it
+        st.rerun()
+    render(run)
 
 
 watched = run_to_watch()
