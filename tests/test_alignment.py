@@ -275,7 +275,9 @@ def test_a_scan_is_one_forward_and_hands_the_host_only_numbers(tiny):
     res = scan(tiny.model, tiny.tokenizer, sets)
     assert res.stats.forwards <= 3
     layers, pairs = tiny.facts.num_layers + 1, sum(len(df) for df in sets.values())
-    assert res.stats.bytes_to_host == layers * pairs * 8 + layers * 2 * 9 * 4  # cosines (f64) + 9 metrics (f32)
+    queries = sum(df["swahili"].nunique() for df in sets.values())
+    # per pair: cosine, shuffled partner, non-translations (f64); per query: NN and CSLS rank (i64); 9 metrics (f32)
+    assert res.stats.bytes_to_host == layers * pairs * 8 * 3 + layers * queries * 8 * 2 + layers * 2 * 9 * 4
     assert res.stats.bytes_to_host <= 10 * 2**20
     words = list(sets["control"]["swahili"])
     vectors = embed(tiny.model, tiny.tokenizer, words)  # asked for on the host: every vector counts

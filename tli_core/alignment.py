@@ -9,8 +9,16 @@ in the top k (54 Swahili words of the authors' list have several). A high cosine
 alignment: massive shared activations push every pair, shuffled or not, towards 1; only the
 gap and retrieval tell the two apart.
 
+Per pair, beside its cosine: the same Swahili word's mean cosine to the English words of the pool
+that are none of its translations (``nontrans``). Their difference is the pair's *specificity*; a
+training that raises every similarity alike leaves it unchanged, so its change is the effect that is
+specific to translations. The Swahili side is used because it is the anchor of the loss and the
+query of retrieval: the same word is compared with the same pool before and after. Per distinct
+Swahili word (query): the rank of its best gold translation by NN and by CSLS, so hit@k before vs
+after can be tested word by word.
+
 The statistics are computed where the vectors are (the GPU for a GPU model); only the per-layer
-numbers and the per-pair cosines are moved to the host.
+numbers and the per-pair values are moved to the host.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class PairIndex:
     translations: dict[str, set[str]]  # Swahili word -> its English translations
     swahili: list[str]
     english: list[str]
+    pair_query: list[int] = field(default_factory=list)  # pair row -> index of its Swahili word among the queries
 
     _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -94,9 +103,10 @@ def pair_index(swahili: Sequence[str], english: Sequence[str]) -> PairIndex:
         first_s.setdefault(s, i)
         first_e.setdefault(e, i)
     target_of = {e: t for t, e in enumerate(first_e)}
+    query_of = {s: q for q, s in enumerate(first_s)}
     gold = [sorted(target_of[e] for e in translations[s]) for s in first_s]
     return PairIndex(len(swahili), list(first_s.values()), list(first_e.values()), gold, translations,
-                     swahili, english)
+                     swahili, english, [query_of[s] for s in swahili])
 
 
 def derangement(n: int, seed: int = 0, index: PairIndex | None = None) -> np.ndarray:
@@ -183,7 +193,11 @@ def chance_at_k(gold_counts: Sequence[int], n_targets: int, k: int) -> float:
 
 
 def retrieval(src: torch.Tensor, tgt: torch.Tensor, index: PairIndex) -> dict[str, torch.Tensor]:
-    """P@k by NN and CSLS over the distinct words, gold = every valid translation (device tensors)."""
+    """P@k by NN and CSLS over the distinct words, gold = every valid translation (device tensors).
+
+    Also per query: ``nn_ranks``/``csls_ranks`` (non-gold targets scoring at least as high as its best gold
+    one; a hit@k is rank < k) and ``nontrans`` (its mean cosine to the targets that are none of its
+    translations; NaN where every target is one)."""
     query_rows, target_rows, golds = index.device_tensors(src.device, QUERY_CHUNK)
     q, t = src[query_rows], tgt[target_rows.to(tgt.device)]
     k = min(CSLS_K, q.shape[0], t.shape[0])
@@ -194,15 +208,18 @@ def retrieval(src: torch.Tensor, tgt: torch.Tensor, index: PairIndex) -> dict[st
         best = sims if top is None else torch.cat([top, sims])
         top = best.topk(min(k, best.shape[0]), dim=0).values
     r_tgt = top.mean(0, keepdim=True)
-    nn_ranks, csls_ranks = [], []
+    nn_ranks, csls_ranks, nontrans = [], [], []
     for start in range(0, q.shape[0], QUERY_CHUNK):
         queries = range(start, min(start + QUERY_CHUNK, q.shape[0]))
         sims = q[start:queries.stop] @ t.T
         gold = golds[start // QUERY_CHUNK].to(sims.device)
         nn_ranks.append(gold_ranks(sims, gold))
         csls_ranks.append(gold_ranks(csls_scores(sims, CSLS_K, r_tgt), gold))
+        others = (~gold).sum(1)
+        mean_others = sims.masked_fill(gold, 0.0).sum(1) / others.clamp_min(1)
+        nontrans.append(torch.where(others > 0, mean_others, torch.full_like(mean_others, float("nan"))))
     nn, csls = torch.cat(nn_ranks), torch.cat(csls_ranks)
-    out = {}
+    out = {"nn_ranks": nn, "csls_ranks": csls, "nontrans": torch.cat(nontrans)}
     for kk in PRECISION_KS:
         out[f"p{kk}_nn"] = (nn < kk).float().mean()
         out[f"p{kk}_csls"] = (csls < kk).float().mean()
@@ -228,8 +245,9 @@ _METRICS = ("true_mean", "true_std", "shuffled_mean", "shuffled_std", "gap") + t
     f"p{k}_{m}" for k in PRECISION_KS for m in ("nn", "csls"))
 
 
-def _layer_tensors(src, tgt, perm, centering, index) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the metrics of ``_METRICS`` as one tensor, the per-pair true cosines), on the vectors' device."""
+def _layer_tensors(src, tgt, perm, centering, index) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(the metrics of ``_METRICS`` as one tensor, the per-pair and per-query values of ``PER_PAIR``/``PER_QUERY``),
+    on the vectors' device."""
     src, tgt = center(src.float(), tgt.float(), centering)
     n = src.shape[0]
     true = (src * tgt).sum(1)
@@ -239,7 +257,14 @@ def _layer_tensors(src, tgt, perm, centering, index) -> tuple[torch.Tensor, torc
     values = torch.stack([true.mean(), true.std() if n > 1 else zero, shuffled.mean(),
                           shuffled.std() if n > 1 else zero, true.mean() - shuffled.mean()]
                          + [ret[m] for m in _METRICS[5:]])
-    return values, true
+    pair_query = torch.as_tensor(index.pair_query, device=src.device)
+    detail = {"cosine": true, "shuffled": shuffled, "nontrans": ret["nontrans"][pair_query],
+              "nn_rank": ret["nn_ranks"], "csls_rank": ret["csls_ranks"]}
+    return values, detail
+
+
+PER_PAIR = ("cosine", "shuffled", "nontrans")  # [pairs]: its cosine, its shuffled partner's, its non-translations'
+PER_QUERY = ("nn_rank", "csls_rank")  # [queries]: the rank of the best gold translation
 
 
 def _chances(index: PairIndex) -> dict:
@@ -248,21 +273,47 @@ def _chances(index: PairIndex) -> dict:
         "queries": len(index.query_rows), "targets": len(index.target_rows)}
 
 
-def _layer_sweep(src: Embeddings, tgt: Embeddings, centering: str, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Every layer's metrics [layers x metrics] and per-pair cosines [layers x pairs], moved to the host once."""
+@dataclass
+class LayerDetail:
+    """Per-pair and per-query values of every layer of one set, on the host (numpy)."""
+
+    layers: list[int]
+    cosine: np.ndarray  # [layers, pairs]: cos(Swahili, its English translation)
+    shuffled: np.ndarray  # [layers, pairs]: cos(Swahili, its shuffled partner)
+    nontrans: np.ndarray  # [layers, pairs]: mean cos(Swahili, the pool's English words that are no translation)
+    nn_rank: np.ndarray  # [layers, queries]
+    csls_rank: np.ndarray  # [layers, queries]
+    queries: list[str]  # the distinct Swahili words, in query order
+    headwords: list[str]  # each pair's Swahili word (its unit for resampling)
+
+    @property
+    def specificity(self) -> np.ndarray:
+        return self.cosine - self.nontrans
+
+
+def _layer_sweep(src: Embeddings, tgt: Embeddings, centering: str, seed: int) -> tuple[np.ndarray, LayerDetail, dict]:
+    """Every layer's metrics [layers x metrics] and per-pair/per-query values, moved to the host once."""
     if src.layers != tgt.layers or len(src.words) != len(tgt.words):
         raise TLIError("source and target embeddings must cover the same layers and number of pairs")
     index = pair_index(src.words, tgt.words)
     perm = torch.as_tensor(derangement(len(src.words), seed, index), device=src.vectors.device)
-    rows, cosines = [], []
+    rows, details = [], {key: [] for key in PER_PAIR + PER_QUERY}
     for i in range(len(src.layers)):
-        values, true = _layer_tensors(src.vectors[i], tgt.vectors[i], perm, centering, index)
+        values, detail = _layer_tensors(src.vectors[i], tgt.vectors[i], perm, centering, index)
         rows.append(values)
-        cosines.append(true.double())
-    metrics, pairs = torch.stack(rows).cpu(), torch.stack(cosines).cpu()
-    for t in (metrics, pairs):
-        src.stats.add_host_copy(t)
-    return metrics.numpy(), pairs.numpy(), _chances(index)
+        for key in PER_PAIR:
+            details[key].append(detail[key].double())
+        for key in PER_QUERY:
+            details[key].append(detail[key])
+    metrics = torch.stack(rows).cpu()
+    src.stats.add_host_copy(metrics)
+    host = {}
+    for key, parts in details.items():
+        host[key] = torch.stack(parts).cpu()
+        src.stats.add_host_copy(host[key])
+    detail = LayerDetail(list(src.layers), *(host[k].numpy() for k in PER_PAIR + PER_QUERY),
+                         queries=[index.swahili[r] for r in index.query_rows], headwords=list(index.swahili))
+    return metrics.numpy(), detail, _chances(index)
 
 
 def curve(src: Embeddings, tgt: Embeddings, centering: str = "none", seed: int = 0,
@@ -272,14 +323,21 @@ def curve(src: Embeddings, tgt: Embeddings, centering: str = "none", seed: int =
 
 
 def curve_and_cosines(src, tgt, centering, seed, set_name) -> tuple[pd.DataFrame, np.ndarray]:
-    metrics, cosines, chances = _layer_sweep(src, tgt, centering, seed)
+    """The curve and the per-pair cosines [pairs x layers]."""
+    c, detail = curve_and_detail(src, tgt, centering, seed, set_name)
+    return c, detail.cosine.T
+
+
+def curve_and_detail(src, tgt, centering, seed, set_name) -> tuple[pd.DataFrame, LayerDetail]:
+    """The curve and every per-pair / per-query value behind it (:class:`LayerDetail`)."""
+    metrics, detail, chances = _layer_sweep(src, tgt, centering, seed)
     rows = []
     for i, k in enumerate(src.layers):
         row = {"set": set_name, "layer": k, "layer_name": layer_name(k, src.num_layers), "n": len(src.words)}
         row.update({key: float(v) for key, v in zip(_METRICS, metrics[i], strict=True)})
         row.update(chances)
         rows.append(row)
-    return pd.DataFrame(rows), cosines.T
+    return pd.DataFrame(rows), detail
 
 
 def pair_table(pairs: pd.DataFrame, cosines: np.ndarray, layers: Sequence[int], set_name: str) -> pd.DataFrame:

@@ -4,6 +4,14 @@ Every word is embedded at every layer by the base model (before) and by the mode
 adapter (after) -- attached, or merged into the quantized base when the protocol says so -- so
 the evaluation-layer statistics and the whole before/after curve come from the same passes.
 All the poolings the protocols need come from one forward per model state.
+
+Three effects are measured per set and layer (see ``alignment.py`` for the per-pair values):
+- the *raw* change of cos(Swahili, English), as the paper reports it (its pair-level t-test kept);
+- the *specific* change: the raw change minus the change of the same Swahili word's similarity to
+  the pool's non-translations -- zero when training moves every pair alike;
+- the *retrieval* change: hit@1 and hit@5 by NN and CSLS per Swahili word, McNemar's exact test.
+CIs resample Swahili headwords and the specific effect's tests take one value per headword
+(``stats.py``); p-values over the whole curve are corrected across layers (Holm and BH).
 """
 
 from __future__ import annotations
@@ -15,16 +23,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .alignment import curve_and_cosines
+from .alignment import LayerDetail, curve_and_detail
 from .embeddings import Embeddings, embed_poolings
 from .files import read_json, write_csv, write_json
 from .layers import layer_name
 from .progress import Progress, no_progress
 from .protocols import Protocol
-from .stats import correct_pvalues, paired_stats
+from .stats import correct_pvalues, effect_stats, mcnemar, paired_stats
 
 SetEmbeddings = dict[str, tuple[Embeddings, Embeddings]]  # set -> (swahili, english)
-TABLES = ("pairs", "pairs_layers", "curve", "layer_stats")
+TABLES = ("pairs", "pairs_layers", "curve", "layer_stats", "retrieval")
+RETRIEVAL = {"hit1_nn": ("nn_rank", 1), "hit5_nn": ("nn_rank", 5), "hit1_csls": ("csls_rank", 1),
+             "hit5_csls": ("csls_rank", 5)}  # measure -> (rank, k): a hit@k is rank < k
+EVIDENCE_VERSION = 2  # summaries with the specific effect and the retrieval change (1: raw change only)
 
 
 def embed_sets(model, tokenizer, sets: dict[str, pd.DataFrame], poolings, precision: str = "float32",
@@ -50,54 +61,114 @@ def embed_sets(model, tokenizer, sets: dict[str, pd.DataFrame], poolings, precis
 
 @dataclass
 class EvalResult:
-    pairs: pd.DataFrame  # eval layer: swahili, english, set, before, after, change
-    pairs_layers: pd.DataFrame  # long: swahili, english, set, layer, before, after, change
+    pairs: pd.DataFrame  # eval layer: swahili, english, set, before, after, change, nontrans_*, spec_*
+    pairs_layers: pd.DataFrame  # the same columns and a layer column, every layer
     curve: pd.DataFrame  # set, phase (before/after), layer, layer_name, alignment metrics
-    layer_stats: pd.DataFrame  # set, layer, paired statistics of that layer, p corrected across layers
+    layer_stats: pd.DataFrame  # set, layer, raw/specific/retrieval statistics of that layer, corrected across layers
+    retrieval: pd.DataFrame  # set, layer, swahili: NN and CSLS rank of its best translation before/after
     summary: dict = field(default_factory=dict)
+
+
+def pair_frame(df: pd.DataFrame, name: str, b: LayerDetail, a: LayerDetail, i: int) -> pd.DataFrame:
+    """Per pair at the ``i``-th layer: raw cosine, non-translation similarity and specificity, before/after."""
+    out = pd.DataFrame({"swahili": df["swahili"].to_numpy(), "english": df["english"].to_numpy(), "set": name})
+    out["before"], out["after"] = b.cosine[i], a.cosine[i]
+    out["change"] = out["after"] - out["before"]
+    out["nontrans_before"], out["nontrans_after"] = b.nontrans[i], a.nontrans[i]
+    out["nontrans_change"] = out["nontrans_after"] - out["nontrans_before"]
+    out["spec_before"], out["spec_after"] = b.specificity[i], a.specificity[i]
+    out["spec_change"] = out["spec_after"] - out["spec_before"]
+    return out
+
+
+def specific_effect(pairs: pd.DataFrame, seed: int = 0, resamples: int = 10_000) -> dict:
+    """The change in specificity of one set at one layer: mean with a headword-resampling CI, headword-level
+    t and Wilcoxon tests, and the means it is made of."""
+    ok = pairs[np.isfinite(pairs["spec_change"])]
+    st = effect_stats(ok["spec_change"], ok["swahili"], seed=seed, resamples=resamples).to_dict()
+    return dict(st, change=st["mean"], spec_before=float(ok["spec_before"].mean()),
+                spec_after=float(ok["spec_after"].mean()), nontrans_before=float(ok["nontrans_before"].mean()),
+                nontrans_after=float(ok["nontrans_after"].mean()),
+                nontrans_change=float(ok["nontrans_change"].mean()), unit="Swahili headword")
+
+
+def retrieval_change(b: LayerDetail, a: LayerDetail, i: int, seed: int = 0) -> dict:
+    """hit@1 / hit@5 by NN and CSLS before vs after, per Swahili word: McNemar's exact test and a CI."""
+    return {m: mcnemar(getattr(b, rank)[i] < k, getattr(a, rank)[i] < k, seed=seed)
+            for m, (rank, k) in RETRIEVAL.items()}
+
+
+def _layer_rows(name: str, df: pd.DataFrame, b: LayerDetail, a: LayerDetail, n_layers: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for i, k in enumerate(b.layers):
+        pairs = pair_frame(df, name, b, a, i)
+        st = paired_stats(pairs["before"], pairs["after"], name, seed, resamples=1000, clusters=pairs["swahili"])
+        spec = specific_effect(pairs, seed, resamples=1000)
+        hit = mcnemar(b.csls_rank[i] < 1, a.csls_rank[i] < 1, seed=seed, resamples=500)
+        rows.append({"set": name, "layer": k, "layer_name": layer_name(k, n_layers),
+                     **{key: val for key, val in st.to_dict().items() if key != "group"},
+                     "spec_change": spec["change"], "spec_ci_low": spec["ci_low"], "spec_ci_high": spec["ci_high"],
+                     "spec_t": spec["t"], "spec_p": spec["p"], "spec_wilcoxon_p": spec["wilcoxon_p"],
+                     "spec_dz": spec["dz"], "nontrans_change": spec["nontrans_change"],
+                     "hit1_csls_before": hit["before"], "hit1_csls_after": hit["after"],
+                     "hit1_csls_change": hit["change"], "hit1_csls_p": hit["p"]})
+    rows = pd.DataFrame(rows)
+    # a p-value per layer over the whole curve is one test per layer: corrected across the layers
+    for col, out in (("p", "p"), ("spec_p", "spec_p"), ("hit1_csls_p", "hit1_csls_p")):
+        rows[f"{out}_holm"] = correct_pvalues(rows[col].to_numpy(), "holm")
+        rows[f"{out}_bh"] = correct_pvalues(rows[col].to_numpy(), "bh")
+    return rows
+
+
+def _retrieval_rows(name: str, b: LayerDetail, a: LayerDetail) -> pd.DataFrame:
+    n_q = len(b.queries)
+    return pd.DataFrame({"set": name, "layer": np.repeat(b.layers, n_q), "swahili": b.queries * len(b.layers),
+                         "nn_rank_before": b.nn_rank.reshape(-1), "nn_rank_after": a.nn_rank.reshape(-1),
+                         "csls_rank_before": b.csls_rank.reshape(-1), "csls_rank_after": a.csls_rank.reshape(-1)})
 
 
 def evaluate(sets: dict[str, pd.DataFrame], before: SetEmbeddings, after: SetEmbeddings, eval_layer: int,
              protocol: Protocol, seed: int = 0, extra: dict | None = None) -> EvalResult:
     """Tables and statistics of a before/after pair of embeddings under ``protocol``."""
-    pairs, long, curves, lstats, groups = [], [], [], [], {}
+    pairs, long, curves, lstats, ret, groups = [], [], [], [], [], {}
     for name, df in sets.items():
-        cb, b = curve_and_cosines(*before[name], "none", seed, name)
-        ca, a = curve_and_cosines(*after[name], "none", seed, name)
-        b, a = b.T, a.T  # [layers, pairs]
+        cb, b = curve_and_detail(*before[name], "none", seed, name)
+        ca, a = curve_and_detail(*after[name], "none", seed, name)
         cb, ca = cb.assign(phase="before"), ca.assign(phase="after")
-        layers = before[name][0].layers
         n_layers = before[name][0].num_layers
-        li = layers.index(eval_layer)
-        base = pd.DataFrame({"swahili": df["swahili"].to_numpy(), "english": df["english"].to_numpy(), "set": name})
-        pairs.append(base.assign(before=b[li], after=a[li], change=a[li] - b[li]))
-        rows = []
-        for i, k in enumerate(layers):
-            long.append(base.assign(layer=k, before=b[i], after=a[i], change=a[i] - b[i]))
-            st = paired_stats(b[i], a[i], name, seed, resamples=1000)
-            rows.append({"set": name, "layer": k, "layer_name": layer_name(k, n_layers),
-                         **{key: val for key, val in st.to_dict().items() if key != "group"}})
-        rows = pd.DataFrame(rows)
-        # a p-value per layer over the whole curve is one test per layer: corrected across the layers
-        rows["p_holm"] = correct_pvalues(rows["p"].to_numpy(), "holm")
-        rows["p_bh"] = correct_pvalues(rows["p"].to_numpy(), "bh")
+        li = b.layers.index(eval_layer)
+        at_layer = pair_frame(df, name, b, a, li)
+        pairs.append(at_layer)
+        long += [pair_frame(df, name, b, a, i).assign(layer=k) for i, k in enumerate(b.layers)]
+        rows = _layer_rows(name, df, b, a, n_layers, seed)
         lstats.append(rows)
+        ret.append(_retrieval_rows(name, b, a))
         curves += [cb, ca]
-        stats = paired_stats(b[li], a[li], name, seed).to_dict()
+        stats = paired_stats(at_layer["before"], at_layer["after"], name, seed, clusters=at_layer["swahili"]).to_dict()
         row_b, row_a = cb[cb.layer == eval_layer].iloc[0], ca[ca.layer == eval_layer].iloc[0]
         for key in ("shuffled_mean", "gap", "p1_nn", "p1_csls", "p5_csls", "chance_p1"):
             stats[f"{key}_before"] = float(row_b[key])
             stats[f"{key}_after"] = float(row_a[key])
+        at = rows[rows["layer"] == eval_layer].iloc[0]
+        stats["p_holm"] = float(at["p_holm"])
+        stats["specific"] = dict(specific_effect(at_layer, seed), p_holm=float(at["spec_p_holm"]),
+                                 p_bh=float(at["spec_p_bh"]))
+        stats["retrieval"] = retrieval_change(b, a, li, seed)
         groups[name] = stats
     curve = pd.concat(curves, ignore_index=True)
     curve = curve[["set", "phase"] + [c for c in curve.columns if c not in ("set", "phase")]]
     first = next(iter(before.values()))[0]
+    long_df = pd.concat(long, ignore_index=True)
+    long_df = long_df[["swahili", "english", "set", "layer"] + [c for c in long_df.columns
+                                                               if c not in ("swahili", "english", "set", "layer")]]
     summary = {"protocol": protocol.name, "protocol_title": protocol.title, "protocol_description": protocol.describe(),
                "merged": protocol.merged, "eval_layer": eval_layer,
                "eval_layer_name": layer_name(eval_layer, first.num_layers), "num_layers": first.num_layers,
-               "pooling": first.pooling, "precision": first.precision, "groups": groups, **(extra or {})}
-    return EvalResult(pairs=pd.concat(pairs, ignore_index=True), pairs_layers=pd.concat(long, ignore_index=True),
-                      curve=curve, layer_stats=pd.concat(lstats, ignore_index=True), summary=summary)
+               "pooling": first.pooling, "precision": first.precision, "evidence_version": EVIDENCE_VERSION,
+               "units": "Swahili headword", "groups": groups, **(extra or {})}
+    return EvalResult(pairs=pd.concat(pairs, ignore_index=True), pairs_layers=long_df, curve=curve,
+                      layer_stats=pd.concat(lstats, ignore_index=True), retrieval=pd.concat(ret, ignore_index=True),
+                      summary=summary)
 
 
 def merge_difference(attached: SetEmbeddings, merged: SetEmbeddings) -> dict:

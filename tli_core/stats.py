@@ -1,9 +1,19 @@
-"""Paired before/after statistics, as the paper reports them and more.
+"""Paired before/after statistics, as the paper reports them and as a reviewer checks them.
 
 For a set of pairs measured before and after training: n, mean and std before/after, the
 absolute and % change of the mean, the paired t-test (``scipy.stats.ttest_rel``, the paper's),
 the Wilcoxon signed-rank test, Cohen's d_z, and a bootstrap 95% CI of the mean change.
-Sweeps correct p-values across cells (Benjamini–Hochberg or Holm).
+
+Pairs are not independent: 54 Swahili headwords of the authors' list have several translations,
+so their pairs share one Swahili vector. Wherever ``clusters`` (the Swahili headword of each
+pair) is given, the bootstrap resamples headwords, not pairs, and the tests are run on one
+value per headword (the mean of its pairs' differences): a t-test or a Wilcoxon test cannot
+resample, so the unit of analysis becomes the headword instead. The paper's pair-level t-test
+is kept beside them, labelled as such, so its figures stay reproducible.
+
+Beyond one run: :func:`mcnemar` (a retrieval hit before vs after, per word), :func:`replicate_stats`
+(seeds as replicates: a one-sample t over the seeds' effects) and corrections across layers or
+cells (Benjamini–Hochberg or Holm).
 """
 
 from __future__ import annotations
@@ -35,16 +45,22 @@ class PairedStats:
     wilcoxon_w: float
     wilcoxon_p: float
     cohens_dz: float  # mean(diff) / sd(diff)
-    ci_low: float  # bootstrap 95% CI of the mean change
+    ci_low: float  # bootstrap 95% CI of the mean change (resampling headwords when clusters are given)
     ci_high: float
+    n_units: int | None = None  # Swahili headwords (None: pairs taken as independent)
+    p_units: float | None = None  # one-sample t-test on the per-headword mean changes
+    wilcoxon_p_units: float | None = None  # Wilcoxon signed-rank test on the per-headword mean changes
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def paired_stats(before, after, group: str = "all", seed: int = 0,
-                 resamples: int = BOOTSTRAP_RESAMPLES) -> PairedStats:
-    """All paired statistics for one group. Needs at least 2 pairs."""
+                 resamples: int = BOOTSTRAP_RESAMPLES, clusters=None) -> PairedStats:
+    """All paired statistics for one group. Needs at least 2 pairs.
+
+    ``clusters``: each pair's Swahili headword; the CI then resamples headwords and the ``*_units`` tests
+    run on one mean change per headword (the pair-level t-test stays: it is the paper's)."""
     before = np.asarray(before, dtype=np.float64)
     after = np.asarray(after, dtype=np.float64)
     if before.shape != after.shape or before.ndim != 1:
@@ -66,9 +82,14 @@ def paired_stats(before, after, group: str = "all", seed: int = 0,
             w, wp = float(res.statistic), float(res.pvalue)
         except ValueError:  # e.g. all differences zero
             w, wp = np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    units = None
+    if clusters is not None:
+        units = effect_stats(diff, clusters, seed=seed, resamples=resamples)
+        lo, hi = units.ci_low, units.ci_high
+    else:
+        rng = np.random.default_rng(seed)
+        boot = diff[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
     mb = before.mean()
     return PairedStats(
         group=group, n=n, mean_before=float(mb), std_before=float(before.std(ddof=1)),
@@ -76,7 +97,121 @@ def paired_stats(before, after, group: str = "all", seed: int = 0,
         pct_change=float(diff.mean() / abs(mb) * 100) if mb != 0 else float("nan"),
         t=float(t), p=float(p), wilcoxon_w=w, wilcoxon_p=wp,
         cohens_dz=float(diff.mean() / sd_diff) if sd_diff > 0 else float("nan"),
-        ci_low=float(lo), ci_high=float(hi))
+        ci_low=float(lo), ci_high=float(hi), n_units=units.n_units if units else None,
+        p_units=units.p if units else None, wilcoxon_p_units=units.wilcoxon_p if units else None)
+
+
+# --------------------------------------------------------------------------- one effect, headwords as units
+
+@dataclass
+class EffectStats:
+    """A per-pair effect (e.g. the change in specificity) tested with Swahili headwords as the units."""
+
+    n: int  # pairs
+    n_units: int  # headwords
+    mean: float  # mean over pairs (the figure a table of pairs gives)
+    ci_low: float  # 95% bootstrap CI of that mean, resampling headwords
+    ci_high: float
+    t: float  # one-sample t-test of the per-headword means against 0
+    p: float
+    wilcoxon_p: float  # Wilcoxon signed-rank test of the per-headword means
+    dz: float  # mean / sd of the per-headword means
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def unit_means(values, clusters) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-unit mean, per-unit sum, per-unit count) of ``values`` grouped by ``clusters`` (first-seen order)."""
+    values = np.asarray(values, dtype=np.float64)
+    codes, _ = pd.factorize(pd.Series(list(clusters), dtype=object), sort=False)
+    if len(codes) != len(values):
+        raise TLIError("every value needs its unit (headword): columns of different length")
+    sums = np.bincount(codes, weights=values)
+    counts = np.bincount(codes).astype(np.float64)
+    return sums / counts, sums, counts
+
+
+def cluster_bootstrap(values, clusters, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of the mean over pairs, resampling whole units (headwords) with replacement."""
+    _, sums, counts = unit_means(values, clusters)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(resamples, len(sums)))
+    return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
+def _one_sample(values: np.ndarray) -> tuple[float, float, float, float]:
+    """(t, p, Wilcoxon p, d_z) of ``values`` against 0; no variation gives t = ±inf / nan and p 0 / 1."""
+    values = np.asarray(values, dtype=np.float64)
+    mean, sd = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    tol = 1e-12 * max(1.0, float(np.abs(values).max()))  # below this, a difference is rounding, not variation
+    if sd <= tol:  # every unit moved alike: the tests are undefined; no move at all is no effect
+        moved = abs(mean) > tol
+        return (float(np.inf * np.sign(mean)) if moved else float("nan"), 0.0 if moved else 1.0, float("nan"),
+                float("nan"))
+    res = sps.ttest_1samp(values, 0.0)
+    try:
+        wp = float(sps.wilcoxon(values).pvalue)
+    except ValueError:
+        wp = float("nan")
+    return float(res.statistic), float(res.pvalue), wp, float(mean / sd)
+
+
+def effect_stats(diff, clusters=None, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> EffectStats:
+    """Mean of a per-pair effect with a headword-resampling CI and headword-level tests (pairs if no clusters)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    if diff.ndim != 1 or len(diff) < 2:
+        raise TLIError(f"an effect needs at least 2 pairs (got {diff.size})")
+    if not np.isfinite(diff).all():
+        raise TLIError("the effect contains NaN or infinite values")
+    clusters = list(range(len(diff))) if clusters is None else list(clusters)
+    means, _, _ = unit_means(diff, clusters)
+    boot = cluster_bootstrap(diff, clusters, resamples, seed)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    t, p, wp, dz = _one_sample(means)
+    return EffectStats(n=len(diff), n_units=len(means), mean=float(diff.mean()), ci_low=float(lo), ci_high=float(hi),
+                       t=t, p=p, wilcoxon_p=wp, dz=dz)
+
+
+# --------------------------------------------------------------------------- retrieval: a hit before vs after
+
+def mcnemar(before_hits, after_hits, seed: int = 0, resamples: int = 2000) -> dict:
+    """Hit rate before/after on the same words, McNemar's exact test, bootstrap 95% CI of the change.
+
+    Each word (a distinct Swahili query: a headword) is one unit, so words are resampled as they are.
+    """
+    a = np.asarray(before_hits, dtype=np.float64)
+    b = np.asarray(after_hits, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise TLIError("hits before and after must be two columns of the same, non-zero length")
+    lost, gained = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = float(sps.binomtest(min(lost, gained), lost + gained, 0.5).pvalue) if lost + gained else 1.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(resamples, len(a)))
+    lo, hi = np.percentile((b[idx] - a[idx]).mean(axis=1), [2.5, 97.5])
+    return {"n": int(len(a)), "before": float(a.mean()), "after": float(b.mean()), "change": float(b.mean() - a.mean()),
+            "ci_low": float(lo), "ci_high": float(hi), "gained": gained, "lost": lost, "p": p}
+
+
+# --------------------------------------------------------------------------- seeds as replicates
+
+def replicate_stats(values) -> dict:
+    """Seeds as replicates: mean effect over seeds, its t-based 95% CI, and a one-sample t-test against 0.
+
+    With one seed there is no seed-to-seed variation to judge against: CI and p are None.
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    out = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None, "sd": None, "ci_low": None,
+           "ci_high": None, "t": None, "p": None, "values": [float(x) for x in v]}
+    if len(v) < 2:
+        return out
+    sd = float(v.std(ddof=1))
+    half = float(sps.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v)))
+    t, p, _, _ = _one_sample(v)
+    out.update(sd=sd, ci_low=float(v.mean() - half), ci_high=float(v.mean() + half), t=t, p=p)
+    return out
 
 
 def stats_table(df: pd.DataFrame, before: str = "before", after: str = "after",
