@@ -123,3 +123,25 @@ def app_env(monkeypatch, tmp_path, tiny_model_dir):
     monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.chdir(ROOT)
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime for the sweeps run inside the test process (each sweep would otherwise start its
+    own: ~20 s on a busy 2-core machine). ``grid.run_sweep`` uses a runtime the process already holds."""
+    import logging
+
+    import ray
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20,
+             logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_pair_files(directory: Path) -> tuple[Path, Path]:
+    t, c = directory / "t.csv", directory / "c.csv"
+    pd.DataFrame(WORDS[:18], columns=["swahili", "english"]).to_csv(t, index=False)
+    pd.DataFrame(WORDS[18:], columns=["swahili", "english"]).to_csv(c, index=False)
+    return t, c

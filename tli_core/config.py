@@ -24,6 +24,8 @@ from .protocols import DEFAULT_PROTOCOLS, PROTOCOLS, check_eval_layer, get_proto
 
 LOSSES = ("triplet", "infonce")
 METHODS = ("lora", "full")
+PAIRINGS = ("translations", "deranged")  # what the loss pairs each Swahili word with: TLI, or its placebo
+NEGATIVES = ("not-translations", "any-other")  # which in-batch English words may be a Swahili word's negative
 PLACEMENTS = ("all", "up_to_target", "early", "late")
 
 
@@ -69,6 +71,13 @@ class TLIConfig:
                                 "late (second half) | a list such as 1-4,8 (blocks numbered from 1)",
                                 default="all")
     loss: str = _help("triplet (paper: hardest in-batch negative with margin) | infonce", default="triplet")
+    negatives: str = _help("negatives of the loss: not-translations (any other English word of the batch that is none "
+                           "of the Swahili word's translations; default) | any-other (any other row of the batch, even "
+                           "a second translation of the same word, as the authors' loss did)",
+                           default="not-translations")
+    pairing: str = _help("what the loss pairs each Swahili word with: translations (TLI) | deranged (the placebo: "
+                         "an English word that is none of its translations, drawn with the run's seed; evaluation "
+                         "is on the true pairs as always)", default="translations")
     margin: float = _help("triplet margin", default=0.4)
     temperature: float = _help("InfoNCE temperature", default=0.05)
     learning_rate: float = _help("AdamW learning rate", default=2e-4)
@@ -178,6 +187,10 @@ def check_settings(c: TLIConfig) -> None:
         raise TLIError(f"unknown training method {c.method!r}; use one of {', '.join(METHODS)}")
     if c.loss not in LOSSES:
         raise TLIError(f"unknown loss {c.loss!r}; use one of {', '.join(LOSSES)}")
+    if c.negatives not in NEGATIVES:
+        raise TLIError(f"unknown negatives {c.negatives!r}; use one of {', '.join(NEGATIVES)}")
+    if c.pairing not in PAIRINGS:
+        raise TLIError(f"unknown pairing {c.pairing!r}; use one of {', '.join(PAIRINGS)}")
     if _whole(c.batch_size, "batch size") < 2:
         raise TLIError(f"batch size {c.batch_size} leaves no in-batch negatives: the {c.loss} loss "
                        f"compares each Swahili word with the other English words in its batch; use 2 or more")

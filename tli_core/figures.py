@@ -284,10 +284,10 @@ def runs_curve_figure(curves: pd.DataFrame, set_name: str, labels: dict[str, str
     return fig
 
 
-def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: int | None = None,
+def sweep_heatmap(results: pd.DataFrame, value: str = "control specific Δ", best: int | None = None,
                   title: str | None = None) -> go.Figure:
     """Grid of cells: rows = target layer(s) x placement, columns = LoRA rank (then full fine-tuning); text = value
-    and corrected p."""
+    and its corrected p; ★ only on a cell whose effect is confirmed (``evidence``), outlined when it is ``best``."""
     df = results.copy()
     df["row"] = "layer " + df["target layers"].astype(str) + " · " + df["placement"].astype(str)
     methods = df["method"] if "method" in df else pd.Series("lora", index=df.index)
@@ -297,22 +297,23 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: in
         ["full FT"] if (df["column"] == "full FT").any() else [])
     z = np.full((len(rows), len(ranks)), np.nan)
     text = [["" for _ in ranks] for _ in rows]
-    # corrected p-values belong to the mean-cosine change (paired t-test); P@1 changes have no test here
-    p_col = {"control change": "control p corrected", "trained change": "trained p corrected"}.get(value)
+    group = value.split(" ")[0]
+    p_col = f"{group} specific p corrected" if value.endswith("specific Δ") else None
+    starred = "★" in df and value == "control specific Δ"
     for _, r in df.iterrows():
         i, j = rows.index(r["row"]), ranks.index(r["column"])
         z[i, j] = r[value]
         if not np.isfinite(r[value]):
-            text[i][j] = r["state"]
-        elif p_col:
-            star = "*" if r[p_col] < 0.05 else ""
+            text[i][j] = str(r["state"])
+        elif p_col and p_col in df and np.isfinite(r[p_col]):
+            star = " ★" if starred and bool(r["★"]) else ""
             text[i][j] = f"{r[value]:+.4f}{star}<br>p={r[p_col]:.2g}"
         else:
             text[i][j] = f"{r[value]:+.4f}"
     limit = np.nanmax(np.abs(z)) if np.isfinite(z).any() else 1.0
     fig = go.Figure(go.Heatmap(z=z, x=ranks, y=rows, text=text, texttemplate="%{text}",
                                colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
-                               colorbar={"title": value.replace(" change", " Δ")},
+                               colorbar={"title": value},
                                hovertemplate="%{y}, %{x}<br>" + value + " %{z:+.4f}<extra></extra>"))
     if best is not None and best in set(df["cell"]):
         r = df[df["cell"] == best].iloc[0]
@@ -320,9 +321,11 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control change", best: in
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                       line={"color": "gold", "width": 4})
     correction = results.attrs.get("correction", "bh")
-    fig.update_layout(title=title or f"{value} per cell (* = significant after {correction.upper()} correction)",
-                      height=max(340, 160 + 70 * len(rows)), xaxis_title="LoRA rank, or full fine-tuning",
-                      yaxis_title="target layer · placement")
+    what = ("specific effect = change of cos(sw, en) minus that of sw's non-translations" if p_col else value)
+    fig.update_layout(title=title or f"{value} per cell<br><sup>{what}; p {correction.upper()}-corrected across "
+                                     f"cells; ★ = confirmed (specific, beyond seeds and placebo)</sup>",
+                      height=max(360, 180 + 70 * len(rows)), xaxis_title="LoRA rank, or full fine-tuning",
+                      yaxis_title="target layer · placement", margin={"t": 90})
     fig.update_traces(colorbar={"len": 1.0, "thickness": 14, "tickformat": ".3~g", "exponentformat": "none",
                                 "title": {"side": "right"}})
     fig.update_yaxes(autorange="reversed")

@@ -149,6 +149,8 @@ def batch_loss(model, ids: torch.Tensor, weights: torch.Tensor, n: int, config: 
     """
     vecs = pooled_for_loss(model, ids, causal_mask(model, ids.shape[1], ids.device), weights, target_layers,
                            config.early_exit)
+    if config.negatives == "any-other":  # the authors' loss: only the row itself is no negative
+        same_target = None
     losses, infos = [], []
     for k in target_layers:
         src, tgt = vecs[k][:n], vecs[k][n:]

@@ -49,3 +49,17 @@ def parse_int_ranges(text: str, what: str, example: str = "0,2,5-8") -> list[int
     if not out:
         raise TLIError(f"no {what} given (e.g. {example})")
     return out
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(units: int, cores: int | None = None) -> int:
+    """Threads per unit for a CPU sweep of ``units`` units: the cores shared among as many units as can run."""
+    cores = cores or cpu_count()
+    return max(1, cores // max(1, min(units, cores)))

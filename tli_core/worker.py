@@ -22,6 +22,7 @@ import traceback
 from peft import PeftModel
 
 from .adapters import merged_adapter, strip_adapters
+from .alignment import derangement, pair_index
 from .config import Resolved, TLIConfig, resolve, total_steps
 from .downstream import item_table, paired_items, run_tasks
 from .errors import OverlapError, TLIError
@@ -169,6 +170,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def training_pairs(config: TLIConfig, trained):
+    """The pairs the loss sees: the trained set (TLI), or for a placebo run the same Swahili words each paired with
+    an English word of the set that is none of its translations (a derangement drawn with the run's seed)."""
+    if config.pairing != "deranged":
+        return trained
+    perm = derangement(len(trained), config.seed, pair_index(list(trained["swahili"]), list(trained["english"])))
+    return trained.assign(english=trained["english"].to_numpy()[perm]).reset_index(drop=True)
+
+
 def run_sets(run: Run, config: TLIConfig) -> dict:
     return {"trained": subset(run.pairs("trained"), config.trained_subset, config.seed),
             "control": subset(run.pairs("control"), config.control_subset, config.seed)}
@@ -221,7 +231,11 @@ def _poolings(protocols: list[Protocol], local: bool = True, merged: bool | None
 
 def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, trainable, sets, before, protocols,
                         progress: Progress, stop: _StopFlag) -> dict:
-    trained = sets["trained"]
+    trained = training_pairs(config, sets["trained"])
+    if config.pairing == "deranged":
+        write_csv(run.path / "pairs_placebo.csv", trained)
+        run.log(f"placebo: the loss pairs each of the {len(trained)} Swahili words with an English word that is none "
+                f"of its translations (pairs_placebo.csv); evaluation is on the true pairs")
     model = trainable.model
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     learn = resolved.learning_blocks
@@ -368,10 +382,11 @@ def _finish(run: Run, config: TLIConfig, resolved: Resolved, summaries: dict, fa
     return summary
 
 
-def side_job(run: Run, name: str, body, progress: Progress = no_progress, **record_extra):
+def side_job(run: Run, name: str, body, progress: Progress = no_progress, lock_held: bool = False, **record_extra):
     """Run ``body(report)`` as the run's ``name`` job (evaluation, downstream): under the runs directory's job
-    lock (a model load is as heavy as training's), its state and phase recorded under ``name`` in status.json
-    so the dashboard can follow it, failures recorded before they surface."""
+    lock (a model load is as heavy as training's; ``lock_held``: a sweep's driver holds it for its units), its
+    state and phase recorded under ``name`` in status.json so the dashboard can follow it, failures recorded
+    before they surface."""
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; wait until its training ends")
     tag, started = my_process_tag(), now()
@@ -380,7 +395,7 @@ def side_job(run: Run, name: str, body, progress: Progress = no_progress, **reco
         run.update_status(**{name: dict(job, process=tag, started=started, **record_extra)})
 
     lock = JobLock(run.path.parent)
-    if not lock.acquire(f"{name} of run {run.id}, pid {os.getpid()}"):
+    if not lock_held and not lock.acquire(f"{name} of run {run.id}, pid {os.getpid()}"):
         message = f"another job holds the lock ({lock.holder()}); one job at a time"
         record(state="failed", finished=now(), message=message)
         raise TLIError(message)
@@ -420,7 +435,8 @@ def evaluate_run(run: Run, adapter: str | None = None, progress: Progress = no_p
 
 
 def downstream_run(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None,
-                   weights: str | None = None, progress: Progress = no_progress) -> dict:
+                   weights: str | None = None, progress: Progress = no_progress, lock_held: bool = False,
+                   lm: LoadedModel | None = None) -> dict:
     """lm-eval benchmarks on the base model and on the run's trained weights, same settings; paired item tests.
 
     Writes ``downstream/summary.json`` (per task: accuracies with CIs, McNemar's p, the paired bootstrap CI
@@ -434,15 +450,15 @@ def downstream_run(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int 
                 "weights": str(weights_dir.relative_to(run.path))}
 
     def body(report):
-        lm = load_model(config.model)
-        base = run_tasks(lm.model, lm.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
+        model = lm if lm is not None and lm.spec == config.model else load_model(config.model)
+        base = run_tasks(model.model, model.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
                          phase="base model")
-        with trained_model(lm.model, weights_dir) as tuned:
-            after = run_tasks(tuned, lm.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
+        with trained_model(model.model, weights_dir) as tuned:
+            after = run_tasks(tuned, model.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
                               phase="tuned model")
         results = {t: paired_items(base[t], after[t], seed=config.seed) for t in tasks}
         chance = {t: base[t].chance for t in tasks if base[t].chance is not None}
-        summary = {**settings, "model": lm.facts.name, "finished": now(), "results": results, "chance": chance,
+        summary = {**settings, "model": model.facts.name, "finished": now(), "results": results, "chance": chance,
                    "test": "McNemar's exact test on the items one model gets right and the other wrong; paired "
                            "bootstrap 95% CI of the accuracy change"}
         write_csv(run.path / "downstream" / "items.csv", item_table(base, after))
@@ -452,7 +468,7 @@ def downstream_run(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int 
                     f"McNemar p={r['p_mcnemar']:.3g})")
         return summary
 
-    return side_job(run, "downstream", body, progress, **settings)
+    return side_job(run, "downstream", body, progress, lock_held=lock_held, **settings)
 
 
 def _evaluate_run(run: Run, config: TLIConfig, adapter_dir, progress: Progress) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pandas as pd
 from ..config import TLIConfig, read_config_file
 from ..downstream import HUB_TASKS, LOCAL_TASKS, downstream_table
 from ..errors import TLIError
-from ..jobs.runner import import_adapter, start_downstream, start_evaluation, start_run
+from ..jobs.runner import import_adapter, start_downstream, start_evaluation, start_replicates, start_run
 from ..layers import parse_layers
 from ..models import ModelSpec
 from ..pairs import load_pairs
@@ -19,6 +20,7 @@ from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
 from ..worker import downstream_run, evaluate_run, execute, worker_main
 from .common import MODEL_FLAGS, TerminalProgress, add_model_args, pooling_help, spec_from_args
+from .grid import add_ray_flags, add_replicate_flags, finish_sweep, parse_seeds
 
 # TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
 TRAIN_FLAGS = {
@@ -29,7 +31,8 @@ TRAIN_FLAGS = {
     "pooling": ("--pooling", str), "method": ("--method", str), "lora_r": ("--rank", int),
     "lora_alpha": ("--alpha", int), "lora_dropout": ("--lora-dropout", float),
     "target_modules": ("--target-modules", str),
-    "adapter_blocks": ("--adapter-blocks", str), "loss": ("--loss", str), "margin": ("--margin", float),
+    "adapter_blocks": ("--adapter-blocks", str), "loss": ("--loss", str),
+    "negatives": ("--negatives", str), "margin": ("--margin", float),
     "temperature": ("--temperature", float), "learning_rate": ("--lr", float),
     "warmup_steps": ("--warmup-steps", int), "epochs": ("--epochs", int), "batch_size": ("--batch-size", int),
     "weight_decay": ("--weight-decay", float), "grad_clip": ("--grad-clip", str), "seed": ("--seed", int),
@@ -102,6 +105,15 @@ def print_summary(run: Run, protocols: list[str] | None = None) -> None:
 
 def cmd_train(args) -> int:
     config = config_from_args(args)
+    seeds = parse_seeds(args.seeds)
+    if (seeds and len(seeds) > 1) or args.placebo:  # replicates and/or a placebo: a sweep of this one setting
+        sweep = start_replicates(config, seeds, args.placebo, args.runs_dir or default_runs_dir(), name=args.name,
+                                 launch=False)
+        print(f"{len(sweep.cells())} runs of this setting (seeds {', '.join(map(str, sweep.spec().seed_list))}"
+              + (", each with its placebo" if args.placebo else "") + f"): sweep {sweep.id}", file=sys.stderr)
+        return finish_sweep(sweep, args)
+    if seeds:
+        config = dataclasses.replace(config, seed=seeds[0])
     run, _, warnings = start_run(config, args.runs_dir or default_runs_dir(), name=args.name, launch=False)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -215,7 +227,10 @@ def add_commands(sub) -> None:
                                    "Settings come from --config (JSON or YAML, the run's config.json format) "
                                    "and any flag given overrides the file.")
     add_training_flags(p)
-    p.add_argument("--name", default=None, help="run directory name (default: time, model, layer and rank)")
+    add_replicate_flags(p)
+    add_ray_flags(p)
+    p.add_argument("--name", default=None, help="run directory name (default: time, model, layer and rank); with "
+                                                "--seeds or --placebo, the name of their sweep")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-evaluate a run from its saved adapter",

@@ -7,6 +7,7 @@ forever.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from ..errors import TLIError
@@ -59,6 +60,8 @@ class JobDir:
         """status.json, with a dead process's active job turned into ``dead_state`` (and saved so)."""
         st = self.raw_status()
         tag = self.process(st)
+        if st.get("host") and st["host"] != socket.gethostname():
+            return st  # a process on another machine (a cluster node): its liveness cannot be read from here
         if st.get("state") in ACTIVE and tag and not process_alive(tag):
             st = self.raw_status()  # it may have finished between our two reads; dead, it writes no more
         if st.get("state") in ACTIVE and tag and not process_alive(tag):

@@ -62,25 +62,49 @@ def start_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd
 
 def start_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
                 control: pd.DataFrame | None = None, launch: bool = True,
-                pair_names: dict[str, str] | None = None) -> Sweep:
-    """Check -> busy -> create -> launch a sweep (cells that cannot run are marked invalid when reached)."""
+                pair_names: dict[str, str] | None = None, name: str | None = None, address: str | None = None,
+                parallel: int | None = None) -> Sweep:
+    """Check -> busy -> create -> launch a sweep on Ray (cells that cannot run are marked invalid when reached).
+
+    ``address``: an existing Ray cluster (None: $RAY_ADDRESS, else a local runtime); ``parallel``: units at a time
+    at most. Both are remembered, so Resume runs the sweep where it ran."""
     runs_dir = Path(runs_dir or default_runs_dir())
     trained = load_pairs(spec.base.trained_pairs) if trained is None else trained
     control = load_pairs(spec.base.control_pairs) if control is None else control
     leak = check_leakage(trained, control)  # the same for every cell: refused now, not cell by cell
     if leak.leaks and not spec.base.allow_overlap:
         raise OverlapError("; ".join(leak.leak_lines()))
+    if parallel is not None and int(parallel) < 1:
+        raise TLIError("units at a time (parallel) must be at least 1")
     _not_busy(runs_dir)
-    sweep = create_sweep(spec, runs_dir, trained, control, pair_names=pair_names)
+    sweep = create_sweep(spec, runs_dir, trained, control, pair_names=pair_names, name=name)
+    if address or parallel:
+        sweep.update_status(ray_address_asked=address or None, parallel=parallel)
     if launch:
         resume_sweep(sweep)
     return sweep
 
 
+def start_replicates(config: TLIConfig, seeds: list[int] | None = None, placebo: bool = False,
+                     runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
+                     control: pd.DataFrame | None = None, launch: bool = True,
+                     pair_names: dict[str, str] | None = None, name: str | None = None, address: str | None = None,
+                     parallel: int | None = None) -> Sweep:
+    """One setting trained once per seed (and, with ``placebo``, its placebo per seed): a sweep of one cell, so the
+    result is judged against seed-to-seed variation and the placebo (``evidence.replicated``)."""
+    check_config(config, trained, control)
+    spec = SweepSpec(base=config, target_layers=[list(config.target_layers)], ranks=[int(config.lora_r)],
+                     placements=[str(config.adapter_blocks)], methods=[config.method], seeds=seeds, placebo=placebo)
+    return start_sweep(spec, runs_dir, trained, control, launch, pair_names, name, address, parallel)
+
+
 def resume_sweep(sweep: Sweep) -> None:
-    """Start (or continue) a sweep's worker; finished cells are skipped."""
+    """Start (or continue) a sweep's driver on Ray, where it was asked to run; finished units are skipped."""
     _not_busy(sweep.runs_dir)
-    spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log")
+    st = sweep.raw_status()
+    args = (["--ray-address", str(st["ray_address_asked"])] if st.get("ray_address_asked") else []) + (
+        ["--parallel", str(int(st["parallel"]))] if st.get("parallel") else [])
+    spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log", extra_args=args or None)
 
 
 def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None,
