@@ -207,17 +207,19 @@ def _relay(board, unit: int, run: Run, stop: threading.Event) -> None:
 
 
 def run_unit(run_dir: str, unit: int, threads: int, token: str, ship: bytes | None = None, board=None,
-             tasks: dict | None = None) -> dict:
+             tasks: dict | None = None, force_ship: bool = False) -> dict:
     """The body of one unit's Ray task: the worker code of a single run (and its benchmarks), on this node.
 
-    Returns the run's final state and message, with the zipped run directory when it had to be shipped."""
+    Returns the run's final state and message, with the zipped run directory when it had to be shipped
+    (this node cannot see the driver's runs directory, or ``force_ship``)."""
     import torch
 
     torch.set_num_threads(int(threads))
     path = Path(run_dir)
-    shared = (path.parent / ".sweep-token").is_file() and (path.parent / ".sweep-token").read_text() == token
+    token_file = path.parent / ".sweep-token"
+    shared = token_file.is_file() and token_file.read_text() == token
     tmp = None
-    if not shared or os.environ.get(SHIP_ENV) == "1":
+    if not shared or force_ship:
         if ship is None:
             raise TLIError(f"unit {unit}: this node cannot see {run_dir} and nothing was shipped to it")
         tmp = Path(tempfile.mkdtemp(prefix="tli-unit-"))
@@ -310,7 +312,16 @@ def start_ray(address: str | None, cores: int, dashboard: bool = False) -> dict:
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line for the user
         raise TLIError(f"cannot start Ray{' at ' + address if address else ''}: "
                        f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
-    return {"local": not address, "processes": _ray_processes() if not address else []}
+    processes = _ray_processes() if not address else []
+    raylet = next((t for t in processes if b"raylet" in _cmdline(t)), None)
+    return {"local": not address, "processes": processes, "raylet": raylet}
+
+
+def _cmdline(tag: str) -> bytes:
+    try:
+        return Path(f"/proc/{tag.split(':')[0]}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _ray_processes() -> list[str]:
@@ -329,15 +340,54 @@ def _ray_processes() -> list[str]:
     return out
 
 
-def end_leftovers(tags: list[str]) -> int:
-    """Kill the recorded processes of an earlier local runtime that are still alive (same pid and start)."""
-    n = 0
+def end_leftovers(tags: list[str], wait: float = 5.0) -> int:
+    """Kill the recorded processes of an earlier local runtime that are still alive (same pid and start), and wait
+    (up to ``wait`` s) until they are gone."""
+    killed = []
     for tag in tags or []:
         if process_alive(tag):
             with contextlib.suppress(OSError):
                 os.kill(int(tag.split(":")[0]), signal.SIGKILL)
-                n += 1
-    return n
+                killed.append(tag)
+    end = time.monotonic() + wait
+    while killed and time.monotonic() < end and any(process_alive(t) for t in killed):
+        time.sleep(0.05)
+    return len(killed)
+
+
+def end_orphans(sweep: Sweep) -> int:
+    """After the sweep's driver died: end what its local runtime left running -- Ray's agents and any unit still
+    training for nobody -- so a resume starts clean. Nothing is done while the driver lives."""
+    st = sweep.raw_status()
+    if process_alive(st.get("process")):
+        return 0
+    tags = list(st.get("ray_processes") or [])
+    for u, run in sweep.unit_runs():
+        if run is not None and u.get("state") == "running":
+            rs = run.raw_status()
+            if rs.get("state") in ("queued", "running") and rs.get("host") in (None, socket.gethostname()):
+                tags.append(rs.get("process"))
+    tags += _workers_of(st.get("ray_raylet"))
+    return end_leftovers([t for t in tags if t])
+
+
+def _workers_of(raylet: str | None) -> list[str]:
+    """Tags of the Ray worker processes a (dead) local raylet started: their environment names its pid, and they
+    started after it (so a reused pid cannot match)."""
+    if not raylet:
+        return []
+    pid, _, start = str(raylet).partition(":")
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            env = (entry / "environ").read_bytes().split(b"\0")
+            if f"RAY_RAYLET_PID={pid}".encode() in env:
+                tag = process_tag(int(entry.name))
+                if tag and (not start.isdigit() or int(tag.split(":")[1]) >= int(start)):
+                    out.append(tag)
+    return out
 
 
 class _Board:
@@ -369,13 +419,15 @@ def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address:
               retries: int = 1, dashboard: bool = False) -> dict:
     """Run every unit that is not finished, on Ray; returns the sweep's status.
 
-    ``progress(units, sweep)`` is called whenever a unit changes state (and every few seconds)."""
+    ``progress(units, sweep)`` is called whenever a unit changes state (and every few seconds). The final state is
+    written once Ray is shut down, just before the runs directory is free again: a reader who sees it can start
+    the next job at once."""
     lock = JobLock(sweep.runs_dir)
     if not lock.acquire(f"sweep {sweep.id}, pid {os.getpid()}"):
         return sweep.update_status(state="failed", message=f"another job holds the runs directory "
                                                           f"({lock.holder()}); one at a time")
     address = ray_address(address)
-    started_ray = None
+    started_ray, final = None, None
     try:
         old = sweep.raw_status()
         killed = end_leftovers(old.get("ray_processes") or [])
@@ -390,20 +442,21 @@ def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address:
                             started=old.get("started") or now(), resumed=now() if old.get("started") else None,
                             message="", ray_address=address or "local", leftovers_ended=killed)
         if not todo:
-            return _finish(sweep)
+            final = _finish(sweep)
+            return final
         _create_runs(sweep, spec, units, todo, trained, control)
-        cores = cpu_count()
-        started_ray = start_ray(address, cores, dashboard)
+        started_ray = start_ray(address, cpu_count(), dashboard)
         import ray
 
         cluster = ray.cluster_resources() if address else None
         p = plan(sweep, len(todo), parallel, cluster)
         if not address:
             p.memory = int(min(p.memory, ray.available_resources().get("memory", p.memory)))
-        sweep.update_status(plan=p.to_dict(), ray_processes=started_ray["processes"])
-        return _drive(sweep, spec, units, todo, p, address, retries, progress)
+        sweep.update_status(plan=p.to_dict(), ray_processes=started_ray["processes"],
+                            ray_raylet=started_ray.get("raylet"))
+        final = _drive(sweep, spec, units, todo, p, address, retries, progress)
     except TLIError as exc:
-        return sweep.update_status(state="failed", finished=now(), message=str(exc))
+        final = {"state": "failed", "finished": now(), "message": str(exc)}
     finally:
         if started_ray is not None and not started_ray.get("reused"):
             import ray
@@ -412,7 +465,11 @@ def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address:
                 ray.shutdown()
             if started_ray["local"]:
                 end_leftovers(started_ray["processes"])
-        lock.release()
+        try:
+            status = sweep.update_status(**final) if final else sweep.raw_status()
+        finally:
+            lock.release()
+    return status
 
 
 def _check_units(sweep, spec, units, todo, trained, control) -> None:
@@ -444,6 +501,7 @@ def _create_runs(sweep, spec, units, todo, trained, control) -> None:
     (sweep.runs_dir / ".sweep-token").write_text(f"{sweep.id}:{uuid.uuid4().hex}")
     for u in todo:
         if u.get("run") and (sweep.runs_dir / u["run"] / "config.json").is_file():
+            u.update(state="queued")  # whatever an earlier driver last wrote, it waits for a slot now
             continue
         name = f"{sweep.id}-c{u['cell']}" + (f"-s{u['seed']}" if several else "") + (
             "-placebo" if u.get("arm") == "placebo" else "")
@@ -473,8 +531,10 @@ def _drive(sweep, spec, units, todo, p: Plan, address, retries, progress) -> dic
 
     def submit(u):
         run_dir = sweep.runs_dir / u["run"]
+        Run(run_dir).clear_stop()  # a stop of an earlier session (asked while it waited) is not this one's
         ship = _zip_dir(run_dir) if ship_all else None
-        ref = remote.options(**options).remote(str(run_dir), u["unit"], p.threads, token, ship, board, bench)
+        ref = remote.options(**options).remote(str(run_dir), u["unit"], p.threads, token, ship, board, bench,
+                                               os.environ.get(SHIP_ENV) == "1")
         flight[ref] = u
         u.update(state="running", attempts=int(u.get("attempts") or 0) + 1)
 
@@ -487,6 +547,7 @@ def _drive(sweep, spec, units, todo, p: Plan, address, retries, progress) -> dic
             queue.clear()
             for u in flight.values():
                 Run(sweep.runs_dir / u["run"]).request_stop()
+            sweep.save_cells(units)
         while queue and len(flight) < p.slots and stopping_since is None:
             submit(queue.pop(0))
             sweep.save_cells(units)
@@ -508,9 +569,8 @@ def _drive(sweep, spec, units, todo, p: Plan, address, retries, progress) -> dic
             progress(units, sweep)
             last_report = time.monotonic()
     if stopping_since is not None:
-        sweep.update_status(state="stopped", finished=now(), message="stopped: queued units cancelled, running "
-                                                                     "units stopped; finished ones kept")
-        return sweep.raw_status()
+        return {"state": "stopped", "finished": now(), "message": "stopped: queued units cancelled, running units "
+                                                                  "stopped; finished ones kept"}
     return _finish(sweep)
 
 
@@ -549,21 +609,21 @@ def _ray_reason(exc: Exception) -> str:
 
 
 def _finish(sweep: Sweep) -> dict:
+    """The sweep's final status (written by the caller): done, invalid, or failed naming the units that were not."""
     units = sweep.cells()
     invalid = [u for u in units if u["state"] == "invalid"]
     failed = [u for u in units if u["state"] not in FINAL]
     if units and len(invalid) == len(units):
-        return sweep.update_status(state="invalid", finished=now(), done=len(units),
-                                   message=f"no unit could run: {invalid[0]['reason']}")
+        return {"state": "invalid", "finished": now(), "done": len(units),
+                "message": f"no unit could run: {invalid[0]['reason']}"}
     if failed:
-        return sweep.update_status(state="failed", finished=now(), done=len(units) - len(failed),
-                                   message=f"{len(failed)} of {len(units)} units did not finish ("
-                                           + "; ".join(f"{unit_label(u)}: {u.get('reason') or u['state']}"
-                                                       for u in failed[:3])
-                                           + "); resume the sweep to run them again")
-    return sweep.update_status(state="done", finished=now(), done=len(units),
-                               message=f"{len(invalid)} of {len(units)} units could not run (see each unit's "
-                                       f"reason)" if invalid else "")
+        return {"state": "failed", "finished": now(), "done": len(units) - len(failed),
+                "message": f"{len(failed)} of {len(units)} units did not finish ("
+                           + "; ".join(f"{unit_label(u)}: {u.get('reason') or u['state']}" for u in failed[:3])
+                           + "); resume the sweep to run them again"}
+    return {"state": "done", "finished": now(), "done": len(units),
+            "message": f"{len(invalid)} of {len(units)} units could not run (see each unit's reason)" if invalid
+            else ""}
 
 
 # --------------------------------------------------------------------------- progress and time left

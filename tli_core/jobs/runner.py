@@ -16,6 +16,7 @@ import pandas as pd
 from ..adapters import check_adapter, read_adapter_config
 from ..config import Resolved, TLIConfig, resolve
 from ..errors import OverlapError, TLIError
+from ..grid import end_orphans
 from ..models import ModelSpec, model_shape
 from ..pairs import check_leakage, load_pairs
 from ..protocols import get_protocol
@@ -28,6 +29,8 @@ from .process import JobLock, now, spawn_worker
 def busy_message(runs_dir: str | Path) -> str | None:
     """Why a new job cannot start now, or None if it can."""
     holder = JobLock(runs_dir).holder()
+    if holder and holder.startswith("sweep "):  # refused, not queued: see grid.py on why jobs never share a GPU
+        return f"a sweep holds this runs directory's machine ({holder}); wait for it or stop it on the Sweeps page"
     if holder:
         return f"a job is already running ({holder}); wait for it or stop it on the Train page"
     active = active_runs(runs_dir)
@@ -100,6 +103,7 @@ def start_replicates(config: TLIConfig, seeds: list[int] | None = None, placebo:
 
 def resume_sweep(sweep: Sweep) -> None:
     """Start (or continue) a sweep's driver on Ray, where it was asked to run; finished units are skipped."""
+    end_orphans(sweep)  # a killed driver's units may outlive it by seconds: they are ended, then rerun
     _not_busy(sweep.runs_dir)
     st = sweep.raw_status()
     args = (["--ray-address", str(st["ray_address_asked"])] if st.get("ray_address_asked") else []) + (
