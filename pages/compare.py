@@ -3,15 +3,18 @@
 import pandas as pd
 import streamlit as st
 
-from tli_core.evaluation import protocols_side_by_side
+from tli_core.evaluation import groups_at_layer, protocols_side_by_side
+from tli_core.evidence import layer_choice_note
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
 from tli_core.files import read_csv
 from tli_core.layers import layer_name
 from tli_core.protocols import PROTOCOLS
 from tli_core.runs import list_runs
-from tli_core.stats import STAT_LABELS, compare_table, guess_group_column, stats_table
+from tli_core.stats import STAT_LABELS, compare_table, guess_group_column
+from tli_core.sweeps import cell_view
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
+from ui.evidence import cell_panel, show_evidence
 from ui.models import runs_dir
 from ui.widgets import (
     copy_link,
@@ -59,14 +62,26 @@ def side_by_side(data: pd.DataFrame, groups: list[str], before: str, after: str,
             plot(scatter_figure(data, g, before, after), key=f"scatter-{key}-{g}", source=source)
 
 
+def with_hits(data: pd.DataFrame, retrieval: pd.DataFrame | None, layer: int) -> pd.DataFrame:
+    """The per-pair table with each Swahili word's hit@1 by CSLS before and after (its rank of the best translation)."""
+    if retrieval is None or "csls_rank_before" not in retrieval:
+        return data
+    r = retrieval[retrieval["layer"] == layer][["set", "swahili", "csls_rank_before", "csls_rank_after"]]
+    out = data.merge(r, on=["set", "swahili"], how="left")
+    out["hit@1 CSLS before"] = out["csls_rank_before"] < 1
+    out["hit@1 CSLS after"] = out["csls_rank_after"] < 1
+    return out
+
+
 def word_table(data: pd.DataFrame, key: str) -> None:
     st.subheader("Word by word")
     found = searchable(data, key=f"search-{key}")
     found = found.sort_values("change", ascending=False) if "change" in found else found
-    st.caption("Sorted by change (largest gain first); click a column header to re-sort.")
+    st.caption("Sorted by the raw change (largest gain first); click a column header to re-sort. spec_* = the "
+               "pair's cosine minus its Swahili word's mean cosine to non-translations; nontrans_* = that mean.")
     st.dataframe(found, hide_index=True, width="stretch", height=420,
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                for c in ("before", "after", "change") if c in found})
+                                for c in found.columns if found[c].dtype.kind == "f"})
     download_csv(found, f"pairs_{key}.csv", "Download this table (CSV)", key=f"dl-words-{key}")
 
 
@@ -149,14 +164,20 @@ if source.startswith("a training run"):
     if focus != "both":
         data = data[data["set"] == focus].reset_index(drop=True)
     groups = list(dict.fromkeys(data["set"]))
-    table = stats_table(data, "before", "after", "set") if eval_layer != summary["eval_layer"] else \
-        pd.DataFrame([summary["groups"][g] for g in groups])[[c for c in STAT_LABELS if c != "p_holm"]]
-    layer_stats = run.table("layer_stats", protocol)
-    if layer_stats is not None and "p_holm" in layer_stats:  # a layer picked after seeing them all is one of many
-        at_layer = layer_stats[layer_stats["layer"] == eval_layer].set_index("set")["p_holm"]
-        table["p_holm"] = [at_layer.get(g) for g in table["group"]]
-    st.subheader(f"Paired statistics at layer {eval_layer} ({layer_name(eval_layer, n_layers)}), {protocol}")
-    show_stats(table, f"{rid}-L{eval_layer}")
+    if eval_layer == summary["eval_layer"]:
+        at_layer = {g: summary["groups"][g] for g in groups}
+    else:  # a layer picked after seeing them all is one of many: its p-values are corrected across layers
+        at_layer = groups_at_layer(data, run.table("retrieval", protocol), run.table("layer_stats", protocol),
+                                   eval_layer, seed=int(cfg.get("seed") or 0))
+    st.subheader(f"What changed at layer {eval_layer} ({layer_name(eval_layer, n_layers)}), {protocol}")
+    st.caption(layer_choice_note(cfg, eval_layer, summary["eval_layer"]))
+    view = cell_view(run, protocol)
+    show_evidence(at_layer, f"{rid}-L{eval_layer}")
+    if view is not None and eval_layer == summary["eval_layer"]:
+        cell_panel(view, f"{rid}-{protocol}")
+    elif view is not None:
+        st.caption(f"This run is one of {len(view['units'])} runs of cell {view['cell']} (seeds, placebo): their "
+                   f"joint result is shown at the protocol's own layer {summary['eval_layer']}.")
     curve = run.table("curve", protocol)
     at = curve[curve["layer"] == eval_layer]
     base_rows = []
@@ -167,12 +188,12 @@ if source.startswith("a training run"):
                           "gap before": b["gap"], "gap after": a["gap"], "P@1 NN before": b["p1_nn"],
                           "P@1 NN after": a["p1_nn"], "P@1 CSLS before": b["p1_csls"],
                           "P@1 CSLS after": a["p1_csls"], "chance P@1": b["chance_p1"]})
-    st.caption("The same layer's shuffled-pair baseline and retrieval, before and after: a rise in the true-pair "
-               "cosine that the shuffled pairs share is not better alignment.")
-    st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0] if c != "set"})
-    download_csv(pd.DataFrame(base_rows), f"baselines_{rid}_L{eval_layer}.csv", "Download the baselines (CSV)",
-                 key=f"dl-baselines-{rid}")
+    with st.expander("The layer's shuffled baseline, gap and P@1 before and after"):
+        st.dataframe(pd.DataFrame(base_rows), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in base_rows[0]
+                                    if c != "set"})
+        download_csv(pd.DataFrame(base_rows), f"baselines_{rid}_L{eval_layer}.csv", "Download the baselines (CSV)",
+                     key=f"dl-baselines-{rid}")
     source = (f"run {rid} · {protocol} protocol · layer {eval_layer} · pooling {summary.get('pooling')} · "
               f"{summary.get('precision', 'compute dtype')} analysis")
     side_by_side(data, groups, "before", "after", f"{rid}-{protocol}", source=source)
@@ -183,7 +204,7 @@ if source.startswith("a training run"):
             plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")),
                  key=f"curve-{rid}-{protocol}-{g}", source=f"run {rid} · {protocol} protocol · set {g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
-    word_table(data, f"{rid}-{protocol}-L{eval_layer}")
+    word_table(with_hits(data, run.table("retrieval", protocol), eval_layer), f"{rid}-{protocol}-L{eval_layer}")
     st.subheader("Downstream benchmarks: base vs tuned")
     has_results = downstream_results(run, rid)
     if not has_results:

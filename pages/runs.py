@@ -46,8 +46,14 @@ sim = st.column_config.NumberColumn(format="%.4f")
 pval = st.column_config.NumberColumn(format="%.3g")
 event = st.dataframe(
     table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table",
-    column_config={"trained change": change, "control change": change, "trained % change": percent,
-                   "control % change": percent, "trained p": pval, "control p": pval, "trained before": sim,
+    column_config={g + col: change for g in ("trained", "control")
+                   for col in (" specific Δ", " hit@1 CSLS Δ", " raw Δ", " shuffled Δ")} | {
+        "trained % change": percent, "control % change": percent, "trained raw p": pval, "control raw p": pval,
+        "trained specific p (Holm)": pval, "control specific p (Holm)": pval,
+        "control verdict": st.column_config.TextColumn(width="large", help="specific to translations, significant "
+                                                        "after correction; a single run is never confirmed: "
+                                                        "seeds and a placebo are (Train, Sweeps)"),
+        "trained before": sim,
                    "trained after": sim, "control before": sim, "control after": sim,
                    "run": st.column_config.TextColumn(width="medium", pinned=True),
                    "pairs": st.column_config.TextColumn("pairs (trained / control)", width="small",

@@ -4,7 +4,7 @@ import streamlit as st
 
 from tli_core.alignment import CENTERING, indistinguishable_layers, layer_noise, suggest_layers
 from tli_core.embeddings import POOLINGS
-from tli_core.figures import curve_figure, heatmap_figure, mark_layers
+from tli_core.figures import curve_figure, heatmap_figure, mark_gap_peak, mark_layers
 from tli_core.precision import NOISE_LIMIT, PRECISIONS
 from ui import state
 from ui.models import cached_scan, get_pairs, require_model
@@ -89,17 +89,43 @@ show = st.radio("Curve of", list(sets), horizontal=True, key=key("show"))
 state.save_form("scan", SCAN_FORM, link=LINK)
 copy_link(*LINK)
 curve = result.curve
-sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report))
-state.set_scan_suggestion(dict(sugg, model=lm.spec,
-                               seconds_per_word=result.seconds / max(1, 2 * len(result.pairs))))
+choose = st.radio("Suggest the target layer from", ["all pairs of the set", "a held-out split"], horizontal=True,
+                  key=f"choose-{show}",
+                  help="Choosing the layer with the largest gap on the same pairs that are later evaluated at that "
+                       "layer is double-dipping. A held-out split chooses on half of the Swahili headwords and "
+                       "checks the choice on the other half; the Train page records which was done, and Compare "
+                       "says it.")
+sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report), detail=result.details.get(show),
+                      held_out=choose == "a held-out split", seed=int(seed))
+state.set_scan_suggestion({k: v for k, v in sugg.items() if k != "gap_bootstrap"} | {
+    "model": lm.spec, "seconds_per_word": result.seconds / max(1, 2 * len(result.pairs))})
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
 for col, key, label in ((m1, "raw_peak", "Raw-cosine peak (the paper's rule)"),
                         (m2, "gap_peak", "Largest gap over shuffled pairs"),
                         (m3, "retrieval_peak", "Best retrieval (P@1, CSLS)")):
     tied = sugg["ties"][key]
+    if key == "gap_peak" and "gap_ci" in sugg:
+        lo, hi = sugg["gap_ci"]
+        others = [k for k in tied if k != sugg[key]]
+        col.metric(label + (" (held-out choice)" if "held_out" in sugg else ""), f"layer {sugg[key]}",
+                   f"95% CI {lo:+.4f} … {hi:+.4f}; not distinguishable: "
+                   + (", ".join(map(str, others)) if others else "none"), delta_color="off",
+                   help="bootstrap over Swahili headwords; a layer is not distinguishable when the CI of its gap's "
+                        "difference to the best layer's reaches 0")
+        continue
     col.metric(label, f"layer {sugg[key]}", f"tied within the noise: {', '.join(map(str, tied))}"
                if len(tied) > 1 else None, delta_color="off")
+if "held_out" in sugg:
+    h = sugg["held_out"]
+    lo, hi = h["check_ci"]
+    text = (f"Chosen on {h['select_headwords']} headwords: layer {h['layer']}. On the other {h['check_headwords']} "
+            f"headwords its gap is {h['check_gap']:+.4f} (95% CI {lo:+.4f} … {hi:+.4f}); their own best layer is "
+            f"{h['check_best']}.")
+    (st.success if h["confirmed"] else st.warning)(
+        text + (" The choice holds on words it never saw." if h["confirmed"] else
+                " The held-out half distinguishes another layer: the choice does not carry over."),
+        icon=":material/fact_check:")
 if flat:
     where = "every layer" if len(flat) == n_layers + 1 else f"{len(flat)} of {n_layers + 1} layers " \
         f"({', '.join(map(str, flat))})"
@@ -113,6 +139,8 @@ if sugg["raw_peak"] != sugg["gap_peak"]:
 
 fig = curve_figure(curve, show, flagged=flagged, precision=result.precision)
 mark_layers(fig, {"raw-cosine peak": sugg["raw_peak"], "gap peak": sugg["gap_peak"]})
+if "gap_bootstrap" in sugg:
+    mark_gap_peak(fig, sugg["gap_bootstrap"])
 plot(fig, key=f"scan-curve-{show}")
 table = curve[curve["set"] == show].drop(columns=["set"])
 with st.expander("Curve as a table"):

@@ -1,30 +1,39 @@
-"""Sweeps: target layer(s) x method (LoRA ranks, full fine-tuning) x placement, a queue of runs, one heatmap."""
+"""Sweeps: target layer(s) x method (LoRA ranks, full fine-tuning) x placement x seeds, with a placebo arm and
+benchmarks, run on Ray; each cell judged by its specific effect over seeds and against its placebo."""
 
 
 import streamlit as st
 
 from tli_core.config import PLACEMENTS, TLIConfig
+from tli_core.downstream import TASKS
 from tli_core.figures import sweep_heatmap
-from tli_core.jobs.runner import resume_sweep, start_sweep
+from tli_core.jobs.runner import start_sweep
 from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.stats import CORRECTIONS
 from tli_core.sweeps import (
     Sweep,
     SweepSpec,
     best_cell,
+    downstream_grid,
+    leading_cell,
     list_sweeps,
+    no_star_reason,
     parse_grid_layers,
-    significant_gain,
     sweep_results,
     variant_label,
 )
+from tli_core.util import parse_seeds
 from ui import state
+from ui.grid import sweep_progress
 from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir
 from ui.widgets import copy_link, download_csv, md, plot, reflect, show_error
 
 st.title("Sweeps")
-st.caption("Where to inject and how much: every cell of the grid is an ordinary run (one at a time, resumable); the "
-           "heatmap shows each cell's change on the control set, with p-values corrected across the grid.")
+st.caption("Where to inject and how much: every unit of the grid (a cell's setting × seed × arm) is an ordinary run, "
+           "run on Ray several at a time (or on a cluster) and resumable. The heatmap shows each cell's specific "
+           "effect on the control set — the change of cos(sw, en) beyond what non-translations share — over its "
+           "seeds, with p-values corrected across the grid; ★ marks only an improvement that is specific, beyond "
+           "seed noise and beyond the placebo.")
 lm = require_model()
 pairs = get_pairs()
 n = lm.facts.num_layers
@@ -34,7 +43,8 @@ OVERLAP_CONTROL = "Accept pairs that are in both sets"
 # the grid's settings, kept for this browser session (a reload or a restart brings them back); widgets, not a
 # form, so nothing typed waits for a submit to be kept, and Enter starts nothing
 SWEEP_FORM = {"layers": "1,2", "ranks": [4, 16], "full": False, "placements": ["all"], "epochs": 2, "sub_t": 0,
-              "lr": 2e-4, "correction": CORRECTIONS[0], "eval_layer": paper_eval_layer(n), "overlap": False}
+              "lr": 2e-4, "correction": CORRECTIONS[0], "eval_layer": paper_eval_layer(n), "overlap": False,
+              "seeds": "1,2,3", "placebo": True, "tasks": [], "limit": 0, "address": "", "parallel": 0}
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 
 
@@ -67,7 +77,32 @@ c1, c2 = st.columns([3, 1])
 eval_layer = c1.select_slider("Evaluation layer (studio protocol, the heatmap's headline)", list(range(n + 1)),
                               key=key("eval_layer"), format_func=lambda k: f"{k} ({layer_name(k, n)})")
 overlap = c2.checkbox(OVERLAP_CONTROL, key=key("overlap"), help=TLIConfig.help()["allow_overlap"])
+c1, c2, c3, c4 = st.columns(4)
+seeds_text = c1.text_input("Seeds", key=key("seeds"), help="one run per seed and cell, e.g. 1,2,3: a cell is judged "
+                                                           "against seed-to-seed variation (seeds as replicates)")
+placebo = c2.checkbox("Placebo per seed", key=key("placebo"),
+                      help="the same settings and seed trained on deranged pairs (no Swahili word with one of its "
+                           "translations): TLI − placebo is the difference-in-differences a ★ needs")
+tasks = c3.multiselect("Benchmarks in every unit", list(TASKS), key=key("tasks"),
+                       help="lm-eval, base vs tuned, inside each unit: does the tuning keep zero-shot skill? Hub tasks "
+                            "need a network; the tli_ tasks run offline")
+limit = c4.number_input("Items per benchmark (0 = all)", 0, 10**6, key=key("limit"))
+c1, c2 = st.columns([3, 1])
+address = c1.text_input("Ray cluster address (empty = a local Ray runtime on this machine)", key=key("address"),
+                        placeholder="auto, HOST:6379 or ray://HOST:10001",
+                        help="an existing Ray cluster (`ray start --head` on one node, `ray start --address=…` on the "
+                             "others). Empty: $RAY_ADDRESS if set, else a local runtime started for the sweep")
+parallel = c2.number_input("Units at a time (0 = as the machine allows)", 0, 4096, key=key("parallel"))
 state.save_form("sweep", SWEEP_FORM)
+try:
+    seeds = parse_seeds(seeds_text) or [TLIConfig().seed]
+    n_cells = len(parse_grid_layers(layers)) * max(1, len(placements)) * (len(ranks) + (1 if full else 0))
+    n_units = n_cells * len(seeds) * (2 if placebo else 1)
+    st.caption(f"{n_cells} cell(s) × {len(seeds)} seed(s)" + (" × 2 arms (TLI, placebo)" if placebo else "")
+               + f" = **{n_units} runs**." + ("" if len(seeds) > 1 and placebo else
+                                                " Without several seeds and a placebo no cell can earn a ★."))
+except Exception as exc:
+    show_error(exc)
 start = st.button("Start the sweep", type="primary", icon=":material/grid_on:")
 
 if start:
@@ -78,9 +113,10 @@ if start:
                          allow_overlap=overlap)
         spec = SweepSpec(base=base, target_layers=parse_grid_layers(layers), ranks=sorted(ranks),
                          placements=placements, correction=correction,
-                         methods=(["lora"] if ranks else []) + (["full"] if full else []))
+                         methods=(["lora"] if ranks else []) + (["full"] if full else []),
+                         seeds=parse_seeds(seeds_text), placebo=placebo, tasks=list(tasks), limit=int(limit) or None)
         sweep = start_sweep(spec, runs_dir(), trained=pairs["trained"], control=pairs["control"],
-                            pair_names=pair_names())
+                            pair_names=pair_names(), address=address.strip() or None, parallel=int(parallel) or None)
         state.set_watched_sweep(sweep.id)
         state.set_form_value("sweeps", "pick", sweep.id)  # show the new sweep (its selector is drawn below)
         st.toast(f"Sweep {sweep.id} started: {len(sweep.cells())} cells")
@@ -104,48 +140,59 @@ sweep = next(s for s in sweeps if s.id == sid)
 
 
 def show(sweep: Sweep) -> None:
-    status = sweep.status()
-    cells = sweep.cells()
-    done = sum(c["state"] == "done" for c in cells)
-    invalid = sum(c["state"] == "invalid" for c in cells)
-    st.progress((done + invalid) / len(cells), text=f"{status.get('state')}: {done} of {len(cells)} cells finished"
-                + (f", {invalid} could not run" if invalid else ""))
-    if status.get("state") == "invalid":
-        st.error(md(status.get("message") or "no cell could run"), icon="⚠️")
-    elif status.get("message"):
-        st.caption(md(status["message"]))
-    if status.get("state") in ("queued", "running") and st.button("Stop the sweep", icon=":material/stop_circle:"):
-        sweep.request_stop()
-    if status.get("state") in ("interrupted", "stopped", "failed") and st.button("Resume", icon=":material/replay:"):
-        try:
-            resume_sweep(sweep)
-        except Exception as exc:
-            show_error(exc)
-    method = st.radio("Correction", CORRECTIONS, horizontal=True, key=f"corr-{sweep.id}",
-                      index=CORRECTIONS.index(sweep.spec().correction))
+    try:
+        spec = sweep.spec()
+    except Exception as exc:
+        show_error(exc)
+        return
+    status = sweep_progress(sweep, sweep.id)
+    method = st.radio("Correction across cells", CORRECTIONS, horizontal=True, key=f"corr-{sweep.id}",
+                      index=CORRECTIONS.index(spec.correction))
     results = sweep_results(sweep, method)
-    if not done:
+    if results["control specific Δ"].isna().all():
         for _, r in results[results["state"] == "invalid"].iterrows():
             st.caption(f"Cell {r['cell']} not run: {md(r['reason'])}")
         return
     best = best_cell(results)
     if best is not None:
         row = results[results["cell"] == best].iloc[0]
-        text = (f"layer(s) {row['target layers']}, {variant_label(row['method'], row['rank'])}, "
-                f"{md(row['placement'])} — control change {row['control change']:+.4f} "
-                f"({row['control % change']:+.2f} %), corrected p = {row['control p corrected']:.3g}")
-        if significant_gain(results, best):
-            st.success(f"Best cell: {text}", icon=":material/star:")
-        else:
-            st.info(f"No cell raised the control set significantly. Largest change: {text}", icon=":material/info:")
+        st.success(f"★ Best cell: layer(s) {row['target layers']}, {variant_label(row['method'], row['rank'])}, "
+                   f"{md(row['placement'])} — {md(row['verdict'])}", icon=":material/star:")
+    else:
+        st.info(md(no_star_reason(results)), icon=":material/info:")
+        lead = leading_cell(results)
+        if lead is not None:
+            row = results[results["cell"] == lead].iloc[0]
+            st.caption(f"Largest specific effect on the control set: cell {lead} (layer(s) {row['target layers']}, "
+                       f"{variant_label(row['method'], row['rank'])}, {md(row['placement'])}) — {md(row['verdict'])}")
     c1, c2 = st.columns(2)
     with c1:
-        plot(sweep_heatmap(results, "control change", best), key=f"sweep-change-{sweep.id}")
+        plot(sweep_heatmap(results, "control specific Δ", best), key=f"sweep-spec-{sweep.id}",
+             source=f"sweep {sweep.id} · headline protocol · {status.get('done', 0)} units done")
     with c2:
-        plot(sweep_heatmap(results, "control P@1 change", best,
-                           title="control P@1 (CSLS) change per cell"), key=f"sweep-p1-{sweep.id}")
-    st.dataframe(results, hide_index=True, width="stretch")
-    download_csv(results, f"sweep_{sweep.id}.csv", "Download the results (CSV)", key=f"dl-sweep-{sweep.id}")
+        plot(sweep_heatmap(results, "control hit@1 CSLS Δ", best,
+                           title="control hit@1 (CSLS) change per cell, mean over seeds"), key=f"sweep-hit-{sweep.id}",
+             source=f"sweep {sweep.id} · headline protocol")
+    st.caption("Raw Δ is the paper's change of the mean cosine; shuffled Δ and non-translation Δ are what moved "
+               "without being translations. A raw rise they share is not alignment.")
+    lead_cols = ["cell", "target layers", "method", "rank", "placement", "state", "seeds", "placebo", "★",
+                 "control specific Δ", "control specific CI low", "control specific CI high",
+                 "control specific p corrected", "control p basis", "control hit@1 CSLS Δ", "control TLI − placebo",
+                 "control TLI − placebo p corrected", "control raw Δ", "control shuffled Δ",
+                 "control non-translation Δ", "verdict"]
+    shown = results[lead_cols + [c for c in results.columns if c not in lead_cols]]
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.4f") for c in shown.columns
+        if shown[c].dtype.kind == "f" and " p" not in c} | {
+        c: st.column_config.NumberColumn(format="%.3g") for c in shown.columns if " p" in c})
+    download_csv(shown, f"sweep_{sweep.id}.csv", "Download the results (CSV)", key=f"dl-sweep-{sweep.id}")
+    if spec.tasks:
+        bench = downstream_grid(sweep)
+        if len(bench):
+            st.subheader("Benchmarks per unit: base vs tuned")
+            st.dataframe(bench, hide_index=True, width="stretch")
+            download_csv(bench, f"sweep_benchmarks_{sweep.id}.csv", "Download the benchmarks (CSV)",
+                         key=f"dl-sweep-bench-{sweep.id}")
     for _, r in results[results["state"] == "invalid"].iterrows():
         st.caption(f"Cell {r['cell']} not run: {md(r['reason'])}")
 

@@ -14,12 +14,15 @@ from tli_core.errors import TLIError
 from tli_core.estimate import estimate_run, progress_text
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.jobs.jobdir import ACTIVE
-from tli_core.jobs.runner import start_run
+from tli_core.jobs.runner import start_replicates, start_run
 from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.precision import PRECISIONS
 from tli_core.protocols import EVAL_LAYERS, PROTOCOLS
 from tli_core.runs import Run, list_runs, newest
+from tli_core.sweeps import Sweep, list_sweeps
+from tli_core.util import parse_seeds
 from ui import state
+from ui.grid import sweep_progress
 from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir
 from ui.widgets import evaluation_panel, md, plot, show_error
 
@@ -50,7 +53,7 @@ PAPER_FORM = {
     "loss": paper.loss, "margin": paper.margin, "temperature": paper.temperature, "lr": paper.learning_rate,
     "epochs": paper.epochs, "batch": paper.batch_size, "warmup": paper.warmup_steps, "seed": paper.seed,
     "wd": paper.weight_decay, "clip": float(paper.grad_clip or 0.0), "sub_t": 0, "sub_c": 0,
-    "early": paper.early_exit, "overlap": False, "name": "", "notes": "",
+    "early": paper.early_exit, "overlap": False, "name": "", "notes": "", "more_seeds": "", "placebo": False,
 }
 def fits(field: str, value) -> bool:
     """A kept value the widgets of this model can still show."""
@@ -67,6 +70,14 @@ def fits(field: str, value) -> bool:
 
 state.init_form("train", PAPER_FORM, fits)
 
+
+def layer_choice(targets: list[int]) -> str:
+    """'scan' / 'scan-held-out' when the target is the layer this session's scan suggested, else 'given'."""
+    s = state.scan_suggestion()
+    if s and s.get("model") == lm.spec and targets == [s.get("gap_peak")]:
+        return s.get("mode") or "scan"
+    return "given"
+
 # ---------------------------------------------------------------- header: what this run will use
 st.markdown(f"**Model:** {md(lm.spec.label())}  \n**Trained pairs:** {len(pairs['trained'])} from "
             f"{md(names['trained'])} · **control pairs:** {len(pairs['control'])} from {md(names['control'])} "
@@ -77,8 +88,10 @@ b1, b2 = st.columns([3, 1])
 sugg = state.scan_suggestion()
 if sugg and sugg.get("model") == lm.spec and 0 < sugg["gap_peak"] <= n:
     gap = sugg["gap_peak"]
+    how = "chosen on a held-out half of the headwords" if sugg.get("mode") == "scan-held-out" else \
+        "chosen on the same pairs: evaluating it there is double-dipping"
     if state.form_value("train", "targets") != [gap] and b1.button(
-            f"Use layer {gap} (largest gap over shuffled pairs in your scan) instead of the paper's layer "
+            f"Use layer {gap} (largest gap over shuffled pairs in your scan, {how}) instead of the paper's layer "
             f"{PAPER_FORM['targets'][0]}", icon=":material/swap_horiz:"):
         state.set_form_value("train", "targets", [gap])
         st.rerun()
@@ -149,6 +162,17 @@ with form_col:
     c1, c2 = st.columns(2)
     early = c1.checkbox("Early exit after the deepest target layer", key=key("early"), help=helps["early_exit"])
     overlap = c2.checkbox(OVERLAP_CONTROL, key=key("overlap"), help=helps["allow_overlap"])
+    st.markdown("##### Replicates and placebo")
+    c1, c2 = st.columns(2)
+    more_seeds = c1.text_input("More seeds (replicates)", key=key("more_seeds"), placeholder="e.g. 1,2",
+                               help="train the same settings once more per seed: the result is then judged against "
+                                    "seed-to-seed variation (seeds as replicates), not only across words")
+    placebo = c2.checkbox("Train a placebo per seed", key=key("placebo"),
+                          help="the same settings and seed on deranged pairs (each Swahili word paired with an English "
+                               "word that is none of its translations); Compare then tests TLI − placebo")
+    st.caption("A green arrow or a ★ on Compare needs an effect specific to translations, significant after "
+               "correction, across two or more seeds and beyond the placebo. Seeds and the placebo run as a one-cell "
+               "sweep on Ray (followed below and on the Sweeps page).")
     c1, c2 = st.columns([1, 2])
     name = c1.text_input("Run name (optional)", key=key("name"), max_chars=100,
                          help="letters, digits, '.', '_' or '-'; default: time, model, layer and rank")
@@ -167,7 +191,7 @@ try:
         adapter_blocks=custom if placement == "custom" else placement, loss=loss, margin=float(margin),
         temperature=float(temperature), learning_rate=float(lr), warmup_steps=int(warmup), epochs=int(epochs),
         batch_size=int(batch), weight_decay=float(wd), grad_clip=float(clip) or None, seed=int(seed),
-        early_exit=early, allow_overlap=overlap)
+        early_exit=early, allow_overlap=overlap, layer_choice=layer_choice(sorted(targets)))
     _, warnings = resolve(config, lm.facts.shape(), len(pairs["trained"]), len(pairs["control"]))
 except TLIError as exc:
     problem, warnings = exc, []
@@ -190,7 +214,27 @@ with form_col:
             st.caption(f"{steps} training steps; estimated duration **{est.total:.0f} s** ("
                        + ", ".join(f"{phase} {sec:.0f} s" for phase, sec in est.phases.items())
                        + f"; {est.basis}).")
-    if st.button("Launch training", type="primary", icon=":material/rocket_launch:", disabled=problem is not None):
+    try:
+        extra = parse_seeds(more_seeds) or []
+    except TLIError as exc:
+        extra = []
+        show_error(exc)
+    replicates = [int(seed)] + [x for x in extra if x != int(seed)]
+    if st.button("Launch training" if len(replicates) == 1 and not placebo else
+                 f"Launch {len(replicates) * (2 if placebo else 1)} runs (seeds {', '.join(map(str, replicates))}"
+                 + (", each with its placebo)" if placebo else ")"),
+                 type="primary", icon=":material/rocket_launch:", disabled=problem is not None):
+        if len(replicates) > 1 or placebo:
+            try:
+                sweep = start_replicates(config, replicates, placebo, runs_dir(), trained=pairs["trained"],
+                                         control=pairs["control"], pair_names=names, name=name.strip() or None)
+                state.set_watched_sweep(sweep.id)
+                state.set_form_value("sweeps", "pick", sweep.id)
+                st.toast(f"Sweep {sweep.id} launched: {len(sweep.cells())} runs", icon=":material/rocket_launch:")
+                st.rerun()
+            except Exception as exc:
+                show_error(exc, overlap_control=OVERLAP_CONTROL)
+            st.stop()
         try:
             run, _, launch_warnings = start_run(config, runs_dir(), trained=pairs["trained"],
                                                 control=pairs["control"], name=name.strip() or None,
@@ -198,6 +242,7 @@ with form_col:
             if notes.strip():
                 run.set_meta(notes=notes.strip())
             state.set_watched_run(run.id, launch_warnings)
+            state.set_watched_sweep("")  # this run is what the page follows now
             st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
             st.rerun()  # draw the page again: the running job's settings beside the form
         except Exception as exc:
@@ -296,6 +341,30 @@ def live() -> None:
     render(run)
 
 
+def watched_sweep() -> Sweep | None:
+    """The seeds/placebo sweep this session launched from here, while it is the newest thing it started."""
+    wanted = state.watched_sweep()
+    return next((s for s in list_sweeps(runs_dir()) if s.id == wanted), None) if wanted else None
+
+
+@st.fragment(run_every=2.0)
+def live_sweep(sweep_id: str) -> None:
+    sweep = Sweep(runs_dir() / "sweeps" / sweep_id)
+    st.subheader(f"Seeds and placebo: sweep {sweep.id}")
+    status = sweep_progress(sweep, f"train-{sweep.id}")
+    if status.get("state") not in ("queued", "running"):
+        st.rerun()
+
+
+replicated_sweep = watched_sweep()
+if replicated_sweep is not None:
+    if replicated_sweep.status().get("state") in ("queued", "running"):
+        live_sweep(replicated_sweep.id)
+    else:
+        st.subheader(f"Seeds and placebo: sweep {replicated_sweep.id}")
+        sweep_progress(replicated_sweep, f"train-{replicated_sweep.id}")
+        st.page_link("pages/compare.py", label="Open Compare (each run shows its cell's seeds and placebo)",
+                     icon=":material/compare_arrows:")
 watched = run_to_watch()
 if watched is not None and watched.is_active():
     live()

@@ -298,3 +298,52 @@ def test_the_scans_device_statistics_equal_a_host_computation(tiny, pairs_df):
         for key, value in want.items():
             assert row[key] == pytest.approx(value, abs=1e-6), (k, key)
         np.testing.assert_allclose(res.pairs[f"layer_{k}"], (src.at(k) * tgt.at(k)).sum(1).numpy(), atol=1e-6)
+
+
+def _detail(gaps_per_layer, heads, noise=0.01, seed=0):
+    """A LayerDetail whose pairs' true − shuffled differences scatter around the given per-layer gaps."""
+    rng = np.random.default_rng(seed)
+    n = len(heads)
+    d = np.array(gaps_per_layer)[:, None] + rng.normal(0, noise, size=(len(gaps_per_layer), n))
+    shuffled = rng.uniform(0.1, 0.2, size=d.shape)
+    return alignment.LayerDetail(list(range(len(gaps_per_layer))), shuffled + d, shuffled, shuffled,
+                                 np.zeros((len(gaps_per_layer), 1)), np.zeros((len(gaps_per_layer), 1)),
+                                 queries=["x"], headwords=list(heads))
+
+
+def test_the_gap_peak_is_the_argmax_with_a_headword_bootstrap_ci_and_its_indistinguishable_layers():
+    heads = [f"h{i // 2}" for i in range(60)]  # 30 headwords, two pairs each
+    gaps = [0.0, 0.05, 0.099, 0.06, 0.1, 0.02]
+    detail = _detail(gaps, heads)
+    u = alignment.gap_uncertainty(detail, resamples=3000, seed=1)
+    assert u["best"] == 4 and u["headwords"] == 30
+    assert 2 in u["tied"] and 4 in u["tied"] and 1 not in u["tied"] and 5 not in u["tied"]
+    # the CI by hand: resample headwords, mean over the pairs they bring
+    diff = (detail.cosine - detail.shuffled)[4]
+    per_head = pd.Series(diff).groupby(np.array(heads), sort=False).agg(["sum", "count"])
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, 30, size=(3000, 30))
+    sums, counts = per_head["sum"].to_numpy(), per_head["count"].to_numpy()
+    # the same draws over the headwords in the order first seen
+    lo, hi = np.percentile(sums[idx].sum(1) / counts[idx].sum(1), [2.5, 97.5])
+    assert u["best_ci"] == pytest.approx((lo, hi))
+    curve_df = pd.DataFrame({"set": "trained", "layer": range(6), "true_mean": 0.5, "gap": gaps, "p1_csls": 0.1,
+                             "n": 60, "queries": 30})
+    sugg = suggest_layers(curve_df, detail=detail)
+    assert sugg["gap_peak"] == 4 and sugg["ties"]["gap_peak"] == u["tied"] and sugg["mode"] == "scan"
+
+
+def test_a_held_out_split_chooses_on_half_the_headwords_and_checks_on_the_other():
+    heads = [f"h{i // 3}" for i in range(90)]
+    split = alignment.headword_split(heads, seed=3)
+    by_head = pd.Series(split).groupby(np.array(heads)).nunique()
+    assert (by_head == 1).all()  # a headword's pairs are all on one side
+    assert abs(split.sum() - 45) <= 3
+    detail = _detail([0.0, 0.02, 0.08, 0.03], heads)
+    curve_df = pd.DataFrame({"set": "trained", "layer": range(4), "true_mean": 0.5, "gap": [0.0, 0.02, 0.08, 0.03],
+                             "p1_csls": 0.1, "n": 90, "queries": 30})
+    sugg = suggest_layers(curve_df, detail=detail, held_out=True, seed=3)
+    h = sugg["held_out"]
+    assert sugg["mode"] == "scan-held-out" and h["layer"] == 2 == sugg["gap_peak"] and h["confirmed"]
+    assert h["select_headwords"] + h["check_headwords"] == 30
+    assert h["check_ci"][0] <= h["check_gap"] <= h["check_ci"][1]

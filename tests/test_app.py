@@ -167,11 +167,21 @@ def finished_run(app_env, tiny_model_dir, pair_files) -> Run:
 def test_compare_page_shows_the_statistics_for_a_run(finished_run):
     at = open_page("pages/compare.py")
     stats = at.table[0].value
-    assert list(stats["set"]) == ["trained", "control"]
-    for col in ("p (paired t)", "Wilcoxon W", "Cohen's d_z", "95% CI low", "% change"):
-        assert col in stats.columns
+    assert list(dict.fromkeys(stats["set"])) == ["trained", "control"]
+    # the specific effect and the retrieval change lead; the paper's raw change is there, labelled raw
+    control = stats[stats["set"] == "control"].set_index("measure")
+    assert list(control.index)[:2] == ["specific effect", "non-translation similarity"]
+    assert {"hit@1, csls", "hit@5, nn", "raw cosine (paper)", "shuffled pairs (baseline)"} <= set(control.index)
     summary = finished_run.summary()
-    assert stats["p (paired t)"].iloc[1] == pytest.approx(summary["groups"]["control"]["p"])
+    g = summary["groups"]["control"]
+    assert control.loc["raw cosine (paper)", "p"] == pytest.approx(g["p"])
+    assert control.loc["specific effect", "change"] == pytest.approx(g["specific"]["change"])
+    assert control.loc["hit@1, csls", "p"] == pytest.approx(g["retrieval"]["hit1_csls"]["p"])
+    # one seed, no placebo: no green arrow, no star, the verdict in words
+    assert not at.success or not any("★" in s.value or "confirmed" in s.value for s in at.success)
+    assert any("control" in i.value for i in list(at.info) + list(at.warning))
+    led = [m for m in at.metric if "Specific effect" in m.label or "hit@1" in m.label]
+    assert led and all(m.proto.color != 1 for m in led)  # never GREEN without a confirmed effect
     assert len(at.get("plotly_chart")) >= 8  # 3 per set side by side, plus the layer curves
     # each figure says what it measured, so a downloaded PNG still does
     protocol, layer = summary["headline"], summary["eval_layer"]
@@ -210,7 +220,7 @@ def test_compare_page_offers_to_evaluate_a_stopped_run(finished_run):
         time.sleep(0.2)
     assert finished_run.evaluation()["state"] == "done", finished_run.log_tail()
     at.run()
-    assert at.table and list(at.table[0].value["set"]) == ["trained", "control"]
+    assert at.table and list(dict.fromkeys(at.table[0].value["set"])) == ["trained", "control"]
 
 
 def test_compare_page_imports_a_csv(app_env, tmp_path):
@@ -224,7 +234,10 @@ def test_runs_page_lists_runs(finished_run):
     at = open_page("pages/runs.py")
     table = at.dataframe[0].value
     assert list(table["run"]) == [finished_run.id] and table["state"].iloc[0] == "done"
-    assert table["control p"].iloc[0] == pytest.approx(finished_run.summary()["groups"]["control"]["p"])
+    g = finished_run.summary()["groups"]["control"]
+    assert table["control raw p"].iloc[0] == pytest.approx(g["p"])
+    assert table["control specific Δ"].iloc[0] == pytest.approx(g["specific"]["change"])
+    assert list(table.columns[:4]) == ["run", "name", "control verdict", "control specific Δ"]
 
 
 def test_benchmarks_from_the_runs_page_show_on_compare(finished_run):
@@ -269,6 +282,10 @@ def test_sweeps_page_runs_a_2x2_grid(app_env):
     at.multiselect[0].set_value([4])
     [c for c in at.checkbox if c.label == "Add full fine-tuning"][0].check()
     at.multiselect[1].set_value(["all"])
+    [t for t in at.text_input if t.label == "Seeds"][0].set_value("7")
+    [c for c in at.checkbox if c.label == "Placebo per seed"][0].uncheck()
+    at.run()
+    assert any("no cell can earn a ★" in c.value for c in at.caption)  # said before anything runs
     for n in at.number_input:
         if n.label == "Epochs per cell":
             n.set_value(1)
@@ -287,13 +304,10 @@ def test_sweeps_page_runs_a_2x2_grid(app_env):
     assert sweep.status()["state"] == "done", (app_env / "sweeps" / sweep.id / "sweep.log").read_text()[-3000:]
     at = open_page("pages/sweeps.py")
     assert len(at.get("plotly_chart")) == 2
-    results = at.dataframe[0].value
-    from tli_core.sweeps import best_cell, significant_gain
-
-    if significant_gain(results, best_cell(results)):
-        assert any("Best cell" in s.value for s in at.success)
-    else:
-        assert any("No cell raised the control set significantly" in i.value for i in at.info)
+    results = [d.value for d in at.dataframe if "control specific Δ" in d.value.columns][0]
+    # one seed, no placebo: no star can be earned, and the page says so in words
+    assert not results["★"].any() and not any("Best cell" in s.value for s in at.success)
+    assert any("No cell qualifies for a ★" in i.value and "no placebo run" in i.value for i in at.info)
     assert len(results) == 4 and set(results["state"]) == {"done"}
     assert list(results["method"]) == ["lora", "full", "lora", "full"]
     heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)

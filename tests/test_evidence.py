@@ -213,3 +213,24 @@ def test_one_seed_placebo_contrast_is_per_pair_with_headwords_as_units():
 def test_replicate_stats_with_one_seed_claims_no_spread():
     r = replicate_stats([0.02])
     assert r["n"] == 1 and r["p"] is None and r["ci_low"] is None
+
+
+def test_benchmark_power_is_shown_and_a_wide_ci_reads_inconclusive():
+    from tli_core.downstream import TaskResult, benchmark_verdict, minimum_detectable_change, paired_items
+
+    # 40 items, 4 discordant: (1.96 + 0.84) * sqrt(0.1 / 40) = 0.14: a ±10-point change is below what it can see
+    assert minimum_detectable_change(40, 4) == pytest.approx((1.959964 + 0.841621) * math.sqrt(0.1 / 40))
+    base = TaskResult("t", pd.DataFrame({"doc_id": range(40), "correct": [1.0] * 20 + [0.0] * 20, "target": "x"}), 0.5)
+    tuned_items = base.items.copy()
+    tuned_items.loc[[0, 1], "correct"] = 0.0
+    tuned_items.loc[[20, 21], "correct"] = 1.0
+    r = paired_items(base, TaskResult("t", tuned_items, 0.5))
+    assert r["mdc"] == pytest.approx(minimum_detectable_change(40, 4))
+    assert r["verdict"] == f"no change beyond ±{r['mdc']:.1%}"  # the CI sits inside what the test can see
+    tuned_items.loc[[2, 3], "correct"] = 0.0
+    tuned_items.loc[range(22, 28), "correct"] = 1.0  # 4 lost, 8 gained: +10 points, a CI wider than the MDC
+    r = paired_items(base, TaskResult("t", tuned_items, 0.5))
+    assert r["change"] == pytest.approx(0.1) and r["p_mcnemar"] > 0.05
+    assert r["ci_high"] > r["mdc"] and r["verdict"].startswith("inconclusive")
+    assert benchmark_verdict({"ci_low": 0.02, "ci_high": 0.2, "mdc": 0.1, "p_mcnemar": 0.01}) == "improved"
+    assert benchmark_verdict({"ci_low": -0.01, "ci_high": 0.01, "mdc": 0.05, "p_mcnemar": 1.0}).startswith("no change")

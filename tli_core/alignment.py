@@ -350,14 +350,60 @@ def pair_table(pairs: pd.DataFrame, cosines: np.ndarray, layers: Sequence[int], 
 
 # --------------------------------------------------------------------------- where to inject
 
+def headword_split(headwords: Sequence[str], seed: int = 0) -> np.ndarray:
+    """A seeded half of the Swahili headwords (True = the half that chooses a layer, False = the half that checks it):
+    all pairs of one headword fall on the same side, so the check is on words the choice never saw."""
+    heads = list(dict.fromkeys(headwords))
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.permutation(len(heads))[: (len(heads) + 1) // 2].tolist())
+    select = {h for i, h in enumerate(heads) if i in chosen}
+    return np.array([h in select for h in headwords])
+
+
+def gap_uncertainty(detail: LayerDetail, mask: np.ndarray | None = None, resamples: int = 2000, seed: int = 0,
+                    first_layer: int = 1) -> dict:
+    """The gap (true − shuffled) per layer with a 95% CI resampling Swahili headwords, its argmax, and the layers not
+    distinguishable from it: those whose bootstrap difference to the best layer's gap has a CI reaching 0.
+
+    ``mask`` restricts it to some pairs (a held-out half); layers before ``first_layer`` are not candidates (layer 0 is
+    the embedding table, which LoRA cannot train)."""
+    keep = np.ones(detail.cosine.shape[1], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    heads = [h for h, k in zip(detail.headwords, keep, strict=True) if k]
+    d = (detail.cosine - detail.shuffled)[:, keep].T  # [pairs, layers]
+    codes, uniq = pd.factorize(pd.Series(heads, dtype=object), sort=False)
+    sums = np.zeros((len(uniq), d.shape[1]))
+    np.add.at(sums, codes, d)
+    counts = np.bincount(codes, minlength=len(uniq)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniq), size=(resamples, len(uniq)))
+    weights = np.zeros((resamples, len(uniq)))
+    np.add.at(weights, (np.repeat(np.arange(resamples), len(uniq)), draws.reshape(-1)), 1.0)
+    boot = (weights @ sums) / (weights @ counts)[:, None]  # [resamples, layers]
+    layers = list(detail.layers)
+    gap = sums.sum(0) / counts.sum()
+    candidates = [i for i, k in enumerate(layers) if k >= first_layer] or list(range(len(layers)))
+    best = max(candidates, key=lambda i: gap[i])
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    diff_low = np.percentile(boot[:, [best]] - boot, 2.5, axis=0)
+    tied = [layers[i] for i in candidates if i == best or diff_low[i] <= 0]
+    wins = np.bincount(np.argmax(boot[:, candidates], axis=1), minlength=len(candidates)) / resamples
+    return {"layers": layers, "gap": gap.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist(),
+            "best": layers[best], "best_ci": (float(lo[best]), float(hi[best])), "tied": tied,
+            "p_best": {layers[i]: float(w) for i, w in zip(candidates, wins, strict=True)},
+            "headwords": len(uniq), "pairs": int(keep.sum())}
+
+
 def suggest_layers(curve_df: pd.DataFrame, set_name: str = "trained",
-                   noise: dict[int, float] | None = None) -> dict:
+                   noise: dict[int, float] | None = None, detail: LayerDetail | None = None,
+                   held_out: bool = False, seed: int = 0) -> dict:
     """Where to inject: the raw-cosine peak (the paper's rule) next to the gap and retrieval peaks.
 
-    Layers whose value is within the measured noise of the best (``noise``: layer -> bound on a
-    layer mean's error; float32 analysis by default) are *tied*; the suggestion is the earliest
-    of the tied layers (the cheapest to train), and the ties are returned alongside, so no
-    suggestion rests on a difference smaller than the noise.
+    The gap peak is the layer with the largest gap; with the scan's per-pair ``detail`` it comes with a 95% CI and
+    the layers not distinguishable from it (bootstrap over Swahili headwords). ``held_out``: the layer is chosen on
+    half of the headwords and its gap checked on the other half, so the choice is not evaluated on the words that
+    made it (``held_out`` in the result). For the raw and retrieval peaks, layers within the measured noise of the
+    best (``noise``: layer -> bound on a layer mean's error; float32 analysis by default) are *tied* and the
+    earliest of them (the cheapest to train) is named, so no suggestion rests on a difference below the noise.
     """
     df = curve_df[curve_df["set"] == set_name]
     if df.empty:
@@ -365,7 +411,7 @@ def suggest_layers(curve_df: pd.DataFrame, set_name: str = "trained",
     inner = df[df["layer"] > 0]  # layer 0 is the embedding table, not something LoRA can train
     inner = inner if not inner.empty else df
     queries = int(inner["queries"].iloc[0]) if "queries" in inner else int(inner["n"].iloc[0])
-    out: dict = {"ties": {}}
+    out: dict = {"ties": {}, "mode": "scan"}
     for key, col, kind in (("raw_peak", "true_mean", "mean"), ("gap_peak", "gap", "gap"),
                            ("retrieval_peak", "p1_csls", "retrieval")):
         values = inner.set_index("layer")[col]
@@ -377,8 +423,27 @@ def suggest_layers(curve_df: pd.DataFrame, set_name: str = "trained",
 
         top = values.idxmax()
         tied = sorted(int(k) for k, v in values.items() if values[top] - v <= margin(k) + margin(top))
-        out[key] = tied[0]
+        out[key] = int(top) if kind == "gap" else tied[0]  # the gap peak is the argmax: its ties are shown
         out["ties"][key] = tied
+    if detail is not None:
+        if held_out:
+            select = headword_split(detail.headwords, seed)
+            chosen = gap_uncertainty(detail, select, seed=seed)
+            check = gap_uncertainty(detail, ~select, seed=seed + 1)
+            k = check["layers"].index(chosen["best"])
+            out["held_out"] = {"layer": chosen["best"], "select_headwords": chosen["headwords"],
+                               "check_headwords": check["headwords"], "check_gap": check["gap"][k],
+                               "check_ci": (check["ci_low"][k], check["ci_high"][k]), "check_best": check["best"],
+                               "check_tied": check["tied"], "confirmed": chosen["best"] in check["tied"],
+                               "select_tied": chosen["tied"]}
+            out["mode"] = "scan-held-out"
+            boot = chosen
+        else:
+            boot = gap_uncertainty(detail, seed=seed)
+        out["gap_peak"] = boot["best"]
+        out["ties"]["gap_peak"] = boot["tied"]
+        out["gap_ci"] = boot["best_ci"]
+        out["gap_bootstrap"] = boot
     return out
 
 
@@ -439,6 +504,7 @@ class ScanResult:
     precision_report: pd.DataFrame | None = None  # per-layer per-pair error bound, when not float32
     stats: EmbedStats = field(default_factory=EmbedStats)
     embeddings: dict[str, tuple[Embeddings, Embeddings]] = field(default_factory=dict, repr=False)
+    details: dict[str, LayerDetail] = field(default_factory=dict, repr=False)  # per set: per-pair/per-query values
 
     @property
     def flagged_layers(self) -> list[int]:
@@ -470,7 +536,7 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
     emb = embed_poolings(model, tokenizer, distinct, [pooling], layers, precision=precision, batch_size=batch_size,
                          progress=progress, drop_dims=drop_dims, out_device=None)[pooling]
     where = {w: i for i, w in enumerate(distinct)}
-    curves, tables, kept = [], [], {}
+    curves, tables, kept, details = [], [], {}, {}
     for name in names:
         df = sets[name]
 
@@ -480,9 +546,10 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
                               pooling, precision, emb.stats)
 
         src, tgt = part("swahili"), part("english")
-        c, cosines = curve_and_cosines(src, tgt, centering, seed, name)
+        c, detail = curve_and_detail(src, tgt, centering, seed, name)
+        details[name] = detail
         curves.append(c)
-        tables.append(pair_table(df, cosines, emb.layers, name))
+        tables.append(pair_table(df, detail.cosine.T, emb.layers, name))
         if keep_embeddings:
             kept[name] = (src, tgt)
     report = None
@@ -492,4 +559,4 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
     return ScanResult(curve=pd.concat(curves, ignore_index=True), pairs=pd.concat(tables, ignore_index=True),
                       num_layers=emb.num_layers, pooling=pooling, centering=centering, precision=precision,
                       seconds=time.perf_counter() - start, precision_report=report, stats=emb.stats,
-                      embeddings=kept)
+                      embeddings=kept, details=details)

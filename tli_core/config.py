@@ -26,6 +26,7 @@ LOSSES = ("triplet", "infonce")
 METHODS = ("lora", "full")
 PAIRINGS = ("translations", "deranged")  # what the loss pairs each Swahili word with: TLI, or its placebo
 NEGATIVES = ("not-translations", "any-other")  # which in-batch English words may be a Swahili word's negative
+LAYER_CHOICES = ("given", "scan", "scan-held-out")  # how the target layer was chosen (double-dipping or not)
 PLACEMENTS = ("all", "up_to_target", "early", "late")
 
 
@@ -47,6 +48,10 @@ class TLIConfig:
                                        default=None)
     target_layers: list[int] = _help("layer(s) whose embeddings the loss is computed on (loss averaged); "
                                      "the paper: 2", default_factory=lambda: [2])
+    layer_choice: str = _help("how the target layer(s) were chosen: given (typed, or the paper's 2) | scan (a layer "
+                              "scan of the same trained pairs suggested it: the trained set's result at that layer is "
+                              "double-dipped) | scan-held-out (chosen on half of the headwords, checked on the other "
+                              "half)", default="given")
     pooling: str = _help("pooling of the training loss: mean (paper) | mean_words | mean_no_first | last",
                          default="mean")
     protocols: list[str] = _help("evaluation protocols measured after training, the first one headlines: studio, "
@@ -189,6 +194,8 @@ def check_settings(c: TLIConfig) -> None:
         raise TLIError(f"unknown loss {c.loss!r}; use one of {', '.join(LOSSES)}")
     if c.negatives not in NEGATIVES:
         raise TLIError(f"unknown negatives {c.negatives!r}; use one of {', '.join(NEGATIVES)}")
+    if c.layer_choice not in LAYER_CHOICES:
+        raise TLIError(f"unknown layer choice {c.layer_choice!r}; use one of {', '.join(LAYER_CHOICES)}")
     if c.pairing not in PAIRINGS:
         raise TLIError(f"unknown pairing {c.pairing!r}; use one of {', '.join(PAIRINGS)}")
     if _whole(c.batch_size, "batch size") < 2:

@@ -171,6 +171,33 @@ def evaluate(sets: dict[str, pd.DataFrame], before: SetEmbeddings, after: SetEmb
                       summary=summary)
 
 
+def groups_at_layer(pairs_layers: pd.DataFrame, retrieval: pd.DataFrame | None, layer_stats: pd.DataFrame | None,
+                    layer: int, seed: int = 0) -> dict[str, dict]:
+    """Per set, the statistics a summary holds for its evaluation layer, for any other ``layer`` of a run (read from
+    its tables): raw paired statistics, the specific effect (with its p corrected across layers) and the retrieval
+    change. Sets without the per-pair columns of the specific effect (runs evaluated before it existed) get only
+    the raw statistics."""
+    out = {}
+    at = pairs_layers[pairs_layers["layer"] == layer]
+    for name, df in at.groupby("set", sort=False):
+        df = df.reset_index(drop=True)
+        g = paired_stats(df["before"], df["after"], str(name), seed, clusters=df["swahili"]).to_dict()
+        if "spec_change" in df:
+            g["specific"] = specific_effect(df, seed)
+            if layer_stats is not None and "spec_p_holm" in layer_stats:
+                row = layer_stats[(layer_stats["set"] == name) & (layer_stats["layer"] == layer)]
+                if len(row):
+                    g["specific"].update(p_holm=float(row["spec_p_holm"].iloc[0]), p_bh=float(row["spec_p_bh"].iloc[0]))
+                    g["p_holm"] = float(row["p_holm"].iloc[0])
+        if retrieval is not None and "csls_rank_before" in retrieval:
+            r = retrieval[(retrieval["set"] == name) & (retrieval["layer"] == layer)]
+            if len(r):
+                g["retrieval"] = {m: mcnemar(r[f"{rank}_before"].to_numpy() < k, r[f"{rank}_after"].to_numpy() < k,
+                                             seed=seed) for m, (rank, k) in RETRIEVAL.items()}
+        out[str(name)] = g
+    return out
+
+
 def merge_difference(attached: SetEmbeddings, merged: SetEmbeddings) -> dict:
     """How far merging moved each pair's 'after' cosine: per set, per layer, max and mean |Δcos|."""
     out = {}

@@ -203,3 +203,22 @@ def run_verdict(group: dict, correction: str = "Holm over layers") -> Verdict:
         return Verdict("unknown", "evaluated before the specific effect existed: evaluate the run again to see it")
     return judge(s.get("change"), s.get("p_holm", s.get("p")), None, None, group.get("change"),
                  s.get("nontrans_change"), correction=correction)
+
+
+def layer_choice_note(config: dict, eval_layer: int, protocol_layer: int | None = None) -> str:
+    """How the run's target layer was chosen, and what that means for the numbers at ``eval_layer`` (the selection
+    is evaluated on the pairs that made it only when it came from a scan of the same pairs)."""
+    targets = config.get("target_layers") or []
+    where = f"target layer(s) {', '.join(map(str, targets))}"
+    choice = config.get("layer_choice", "given")
+    at_target = eval_layer in targets
+    if choice == "scan":
+        return (f"The {where} came from a layer scan of the same trained pairs evaluated here: "
+                + ("at this layer the trained set's result is double-dipped (the layer was picked for its gap on these "
+                   "very pairs)" if at_target else "the trained set helped choose the layer")
+                + "; the control set was not used to choose it. A held-out choice (Layer scan) avoids this.")
+    if choice == "scan-held-out":
+        return (f"The {where} were chosen on half of the trained headwords and checked on the other half (Layer scan, "
+                f"held-out split); the control set was not used to choose.")
+    return (f"The {where} were set before looking at these pairs (typed, or the paper's layer 2): no selection to "
+            f"correct for.")

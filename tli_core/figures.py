@@ -106,6 +106,26 @@ def mark_layers(fig: go.Figure, marks: dict[str, int]) -> go.Figure:
     return fig
 
 
+def mark_gap_peak(fig: go.Figure, boot: dict) -> go.Figure:
+    """The gap peak on a scan's curve: its 95% CI (headword bootstrap) as an error bar on the gap axis, and the layers
+    not distinguishable from it shaded."""
+    for k in boot["tied"]:
+        if k != boot["best"]:
+            fig.add_vrect(x0=k - 0.5, x1=k + 0.5, fillcolor=COLORS["gap"], opacity=0.10, line_width=0, layer="below",
+                          row=1, col=1)
+    i = boot["layers"].index(boot["best"])
+    lo, hi = boot["ci_low"][i], boot["ci_high"][i]
+    fig.add_trace(go.Scatter(x=[boot["best"]], y=[boot["gap"][i]], mode="markers",
+                             marker={"color": COLORS["gap"], "size": 11, "symbol": "diamond"},
+                             error_y={"type": "data", "symmetric": False, "array": [hi - boot["gap"][i]],
+                                      "arrayminus": [boot["gap"][i] - lo], "color": COLORS["gap"], "thickness": 2},
+                             name=f"largest gap: layer {boot['best']} (95% CI, headword bootstrap); shaded: layers "
+                                  f"not distinguishable from it",
+                             hovertemplate="layer %{x}: gap %{y:+.5f}<extra>95% CI " + f"{lo:+.5f} … {hi:+.5f}"
+                                           + "</extra>"), 1, 1, secondary_y=True)
+    return fig
+
+
 def heatmap_figure(pairs: pd.DataFrame, set_name: str | None = None, max_words: int = 120,
                    flagged: list[int] | None = None) -> go.Figure:
     """Each pair's cosine at each layer (rows: pairs, columns: layers); flagged layers' ticks carry ⚠."""

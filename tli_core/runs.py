@@ -36,6 +36,7 @@ import pandas as pd
 
 from .config import TLIConfig
 from .errors import TLIError
+from .evidence import run_verdict
 from .files import publish_dir, read_csv, read_json_checked, write_csv, write_json
 from .jobs.jobdir import JobDir
 from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
@@ -478,24 +479,35 @@ def headline(run: Run) -> dict:
     groups = summ.get("groups", {})
     sets = st.get("pairs") if isinstance(st.get("pairs"), dict) else {}
     layers = cfg.get("target_layers")
-    row = {
-        "run": run.id, "name": run.meta().get("name") or "",
-        "pairs": " / ".join(f"{v.get('name', '?')} · {str(v.get('hash', ''))[:8]}" for v in sets.values()
-                            if isinstance(v, dict)),
-        "target layers": ",".join(map(str, layers)) if isinstance(layers, list) else layers,
-        "method": "full FT" if cfg.get("method") == "full" else "LoRA",
-        "rank": None if cfg.get("method") == "full" else cfg.get("lora_r"),
-        "protocol": summ.get("headline") or ("legacy" if groups else None),
-    }
-    for g in ("trained", "control"):
-        row[f"{g} change"] = (groups.get(g) or {}).get("change")
-    row["control p"] = (groups.get("control") or {}).get("p")
+    row = {"run": run.id, "name": run.meta().get("name") or ""}
+    for g in ("control", "trained"):  # the claim is about unseen words: control first; specific before raw
+        grp = groups.get(g) if isinstance(groups.get(g), dict) else {}
+        spec = grp.get("specific") if isinstance(grp.get("specific"), dict) else {}
+        hit = ((grp.get("retrieval") or {}).get("hit1_csls") or {}) if isinstance(grp.get("retrieval"), dict) else {}
+        if g == "control":
+            row["control verdict"] = run_verdict(grp).text if grp else None
+        row[f"{g} specific Δ"] = spec.get("change")
+        row[f"{g} specific p (Holm)"] = spec.get("p_holm")
+        row[f"{g} hit@1 CSLS Δ"] = hit.get("change")
+        row[f"{g} raw Δ"] = grp.get("change")
+        row[f"{g} shuffled Δ"] = (grp["shuffled_mean_after"] - grp["shuffled_mean_before"]
+                                  if "shuffled_mean_after" in grp else None)
+        row[f"{g} raw p"] = grp.get("p")
+    row["protocol"] = summ.get("headline") or ("legacy" if groups else None)
     row["state"] = st.get("state")
+    row["pairs"] = " / ".join(f"{v.get('name', '?')} · {str(v.get('hash', ''))[:8]}" for v in sets.values()
+                              if isinstance(v, dict))
+    row["target layers"] = ",".join(map(str, layers)) if isinstance(layers, list) else layers
+    row["method"] = "full FT" if cfg.get("method") == "full" else "LoRA"
+    row["rank"] = None if cfg.get("method") == "full" else cfg.get("lora_r")
+    row["placebo"] = cfg.get("pairing") == "deranged"
+    row["seed"] = cfg.get("seed")
+    sweep = st.get("sweep") if isinstance(st.get("sweep"), dict) else {}
+    row["sweep"] = f"{sweep.get('id')} · cell {sweep.get('cell')}" if sweep else ""
     # the rest, off to the right
     row["eval layer"] = summ.get("eval_layer")
     for g in ("trained", "control"):
         row[f"{g} % change"] = (groups.get(g) or {}).get("pct_change")
-    row["trained p"] = (groups.get("trained") or {}).get("p")
     row.update({"phase": st.get("phase"),
                 "step": f"{st.get('step', 0)}/{st.get('total_steps') or '?'}", "created": st.get("created"),
                 "model": model.get("model"), "quant": model.get("quantization"), "blocks": cfg.get("adapter_blocks"),

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .config import METHODS, TLIConfig
+from .downstream import downstream_table
 from .errors import TLIError
 from .evidence import ALPHA, Outcome, Verdict, judge, replicated
 from .files import read_json_checked, write_csv, write_json
@@ -349,6 +350,9 @@ def sweep_results(sweep: Sweep, correction: str | None = None, protocol: str | N
     df["verdict"] = [v.text for v in verdicts]
     df["level"] = [v.level for v in verdicts]
     df["★"] = [v.star for v in verdicts]
+    trained = [_verdict(r, "trained", correction) for _, r in df.iterrows()]
+    df["trained verdict"] = [v.text for v in trained]
+    df["trained level"] = [v.level for v in trained]
     df.attrs["correction"] = correction
     return df
 
@@ -417,14 +421,61 @@ def no_star_reason(results: pd.DataFrame) -> str:
                      "after correction (a raw rise there is shared by non-translations or within noise)")
     missing = []
     if (done["seeds"] < 2).all():
-        missing.append("a second seed")
+        missing.append("second seed")
     if (done["placebo"] < 1).all():
-        missing.append("a placebo run")
+        missing.append("placebo run")
     if missing:
         parts.append("and no cell could earn one yet: the sweep has no " + " and no ".join(missing)
                      + " (set seeds and tick the placebo)")
     return "No cell qualifies for a ★ (an improvement specific to translations, significant after correction, " \
            f"beyond seed noise and beyond a placebo, at p < {ALPHA}): " + "; ".join(parts) + "."
+
+
+def cell_view(run: Run, protocol: str | None = None) -> dict | None:
+    """The cell a run belongs to, when it has more than this run (other seeds, a placebo): its row of the sweep's
+    results (specific effect over seeds, placebo contrast, verdicts corrected across the sweep's cells) and one row
+    per unit with its own specific effect -- what Compare shows beside the run's own numbers."""
+    found = sweep_of(run)
+    if found is None:
+        return None
+    sweep, info = found
+    units = sweep.unit_runs()
+    mine = [(u, r) for u, r in units if u.get("cell") == info.get("cell")]
+    if len(mine) < 2:
+        return None
+    try:
+        results = sweep_results(sweep, protocol=protocol)
+    except TLIError:
+        return None
+    row = results[results["cell"] == info.get("cell")]
+    if row.empty:
+        return None
+    per_unit = []
+    for u, r in mine:
+        entry = {"seed": u.get("seed"), "arm": u.get("arm", "tli"), "state": u.get("state"), "run": u.get("run")}
+        summary = (r.summary(protocol) if protocol else r.summary()) if r is not None else None
+        for g in GROUPS:
+            grp = ((summary or {}).get("groups") or {}).get(g) or {}
+            entry[f"{g} specific Δ"] = _num(grp.get("specific"), "change")
+            entry[f"{g} raw Δ"] = _num(grp, "change")
+        per_unit.append(entry)
+    return {"sweep": sweep.id, "cell": int(info.get("cell")), "row": row.iloc[0], "units": pd.DataFrame(per_unit),
+            "cells": len(results), "correction": results.attrs.get("correction", "bh")}
+
+
+def downstream_grid(sweep: Sweep) -> pd.DataFrame:
+    """Per unit and benchmark task: accuracy base vs tuned, the change with its CI, McNemar's p, the minimum
+    detectable change and the verdict in words (units without benchmarks are left out)."""
+    frames = []
+    for u, run in sweep.unit_runs():
+        summary = run.downstream_summary() if run is not None else None
+        if summary:
+            t = downstream_table(summary)
+            frames.append(t.assign(cell=u.get("cell"), seed=u.get("seed"), arm=u.get("arm", "tli"), run=u.get("run")))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out[["cell", "seed", "arm", "task"] + [c for c in out.columns if c not in ("cell", "seed", "arm", "task")]]
 
 
 def units_table(sweep: Sweep) -> pd.DataFrame:

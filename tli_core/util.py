@@ -63,3 +63,14 @@ def default_threads(units: int, cores: int | None = None) -> int:
     """Threads per unit for a CPU sweep of ``units`` units: the cores shared among as many units as can run."""
     cores = cores or cpu_count()
     return max(1, cores // max(1, min(units, cores)))
+
+
+def parse_seeds(text) -> list[int] | None:
+    """'1,2,3' or '1-3' -> [1, 2, 3]; empty -> None (the config's one seed). Seeds are numpy's 32-bit range."""
+    if text is None or not str(text).strip():
+        return None
+    seeds = parse_int_ranges(str(text), "seeds", "1,2,3")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise TLIError(f"seeds must be whole numbers from 0 to 4294967295 (got {bad[0]})")
+    return seeds

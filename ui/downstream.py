@@ -83,7 +83,11 @@ def downstream_results(run, key: str) -> bool:
         "chance": pct, "acc base": pct, "acc tuned": pct, "change": st.column_config.NumberColumn(format="%+.3f"),
         "change CI low": st.column_config.NumberColumn(format="%+.3f"),
         "change CI high": st.column_config.NumberColumn(format="%+.3f"),
-        "p (McNemar)": st.column_config.NumberColumn(format="%.3g")})
+        "p (McNemar)": st.column_config.NumberColumn(format="%.3g"),
+        "minimum detectable change": st.column_config.NumberColumn(format="±%.3f")})
+    for _, r in table.iterrows():
+        st.caption(f"**{md(r['task'])}**: {md(r['verdict'])} — with {r['n']} items this test detects a change of "
+                   f"±{r['minimum detectable change']:.1%} with 80 % power; a smaller one can hide in the CI.")
     c1, c2 = st.columns(2)
     with c1:
         download_csv(table, f"downstream_{run.id}.csv", "Download the results (CSV)", key=f"dl-downstream-{key}")

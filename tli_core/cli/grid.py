@@ -8,11 +8,9 @@ import time
 
 import pandas as pd
 
-from ..errors import TLIError
 from ..files import write_csv
 from ..grid import run_sweep, sweep_eta
 from ..sweeps import Sweep, best_cell, leading_cell, no_star_reason, sweep_results, variant_label
-from ..util import parse_int_ranges
 
 RESULT_COLUMNS = ["cell", "target layers", "method", "rank", "placement", "state", "seeds", "placebo",
                   "control specific Δ", "control specific CI low", "control specific CI high",
@@ -64,16 +62,6 @@ def sweep_progress(quiet: bool):
             last.update(line=line, at=time.monotonic())
 
     return report
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    if text is None or not str(text).strip():
-        return None
-    seeds = parse_int_ranges(str(text), "seeds", "1,2,3")
-    bad = [s for s in seeds if not 0 <= s < 2**32]
-    if bad:
-        raise TLIError(f"seeds must be whole numbers from 0 to 4294967295 (got {bad[0]})")
-    return seeds
 
 
 def parse_tasks(text: str | None) -> list[str]:

@@ -34,8 +34,8 @@ def cmd_runs(args) -> int:
         print("no runs yet")
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        cols = ["run", "name", "state", "step", "target layers", "method", "rank", "protocol", "trained % change",
-                "control % change", "control p"]
+        cols = ["run", "name", "state", "step", "target layers", "method", "rank", "protocol", "control specific Δ",
+                "control specific p (Holm)", "control hit@1 CSLS Δ", "control raw Δ", "control shuffled Δ"]
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
 

@@ -12,7 +12,8 @@ from ..jobs.runner import start_sweep
 from ..runs import default_runs_dir
 from ..stats import CORRECTIONS
 from ..sweeps import Sweep, SweepSpec, load_sweep, parse_grid_layers
-from .grid import add_ray_flags, add_replicate_flags, finish_sweep, parse_seeds, parse_tasks
+from ..util import parse_seeds
+from .grid import add_ray_flags, add_replicate_flags, finish_sweep, parse_tasks
 from .train import add_training_flags, config_from_args
 
 

@@ -18,9 +18,10 @@ from ..pairs import load_pairs
 from ..protocols import PROTOCOLS
 from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
+from ..util import parse_seeds
 from ..worker import downstream_run, evaluate_run, execute, worker_main
 from .common import MODEL_FLAGS, TerminalProgress, add_model_args, pooling_help, spec_from_args
-from .grid import add_ray_flags, add_replicate_flags, finish_sweep, parse_seeds
+from .grid import add_ray_flags, add_replicate_flags, finish_sweep
 
 # TLIConfig field -> (flag, type); the help text comes from the dataclass itself.
 TRAIN_FLAGS = {
