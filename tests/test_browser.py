@@ -169,14 +169,14 @@ def test_walk_through_scan_train_compare(server, tmp_path):
 
         # Compare: the protocols side by side and the paired t-test table for trained and control
         page.get_by_role("link", name="Open Compare").click()
-        expect(page.get_by_text("Paired statistics at layer", exact=False)).to_be_visible()
+        expect(page.get_by_text("What changed at layer", exact=False)).to_be_visible()
         expect(page.get_by_text("The evaluation protocols side by side")).to_be_visible()
         table = page.get_by_test_id("stTable").first
         expect(table).to_contain_text("p (paired t)")
         expect(table).to_contain_text("trained")
         expect(table).to_contain_text("control")
         page.get_by_text("paper-code (the authors' published script)", exact=True).click()
-        expect(page.get_by_text("Paired statistics at layer 2 (block 2), paper-code")).to_be_visible()
+        expect(page.get_by_text("What changed at layer 2 (block 2), paper-code")).to_be_visible()
         expect(page.locator(".js-plotly-plot").nth(5)).to_be_visible()
         page.screenshot(path=str(SHOTS / "05-compare.png"), full_page=True)
         link = page.url
@@ -195,7 +195,7 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         parts = urlsplit(link)  # the view's own parameters, without this browser's session id
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "s"])
         view.goto(urlunsplit(parts._replace(query=query)))
-        expect(view.get_by_text("Paired statistics at layer 2 (block 2), paper-code")).to_be_visible(timeout=180_000)
+        expect(view.get_by_text("What changed at layer 2 (block 2), paper-code")).to_be_visible(timeout=180_000)
         expect(view.locator(".js-plotly-plot").nth(5)).to_be_visible()
         view.screenshot(path=str(SHOTS / "05b-compare-from-a-link.png"), full_page=True)
         offline = other.new_page()

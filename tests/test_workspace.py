@@ -173,7 +173,7 @@ def test_compare_opens_the_newest_finished_run_and_a_link_opens_any(two_runs):
     at.switch_page("pages/compare.py").run()
     assert not at.exception
     assert at.radio[1].value == "paper-code" and at.select_slider[0].value == 1
-    assert any("Paired statistics at layer 1" in s.value for s in at.subheader)
+    assert any("What changed at layer 1" in s.value for s in at.subheader)
 
 
 def test_estimates_come_from_earlier_runs_of_the_model(two_runs):
@@ -224,17 +224,21 @@ def test_progress_reads_phase_counts_times_and_what_is_left():
 def test_runs_lead_with_what_matters_and_compare_results(two_runs):
     done, stopped = two_runs
     table = runs_table(done.path.parent)
-    # the order: name, pairs, target layer, rank, protocol, change trained, change control, p, state
-    assert list(table.columns[:11]) == ["run", "name", "pairs", "target layers", "method", "rank", "protocol",
-                                        "trained change", "control change", "control p", "state"]
+    # what a reviewer reads first: the verdict and the specific effect, retrieval, then the raw change labelled raw
+    assert list(table.columns[:9]) == ["run", "name", "control verdict", "control specific Δ",
+                                       "control specific p (Holm)", "control hit@1 CSLS Δ", "control raw Δ",
+                                       "control shuffled Δ", "control raw p"]
+    assert {"state", "pairs", "target layers", "method", "rank", "protocol", "placebo", "seed"} <= set(table.columns)
     row = table.set_index("run").loc[done.id]
     assert row["name"] == "the good one" and row["notes"] == "r=16, one epoch" and "trained.csv" in row["pairs"]
     other = create_run(TLIConfig.from_dict(dict(done.config_dict(), lora_r=4)), done.path.parent, name="r4")
     assert execute(other)["state"] == "done"
     results = results_side_by_side([done, other])
     assert len(results) == 4 and set(results["run"]) == {done.id, other.id}
-    assert results.set_index(["run", "set"]).loc[(done.id, "control"), "change"] == pytest.approx(
+    assert results.set_index(["run", "set"]).loc[(done.id, "control"), "raw Δ"] == pytest.approx(
         done.summary()["groups"]["control"]["change"])
+    assert results.set_index(["run", "set"]).loc[(done.id, "control"), "specific Δ"] == pytest.approx(
+        done.summary()["groups"]["control"]["specific"]["change"])
     curves = curves_side_by_side([done, other])
     assert set(curves["run"]) == {done.id, other.id} and set(curves["phase"]) == {"before", "after"}
     diff = diff_configs(done, other, stopped)
@@ -298,20 +302,21 @@ def test_the_embedding_map_shares_one_scale_and_the_sweep_colour_bar_stays_reada
     assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.xaxis2.range)
     assert fig.layout.xaxis.range[0] < 0 and fig.layout.xaxis.range[1] > 13
     results = pd.DataFrame({"cell": [0], "target layers": ["2"], "placement": ["all"], "rank": [16],
-                            "state": ["done"], "control change": [0.01], "control p corrected": [0.2]})
+                            "state": ["done"], "control specific Δ": [0.01], "control specific p corrected": [0.2]})
     heat = sweep_heatmap(results)
     assert heat.layout.height >= 340
 
 
 def test_a_sweep_whose_cells_all_fail_says_so(tiny_model_dir, pair_files, tmp_path):
-    from tli_core.sweeps import SweepSpec, create_sweep, run_sweep
+    from tli_core.grid import run_sweep
+    from tli_core.sweeps import SweepSpec, create_sweep
 
     trained, control = pair_files
     base = TLIConfig(model=ModelSpec(model=str(tiny_model_dir), quantization="fp32", device="cpu"),
                      trained_pairs=str(trained), control_pairs=str(control), batch_size=4, epochs=1)
     sweep = create_sweep(SweepSpec(base=base, target_layers=[[9], [12]], ranks=[4]), tmp_path / "runs")
     status = run_sweep(sweep)
-    assert status["state"] == "invalid" and "no cell could run" in status["message"]
+    assert status["state"] == "invalid" and "no unit could run" in status["message"]
     assert "target layer 9" in status["message"]
 
 

@@ -95,6 +95,38 @@ def judge(change: float | None, p_corrected: float | None, seeds: dict | None = 
                                 f"{placebo['change']:+.4f} (p {_fmt_p(placebo.get('p'))})")
 
 
+def evidence_table(groups: dict[str, dict]) -> pd.DataFrame:
+    """Every measure of every set, one row each: before, after, change, its CI, p and the test behind it."""
+    rows = []
+    for name, g in groups.items():
+        s = g.get("specific") or {}
+        if s:
+            rows.append({"set": name, "measure": "specific effect", "before": s["spec_before"],
+                         "after": s["spec_after"], "change": s["change"], "CI low": s["ci_low"],
+                         "CI high": s["ci_high"], "p": s["p"],
+                         "p corrected": s.get("p_holm"), "test": f"t on {s['n_units']} headword means (Holm over "
+                                                                 f"layers); CI resamples headwords"})
+            rows.append({"set": name, "measure": "non-translation similarity", "before": s["nontrans_before"],
+                         "after": s["nontrans_after"], "change": s["nontrans_change"], "CI low": None, "CI high": None,
+                         "p": None, "p corrected": None, "test": "mean over the pool's non-translations"})
+        for measure, r in (g.get("retrieval") or {}).items():
+            rows.append({"set": name, "measure": measure.replace("hit", "hit@").replace("_", ", "),
+                         "before": r["before"], "after": r["after"], "change": r["change"], "CI low": r["ci_low"],
+                         "CI high": r["ci_high"], "p": r["p"], "p corrected": None,
+                         "test": f"McNemar exact on {r['n']} words ({r['gained']} gained, {r['lost']} lost)"})
+        rows.append({"set": name, "measure": "raw cosine (paper)", "before": g["mean_before"], "after": g["mean_after"],
+                     "change": g["change"], "CI low": g["ci_low"], "CI high": g["ci_high"], "p": g["p"],
+                     "p corrected": g.get("p_holm"),
+                     "test": "paired t over pairs (the paper's); CI resamples headwords"
+                     + (f"; over {g['n_units']} headwords p = {_fmt_p(g.get('p_units'))}" if g.get("n_units") else "")})
+        if "shuffled_mean_before" in g:
+            rows.append({"set": name, "measure": "shuffled pairs (baseline)", "before": g["shuffled_mean_before"],
+                         "after": g["shuffled_mean_after"],
+                         "change": g["shuffled_mean_after"] - g["shuffled_mean_before"], "CI low": None,
+                         "CI high": None, "p": None, "p corrected": None, "test": "a derangement of the English side"})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- several runs of one setting
 
 @dataclass

@@ -27,6 +27,7 @@ from . import __version__
 from .downstream import downstream_table
 from .errors import TLIError
 from .evaluation import TABLES, protocols_side_by_side
+from .evidence import evidence_table, layer_choice_note, run_verdict
 from .figures import (
     before_after_curve_figure,
     distribution_figure,
@@ -41,6 +42,7 @@ from .pairs import pairs_hash
 from .protocols import PROTOCOLS
 from .runs import Run
 from .stats import STAT_LABELS
+from .sweeps import cell_view
 
 FIGURE_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg", "scale": 2}}
 _STYLE = """
@@ -126,6 +128,7 @@ def build_report(run: Run) -> str:
                      f"{_esc(facts.get('compute_dtype'))}, device {_esc(facts.get('device'))}).</p>")
     protocols = run.protocols()
     if protocols:
+        parts += conclusion(run, protocols[0], summary, cfg)
         summaries = {p: (run.summary(p) or summary) for p in protocols}
         parts.append("<h2>Results under each evaluation protocol</h2>")
         parts.append("<ul>" + "".join(
@@ -139,7 +142,11 @@ def build_report(run: Run) -> str:
             stats = stats[[c for c in STAT_LABELS if c in stats]].rename(columns=STAT_LABELS)
             parts.append(f"<h2>Protocol {_esc(p)}: layer {_esc(s['eval_layer'])} ({_esc(s['eval_layer_name'])}), "
                          f"pooling {_esc(s['pooling'])}, analysis precision {_esc(s.get('precision'))}</h2>")
-            parts.append(_table(stats))
+            if any(isinstance(g, dict) and g.get("specific") for g in s["groups"].values()):
+                parts.append("<p class=note>The specific effect and the retrieval change, then the paper's raw "
+                             "change:</p>" + _table(evidence_table(s["groups"])))
+            parts.append("<p class=note>Raw change, the paper's statistics (pair-level t-test as published; CI "
+                         "resampling Swahili headwords):</p>" + _table(stats))
             grid = [n for n in figs if n.startswith(f"{p}__")]
             parts.append("<div class=grid>" + "".join(_figure(figs[n]) for n in grid) + "</div>")
         headline = protocols[0]
@@ -168,6 +175,34 @@ def build_report(run: Run) -> str:
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>TLI run "
             f"{_esc(run.id)}</title><style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
             + "\n".join(parts) + "</body></html>")
+
+
+def conclusion(run: Run, protocol: str, summary: dict, cfg: dict) -> list[str]:
+    """What the run shows, as a reviewer asks it: per set the verdict, the specific effect and retrieval first, the
+    raw change labelled raw; the seeds and placebo of its cell; how the target layer was chosen."""
+    s = run.summary(protocol) or summary
+    parts = [f"<h2>Conclusion ({_esc(protocol)} protocol, layer {_esc(s.get('eval_layer'))})</h2>",
+             f"<p class=note>{_esc(layer_choice_note(cfg, s.get('eval_layer'), s.get('eval_layer')))}</p>"]
+    view = cell_view(run, protocol)
+    groups = s.get("groups") or {}
+    if view is not None:
+        row = view["row"]
+        parts.append(f"<p>This run is one of {len(view['units'])} runs of cell {view['cell']} of sweep "
+                     f"{_esc(view['sweep'])} ({int(row['seeds'])} seed(s), {int(row['placebo'])} placebo run(s)); "
+                     f"p-values corrected across its {view['cells']} cell(s) ({_esc(view['correction'].upper())}).</p>"
+                     "<ul>" + "".join(f"<li><b>{_esc(g)}</b>: {_esc(row[col])}" + (" ★" if g == "control" and
+                                                                                   row["★"] else "") + "</li>"
+                                      for g, col in (("control", "verdict"), ("trained", "trained verdict")))
+                     + "</ul>")
+        parts.append("<p class=note>Each run of the cell (TLI and placebo, per seed):</p>" + _table(view["units"]))
+    else:
+        parts.append("<ul>" + "".join(f"<li><b>{_esc(g)}</b>: {_esc(run_verdict(grp).text)}</li>"
+                                      for g, grp in groups.items() if isinstance(grp, dict)) + "</ul>"
+                     "<p class=note>One run: a result can be confirmed (★) only across two or more seeds and beyond a "
+                     "placebo run (train --seeds 1,2,3 --placebo).</p>")
+    if any(isinstance(g, dict) and g.get("specific") for g in groups.values()):
+        parts.append(_table(evidence_table(groups)))
+    return parts
 
 
 def _figure(fig: go.Figure) -> str:

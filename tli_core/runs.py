@@ -556,8 +556,12 @@ def results_side_by_side(runs: list[Run]) -> pd.DataFrame:
             rows.append({"run": run.id, "name": run.meta().get("name") or "", "set": group,
                          "protocol": summary.get("headline") or "legacy", "layer": summary.get("eval_layer"),
                          "pooling": summary.get("pooling"), "precision": summary.get("precision"), "n": g.get("n"),
+                         "verdict": run_verdict(g).text,
+                         "specific Δ": (g.get("specific") or {}).get("change"),
+                         "specific p (Holm)": (g.get("specific") or {}).get("p_holm"),
+                         "hit@1 CSLS Δ": (((g.get("retrieval") or {}).get("hit1_csls")) or {}).get("change"),
                          "mean before": g.get("mean_before"), "mean after": g.get("mean_after"),
-                         "change": g.get("change"), "% change": g.get("pct_change"), "p (paired t)": g.get("p"),
+                         "raw Δ": g.get("change"), "% change": g.get("pct_change"), "p (paired t)": g.get("p"),
                          "gap before": g.get("gap_before"), "gap after": g.get("gap_after"),
                          "P@1 CSLS before": g.get("p1_csls_before"), "P@1 CSLS after": g.get("p1_csls_after")})
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ import pandas as pd
 from ..config import TLIConfig, read_config_file
 from ..downstream import HUB_TASKS, LOCAL_TASKS, downstream_table
 from ..errors import TLIError
+from ..evidence import evidence_table, run_verdict
 from ..jobs.runner import import_adapter, start_downstream, start_evaluation, start_replicates, start_run
 from ..layers import parse_layers
 from ..models import ModelSpec
@@ -90,6 +91,13 @@ def print_summary(run: Run, protocols: list[str] | None = None) -> None:
         print(f"\n[{name}] {s.get('protocol_description', '')}".rstrip())
         print(f"before/after at layer {s['eval_layer']} ({s['eval_layer_name']}), pooling={s['pooling']}, "
               f"analysis precision={s.get('precision', 'compute dtype')}:")
+        for g, grp in s["groups"].items():
+            print(f"  {g}: {run_verdict(grp).text}")
+        if any(grp.get("specific") for grp in s["groups"].values()):
+            evidence = evidence_table(s["groups"])
+            with pd.option_context("display.width", 200, "display.max_colwidth", 70):
+                print(evidence.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print("raw change (the paper's statistics):")
         print(format_stats(table[cols]))
         print("shuffled baseline and retrieval at that layer (before -> after):")
         for g in s["groups"].values():
