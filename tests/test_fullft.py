@@ -121,3 +121,35 @@ def test_the_method_is_checked_and_named(tiny_model_dir, pair_files):
     assert any("full fine-tuning" in w and "blocks 1..2" in w for w in warnings)
     with pytest.raises(TLIError, match="unknown training method"):
         resolve(dataclasses.replace(config, method="qlora"), lm.facts.shape())
+
+
+def test_fine_tuned_blocks_of_a_bf16_model_stay_float32_in_a_float32_analysis(tiny_model_dir):
+    """The 'after' side must use the same arithmetic as the 'before' side: the trained float32 blocks' output was
+    rounded to the model's bf16 even while the float32 analysis ran everything else in float32."""
+    from tli_core.precision import analysis_precision
+
+    bf16 = load_model(ModelSpec(model=str(tiny_model_dir), quantization="bf16", device="cpu")).model
+    blocks = FullBlocks(bf16, [1, 2])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in blocks.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # what training would have moved
+    state = blocks.state_dict()
+    words = ["maji", "kitabu", "habari za asubuhi", "water", "book", "good morning"]
+    got = embed(bf16, _tok(tiny_model_dir), words, precision="float32").vectors
+    blocks.close()
+    # an exact float32 reference: the bf16 model's own weights cast up, the trained blocks' float32 weights in
+    ref_model = load_model(ModelSpec(model=str(tiny_model_dir), quantization="bf16", device="cpu")).model
+    ref_model.float()
+    for k in (0, 1):  # blocks 1 and 2
+        ref_model.model.layers[k].load_state_dict({n[len(f"layers.{k}."):]: v for n, v in state.items()
+                                                   if n.startswith(f"layers.{k}.")}, strict=True)
+    with analysis_precision(ref_model, "float32"):
+        want = embed(ref_model, _tok(tiny_model_dir), words, precision="float32").vectors
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

@@ -79,15 +79,20 @@ class FullBlocks:
 
     @staticmethod
     def _cast_in(module, args, kwargs):
+        hidden = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("hidden_states")
+        # the block hands back the dtype it was given: bf16 in training and bf16 analysis, float32 inside a float32
+        # analysis (rounding its output to the model's dtype there made 'after' less exact than 'before')
+        module._tli_out_dtype = hidden.dtype if torch.is_tensor(hidden) else None
         args = tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
         if torch.is_tensor(kwargs.get("hidden_states")):
             kwargs["hidden_states"] = kwargs["hidden_states"].float()
         return args, kwargs
 
     def _cast_out(self, module, args, output):
+        dtype = getattr(module, "_tli_out_dtype", None) or self._dtype
         if isinstance(output, tuple):
-            return (output[0].to(self._dtype), *output[1:])
-        return output.to(self._dtype)
+            return (output[0].to(dtype), *output[1:])
+        return output.to(dtype)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for b in self.blocks for p in self.layers[b - 1].parameters()]
