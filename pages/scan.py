@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from tli_core.alignment import CENTERING, indistinguishable_layers, layer_noise, suggest_layers
+from tli_core.alignment import CENTERING, check_scope, indistinguishable_layers, layer_noise, suggest_layers
 from tli_core.embeddings import POOLINGS
 from tli_core.figures import curve_figure, heatmap_figure, mark_gap_peak, mark_layers
 from tli_core.precision import NOISE_LIMIT, PRECISIONS
@@ -72,8 +72,7 @@ flagged = result.flagged_layers
 if result.precision_report is not None:
     worst = result.precision_report["max_abs_delta"].max()
     text = (f"Precision check ({result.precision} against float32 on the same weights, "
-            f"{int(result.precision_report['pairs_checked'].iloc[0])} sampled pairs): a pair's cosine moves by up to "
-            f"{worst:.2e}.")
+            f"{check_scope(result.precision_report)}): a pair's cosine moves by up to {worst:.2e}.")
     if flagged:
         st.warning(text + f" Per-pair values at layers {', '.join(map(str, flagged))} move by more than "
                    f"{NOISE_LIMIT:g} and are marked ⚠ below; choose float32 for word-level numbers there.", icon="⚠️")

@@ -280,3 +280,22 @@ def test_precision_check_measures_bf16_against_float32(tiny_model_dir, tiny, pai
         v = embed(lm.model, lm.tokenizer, words, precision=prec).vectors.double()
         cos[prec] = (v[:, :10] * v[:, 10:]).sum(-1).numpy()
     np.testing.assert_allclose(report["max_abs_delta"], np.abs(cos["compute"] - cos["float32"]).max(1), atol=1e-12)
+
+
+def test_a_scan_checks_the_precision_of_every_pair_not_a_sample(tiny_model_dir, pairs_df, control_df):
+    """A maximum over 128 sampled pairs missed rare outliers; the scan now checks every pair (reusing its own
+    compute-precision vectors), and a sample says what its largest error guarantees."""
+    from tli_core.alignment import check_scope, scan
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="nf4", device="cpu"))
+    sets = {"trained": pairs_df, "control": control_df}
+    res = scan(lm.model, lm.tokenizer, sets, precision="compute")
+    report = res.precision_report
+    assert (report["pairs_checked"] == len(pairs_df) + len(control_df)).all()
+    assert check_scope(report) == f"all {len(pairs_df) + len(control_df)} pairs checked"
+    ref = scan(lm.model, lm.tokenizer, sets, precision="float32")
+    for k in range(lm.facts.num_layers + 1):  # the largest error is the largest over every pair, by hand
+        want = (res.pairs[f"layer_{k}"] - ref.pairs[f"layer_{k}"]).abs().max()
+        assert report.loc[report["layer"] == k, "max_abs_delta"].iloc[0] == pytest.approx(want, abs=1e-6)
+    sampled = precision_check(lm.model, lm.tokenizer, sets, sample=10, seed=0)
+    assert "with 95% confidence at most 25.9% of all pairs" in check_scope(sampled)  # 1 - 0.05 ** (1 / 10)

@@ -457,30 +457,53 @@ def indistinguishable_layers(curve_df: pd.DataFrame, min_gap: float = 0.02,
 # --------------------------------------------------------------------------- the precision of the numbers
 
 def precision_check(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
-                    layers: Sequence[int] | None = None, sample: int = 128, seed: int = 0,
-                    precision: str = "compute") -> pd.DataFrame:
+                    layers: Sequence[int] | None = None, sample: int | None = None, seed: int = 0,
+                    precision: str = "compute", computed: Embeddings | None = None) -> pd.DataFrame:
     """Per layer, how far a pair's cosine in ``precision`` is from float32 on the same weights.
 
-    Recomputes a seeded sample of pairs both ways; returns layer, max and mean |Δcos| per pair,
-    the |Δ| of the sample's mean, and ``flagged`` (max above ``NOISE_LIMIT``).
+    Every pair is recomputed (``sample``: a seeded sample of that many instead, whose largest error then bounds
+    the rest only statistically: see :func:`check_scope`). ``computed``: the words' vectors in ``precision``
+    already (a scan's), so only the float32 pass runs. Returns layer, max and mean |Δcos| per pair, the |Δ| of the
+    layer mean, the pairs checked and in all, and ``flagged`` (max above ``NOISE_LIMIT``).
     """
     frames = [df[["swahili", "english"]] for df in sets.values() if df is not None and len(df)]
     pairs = pd.concat(frames, ignore_index=True).drop_duplicates()
-    if len(pairs) > sample:
+    total = len(pairs)
+    if sample and total > sample:
         pairs = pairs.sample(n=sample, random_state=seed).reset_index(drop=True)
     words = list(pairs["swahili"]) + list(pairs["english"])
     n = len(pairs)
     cos = {}
     for prec in (precision, "float32"):
-        emb = embed_poolings(model, tokenizer, words, [pooling], layers, precision=prec, out_device=None)[pooling]
-        v = emb.vectors.double()
+        if prec == precision and computed is not None:
+            where = {w: i for i, w in enumerate(computed.words)}
+            idx = torch.as_tensor([where[w] for w in words], device=computed.vectors.device)
+            v = computed.vectors.index_select(1, idx).double()
+            if layers is not None:
+                v = v[[computed.layers.index(k) for k in layers]]
+        else:
+            emb = embed_poolings(model, tokenizer, words, [pooling], layers, precision=prec, out_device=None)[pooling]
+            v = emb.vectors.double()
         cos[prec] = (v[:, :n] * v[:, n:]).sum(-1).cpu().numpy()  # [layers, pairs]
     delta = np.abs(cos[precision] - cos["float32"])
     mean_delta = np.abs(cos[precision].mean(1) - cos["float32"].mean(1))
     report = pd.DataFrame({"layer": emb.layers, "max_abs_delta": delta.max(1), "mean_abs_delta": delta.mean(1),
-                           "layer_mean_delta": mean_delta, "pairs_checked": n})
+                           "layer_mean_delta": mean_delta, "pairs_checked": n, "pairs_total": total})
     report["flagged"] = report["max_abs_delta"] > NOISE_LIMIT
     return report
+
+
+def check_scope(report: pd.DataFrame, confidence: float = 0.95) -> str:
+    """What a precision check covered, in words: every pair, or a sample and what its largest error guarantees.
+
+    For the largest of n sampled errors, the share of all pairs whose error exceeds it is at most
+    1 - (1 - confidence)^(1/n) with that confidence (the sample maximum's coverage)."""
+    n, total = int(report["pairs_checked"].iloc[0]), int(report.get("pairs_total", report["pairs_checked"]).iloc[0])
+    if n >= total:
+        return f"all {total} pairs checked"
+    share = 1 - (1 - confidence) ** (1 / n)
+    return (f"a seeded sample of {n} of {total} pairs: with {confidence:.0%} confidence at most {share:.1%} of all "
+            f"pairs have an error above the largest seen")
 
 
 def layer_noise(report: pd.DataFrame | None) -> dict[int, float] | None:
@@ -516,7 +539,8 @@ class ScanResult:
 def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean", centering: str = "none",
          layers: Sequence[int] | None = None, seed: int = 0, batch_size: int | None = None,
          progress: Progress = no_progress, keep_embeddings: bool = False,
-         drop_dims: Sequence[int] | None = None, precision: str = "float32", check_sample: int = 128) -> ScanResult:
+         drop_dims: Sequence[int] | None = None, precision: str = "float32", check_sample: int | None = None
+         ) -> ScanResult:
     """The layer scan ("pilot"): embed every distinct word of every set once, all layers, and score them.
 
     ``sets`` maps a set name (``trained``, ``control``) to its pair frame. All words go through
@@ -553,9 +577,10 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
         if keep_embeddings:
             kept[name] = (src, tgt)
     report = None
-    if precision != "float32" and check_sample:  # check_sample=0: no check (benchmarks of the bare scan)
+    if precision != "float32" and check_sample != 0:  # 0: no check (benchmarks of the bare scan); None: every pair
         report = precision_check(model, tokenizer, {n: sets[n] for n in names}, pooling, emb.layers,
-                                 sample=check_sample, seed=seed, precision=precision)
+                                 sample=check_sample, seed=seed, precision=precision,
+                                 computed=None if drop_dims else emb)
     return ScanResult(curve=pd.concat(curves, ignore_index=True), pairs=pd.concat(tables, ignore_index=True),
                       num_layers=emb.num_layers, pooling=pooling, centering=centering, precision=precision,
                       seconds=time.perf_counter() - start, precision_report=report, stats=emb.stats,

@@ -41,8 +41,8 @@ def precision_note(result) -> str:
                 "float32 loop to 1e-5)")
     r = result.precision_report
     worst = r.loc[r["max_abs_delta"].idxmax()]
-    line = (f"\nanalysis precision: {result.precision}; a float32 recomputation of {int(worst.pairs_checked)} "
-            f"sampled pairs moves a pair's cosine by up to {worst.max_abs_delta:.2e} (layer {int(worst.layer)})")
+    line = (f"\nanalysis precision: {result.precision}; a float32 recomputation ({alignment.check_scope(r)}) "
+            f"moves a pair's cosine by up to {worst.max_abs_delta:.2e} (layer {int(worst.layer)})")
     if result.flagged_layers:
         line += (f"\nwarning: per-pair cosines at layers {','.join(map(str, result.flagged_layers))} differ from "
                  f"float32 by more than {NOISE_LIMIT:g}; use --analysis-precision float32 for word-level values")
@@ -77,14 +77,30 @@ def cmd_scan(args) -> int:
           f"scan {result.seconds:.2f} s ({result.stats.forwards} forwards)")
     print(format_curve(result.curve))
     print(precision_note(result))
-    sugg = alignment.suggest_layers(result.curve, noise=alignment.layer_noise(result.precision_report))
+    sugg = alignment.suggest_layers(result.curve, noise=alignment.layer_noise(result.precision_report),
+                                    detail=result.details.get("trained"), held_out=args.held_out, seed=args.seed)
+    lo, hi = sugg.get("gap_ci", (float("nan"), float("nan")))
     print(f"\nsuggested target layer: raw-cosine peak {sugg['raw_peak']} (the paper's rule), "
-          f"gap peak {sugg['gap_peak']}, retrieval (P@1 CSLS) peak {sugg['retrieval_peak']}")
-    for key, label in (("raw_peak", "raw cosine"), ("gap_peak", "gap"), ("retrieval_peak", "retrieval")):
+          f"largest gap {sugg['gap_peak']} (95% CI {lo:+.4f} .. {hi:+.4f}, headword bootstrap), retrieval "
+          f"(P@1 CSLS) peak {sugg['retrieval_peak']}")
+    for key, label in (("raw_peak", "raw cosine"), ("retrieval_peak", "retrieval")):
         tied = sugg["ties"][key]
         if len(tied) > 1:
             print(f"note: by {label}, layers {','.join(map(str, tied))} are tied within the measured noise; "
                   f"the earliest is suggested")
+    others = [k for k in sugg["ties"]["gap_peak"] if k != sugg["gap_peak"]]
+    if others:
+        print(f"note: by gap, layers {','.join(map(str, others))} are not distinguishable from layer "
+              f"{sugg['gap_peak']} (their difference's 95% CI reaches 0)")
+    if "held_out" in sugg:
+        h = sugg["held_out"]
+        print(f"held-out choice: layer {h['layer']} chosen on {h['select_headwords']} headwords; on the other "
+              f"{h['check_headwords']} its gap is {h['check_gap']:+.4f} (95% CI {h['check_ci'][0]:+.4f} .. "
+              f"{h['check_ci'][1]:+.4f}), their own best layer {h['check_best']}"
+              + ("" if h["confirmed"] else " -- the choice does not carry over"))
+    else:
+        print("note: a layer chosen here and evaluated on these same pairs is double-dipping; --held-out chooses on "
+              "half of the headwords and checks on the other half")
     flat = alignment.indistinguishable_layers(result.curve)
     if flat:
         print(f"warning: at layers {','.join(map(str, flat))} true pairs are no more similar than shuffled pairs "
@@ -99,7 +115,11 @@ def cmd_scan(args) -> int:
             "model": lm.spec.to_dict(), "facts": lm.facts.__dict__, "pooling": args.pooling,
             "centering": args.center, "seed": args.seed, "pairs": args.pairs, "control": args.control,
             "analysis_precision": result.precision, "flagged_layers": result.flagged_layers,
-            "seconds": result.seconds, "suggested": sugg,
+            "precision_check": (alignment.check_scope(result.precision_report)
+                                if result.precision_report is not None else None),
+            "seconds": result.seconds,
+            "suggested": {k: v for k, v in sugg.items() if k != "gap_bootstrap"},
+            "gap_bootstrap": sugg.get("gap_bootstrap"),
             "layer_convention": CONVENTION.replace("L =", f"{lm.facts.num_layers} =")})
         print(f"\nwrote {out / 'curve.csv'}, {out / 'pairs.csv'} and {out / 'scan.json'}")
     return 0
@@ -137,6 +157,9 @@ def add_commands(sub) -> None:
                         "of all words, language removes each language's mean (default: none)")
     p.add_argument("--layers", default=None, help="layers to scan, e.g. 0-5,30 (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled-pair derangement (default: 0)")
+    p.add_argument("--held-out", action="store_true",
+                   help="choose the suggested layer on half of the Swahili headwords and check it on the other half "
+                        "(a layer chosen and evaluated on the same pairs is double-dipping)")
     p.add_argument("--analysis-precision", choices=list(PRECISIONS), default="float32",
                    help="; ".join(f"{k} = {v}" for k, v in PRECISIONS.items()))
     p.add_argument("--batch-size", type=int, default=None,
