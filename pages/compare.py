@@ -171,6 +171,17 @@ if source.startswith("a training run"):
                                    eval_layer, seed=int(cfg.get("seed") or 0))
     st.subheader(f"What changed at layer {eval_layer} ({layer_name(eval_layer, n_layers)}), {protocol}")
     st.caption(layer_choice_note(cfg, eval_layer, summary["eval_layer"]))
+    cond = summary.get("conditioning") or {}
+    if cond.get("ill_conditioned_layers"):
+        ill = cond["ill_conditioned_layers"]
+        text = (f"Figures use {cond['weights']}. Rounding those weights to bf16 first moves single pairs by more than "
+                f"1e-3 at layers {', '.join(map(str, ill))}: per-pair values there are ill-conditioned (layer means "
+                f"are robust).")
+        if eval_layer in ill:
+            st.warning(text + f" Layer {eval_layer} is one of them: read its word-level numbers with care.",
+                       icon="⚠️")
+        else:
+            st.caption(text)
     view = cell_view(run, protocol)
     show_evidence(at_layer, f"{rid}-L{eval_layer}")
     if view is not None and eval_layer == summary["eval_layer"]:

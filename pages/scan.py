@@ -82,6 +82,21 @@ if result.precision_report is not None:
         st.dataframe(result.precision_report, hide_index=True, width="stretch")
         download_csv(result.precision_report, "scan_precision.csv", "Download the precision check (CSV)",
                      key="dl-precision")
+if result.conditioning is not None:
+    ill = result.ill_conditioned_layers
+    text = ("Float32 analysis on 4-bit weights dequantized straight to float32. Rounding them to bf16 first (as "
+            "training and bf16 arithmetic use them) moves a pair's cosine by up to "
+            f"{result.conditioning['max_abs_delta'].max():.2e}")
+    if ill:
+        st.warning(text + f"; beyond {NOISE_LIMIT:g} at layers {', '.join(map(str, ill))}: per-pair values there are "
+                   "ill-conditioned (they depend on a rounding choice), layer means are robust.", icon="⚠️")
+    else:
+        st.caption(text + f"; no layer beyond {NOISE_LIMIT:g}.")
+    with st.expander("Dequantization check by layer"):
+        st.dataframe(result.conditioning, hide_index=True, width="stretch")
+        download_csv(result.conditioning, "scan_dequantization.csv", "Download the dequantization check (CSV)",
+                     key="dl-conditioning")
+    flagged = sorted(set(flagged) | set(ill))
 if state.form_value("scan", "show") not in sets:
     state.set_form_value("scan", "show", list(sets)[0])
 show = st.radio("Curve of", list(sets), horizontal=True, key=key("show"))
@@ -136,7 +151,8 @@ if sugg["raw_peak"] != sugg["gap_peak"]:
             f"ones (layer {sugg['gap_peak']}). The Train page keeps the paper's layer 2 and offers the gap peak as a "
             f"one-click choice.")
 
-fig = curve_figure(curve, show, flagged=flagged, precision=result.precision)
+fig = curve_figure(curve, show, flagged=flagged, precision=result.precision if result.conditioning is None else
+                   f"{result.precision} analysis, or 4-bit weights rounded to bf16")
 mark_layers(fig, {"raw-cosine peak": sugg["raw_peak"], "gap peak": sugg["gap_peak"]})
 if "gap_bootstrap" in sugg:
     mark_gap_peak(fig, sugg["gap_bootstrap"])

@@ -299,3 +299,40 @@ def test_a_scan_checks_the_precision_of_every_pair_not_a_sample(tiny_model_dir, 
         assert report.loc[report["layer"] == k, "max_abs_delta"].iloc[0] == pytest.approx(want, abs=1e-6)
     sampled = precision_check(lm.model, lm.tokenizer, sets, sample=10, seed=0)
     assert "with 95% confidence at most 25.9% of all pairs" in check_scope(sampled)  # 1 - 0.05 ** (1 / 10)
+
+
+def test_which_4bit_weights_a_figure_used_is_checked_and_said(tiny_model_dir, pairs_df, nf4_run):
+    """Per-pair values depend on whether 4-bit weights are dequantized straight to float32 or rounded to bf16 first:
+    the scan and every run measure it against an independent model holding the bf16-rounded weights in float32."""
+    import copy
+
+    import bitsandbytes as bnb
+
+    from tli_core.alignment import conditioning_check
+    from tli_core.precision import four_bit_layers
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="nf4", device="cpu"))
+    report = conditioning_check(lm.model, lm.tokenizer, {"trained": pairs_df})
+    assert list(report["layer"]) == list(range(5)) and report["max_abs_delta"].iloc[1:].gt(0).all()
+    # independently: a float32 copy whose 4-bit layers are plain nn.Linear with bf16-rounded weights
+    ref = copy.deepcopy(lm.model)
+    for name, module in list(ref.named_modules()):
+        if module in four_bit_layers(ref):
+            w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(torch.bfloat16)
+            lin = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(w.float())
+            parent, _, child = name.rpartition(".")
+            setattr(ref.get_submodule(parent), child, lin)
+    words = list(pairs_df["swahili"]) + list(pairs_df["english"])
+    n = len(pairs_df)
+    exact = embed(lm.model, lm.tokenizer, words, precision="float32").vectors.double()
+    rounded = embed(ref, lm.tokenizer, words, precision="float32").vectors.double()
+    delta = ((exact[:, :n] * exact[:, n:]).sum(-1) - (rounded[:, :n] * rounded[:, n:]).sum(-1)).abs().max(1).values
+    np.testing.assert_allclose(report["max_abs_delta"], delta.numpy(), atol=1e-6)
+    assert conditioning_check(load_model(ModelSpec(model=str(tiny_model_dir), quantization="fp32",
+                                                   device="cpu")).model, lm.tokenizer, {"trained": pairs_df}) is None
+    # a run says which weights its figures used, and which layers are ill-conditioned
+    cond = nf4_run.summary("studio")["conditioning"]
+    assert cond["weights"].startswith("4-bit weights dequantized straight to float32")
+    assert len(cond["max_abs"]) == 5 and all(k in range(5) for k in cond["ill_conditioned_layers"])

@@ -35,7 +35,7 @@ import torch
 from .embeddings import Embeddings, EmbedStats, embed_poolings
 from .errors import TLIError
 from .layers import layer_name
-from .precision import NOISE_LIMIT
+from .precision import NOISE_LIMIT, dequantized_via, four_bit_layers
 from .progress import Progress, no_progress
 
 CENTERING = ("none", "joint", "language")
@@ -506,6 +506,41 @@ def check_scope(report: pd.DataFrame, confidence: float = 0.95) -> str:
             f"pairs have an error above the largest seen")
 
 
+def conditioning_report(cos_exact: np.ndarray, cos_rounded: np.ndarray, layers: Sequence[int]) -> pd.DataFrame:
+    """Per layer, how far per-pair cosines ([layers, pairs]) move between 4-bit weights dequantized straight to
+    float32 and rounded to bf16 first; ``ill_conditioned`` where a pair moves beyond ``NOISE_LIMIT``."""
+    delta = np.abs(np.asarray(cos_exact) - np.asarray(cos_rounded))
+    report = pd.DataFrame({"layer": list(layers), "max_abs_delta": delta.max(1), "mean_abs_delta": delta.mean(1),
+                           "pairs": delta.shape[1]})
+    report["ill_conditioned"] = report["max_abs_delta"] > NOISE_LIMIT
+    return report
+
+
+def conditioning_check(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
+                       layers: Sequence[int] | None = None, computed: Embeddings | None = None) -> pd.DataFrame | None:
+    """Per layer, whether per-pair values depend on how the 4-bit weights are dequantized (float32 arithmetic both
+    ways); None for a model without 4-bit layers. ``computed``: the words' float32-analysis vectors already."""
+    if not four_bit_layers(model):
+        return None
+    frames = [df[["swahili", "english"]] for df in sets.values() if df is not None and len(df)]
+    pairs = pd.concat(frames, ignore_index=True).drop_duplicates()
+    words, n = list(pairs["swahili"]) + list(pairs["english"]), len(pairs)
+
+    def cosines(emb: Embeddings, chosen) -> np.ndarray:
+        where = {w: i for i, w in enumerate(emb.words)}
+        v = emb.vectors.index_select(1, torch.as_tensor([where[w] for w in words], device=emb.vectors.device))
+        if chosen is not None:
+            v = v[[emb.layers.index(k) for k in chosen]]
+        v = v.double()
+        return (v[:, :n] * v[:, n:]).sum(-1).cpu().numpy()
+
+    exact = computed if computed is not None else embed_poolings(model, tokenizer, words, [pooling], layers,
+                                                                 out_device=None)[pooling]
+    with dequantized_via(model, "bfloat16"):
+        rounded = embed_poolings(model, tokenizer, words, [pooling], layers, out_device=None)[pooling]
+    return conditioning_report(cosines(exact, rounded.layers), cosines(rounded, None), rounded.layers)
+
+
 def layer_noise(report: pd.DataFrame | None) -> dict[int, float] | None:
     """Bound on a layer mean's error from a precision report (None: float32, the arithmetic floor)."""
     if report is None:
@@ -525,9 +560,16 @@ class ScanResult:
     precision: str = "float32"
     seconds: float = 0.0
     precision_report: pd.DataFrame | None = None  # per-layer per-pair error bound, when not float32
+    conditioning: pd.DataFrame | None = None  # per layer: per-pair change between fp32- and bf16-dequantized weights
     stats: EmbedStats = field(default_factory=EmbedStats)
     embeddings: dict[str, tuple[Embeddings, Embeddings]] = field(default_factory=dict, repr=False)
     details: dict[str, LayerDetail] = field(default_factory=dict, repr=False)  # per set: per-pair/per-query values
+
+    @property
+    def ill_conditioned_layers(self) -> list[int]:
+        if self.conditioning is None:
+            return []
+        return [int(k) for k in self.conditioning.loc[self.conditioning["ill_conditioned"], "layer"]]
 
     @property
     def flagged_layers(self) -> list[int]:
@@ -581,7 +623,11 @@ def scan(model, tokenizer, sets: dict[str, pd.DataFrame], pooling: str = "mean",
         report = precision_check(model, tokenizer, {n: sets[n] for n in names}, pooling, emb.layers,
                                  sample=check_sample, seed=seed, precision=precision,
                                  computed=None if drop_dims else emb)
+    conditioning = None
+    if precision == "float32" and check_sample != 0 and not drop_dims:  # 4-bit models: which dequantization matters
+        conditioning = conditioning_check(model, tokenizer, {n: sets[n] for n in names}, pooling, emb.layers,
+                                          computed=emb)
     return ScanResult(curve=pd.concat(curves, ignore_index=True), pairs=pd.concat(tables, ignore_index=True),
                       num_layers=emb.num_layers, pooling=pooling, centering=centering, precision=precision,
                       seconds=time.perf_counter() - start, precision_report=report, stats=emb.stats,
-                      embeddings=kept, details=details)
+                      embeddings=kept, details=details, conditioning=conditioning)

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .alignment import LayerDetail, curve_and_detail
+from .alignment import LayerDetail, conditioning_report, curve_and_detail
 from .embeddings import Embeddings, embed_poolings
 from .files import read_json, write_csv, write_json
 from .layers import layer_name
+from .precision import DEQUANT, dequantized_via, four_bit_layers
 from .progress import Progress, no_progress
 from .protocols import Protocol
 from .stats import correct_pvalues, effect_stats, mcnemar, paired_stats
@@ -196,6 +197,31 @@ def groups_at_layer(pairs_layers: pd.DataFrame, retrieval: pd.DataFrame | None, 
                                              seed=seed) for m, (rank, k) in RETRIEVAL.items()}
         out[str(name)] = g
     return out
+
+
+def conditioning_of_sets(model, tokenizer, sets: dict[str, pd.DataFrame], before: dict[str, SetEmbeddings],
+                         precision: str = "float32", progress: Progress = no_progress) -> dict[str, dict]:
+    """Per pooling, the layers whose per-pair 'before' cosines move beyond 1e-3 when the 4-bit weights are rounded to
+    bf16 before the float32 arithmetic instead of dequantized straight to float32 (which every figure uses): those
+    per-pair values are ill-conditioned. Empty for a model without 4-bit layers or a compute-dtype analysis (its
+    precision check covers it)."""
+    if precision != "float32" or not four_bit_layers(model) or not before:
+        return {}
+    with dequantized_via(model, "bfloat16"):
+        rounded = embed_sets(model, tokenizer, sets, list(before), precision, progress)
+    out = {}
+    for pooling, by_set in before.items():
+        exact = np.concatenate([_pair_cosines(*by_set[name]) for name in sets], axis=1)
+        alt = np.concatenate([_pair_cosines(*rounded[pooling][name]) for name in sets], axis=1)
+        report = conditioning_report(exact, alt, next(iter(by_set.values()))[0].layers)
+        out[pooling] = {"weights": DEQUANT["float32"], "layers": report["layer"].tolist(),
+                        "max_abs": report["max_abs_delta"].tolist(),
+                        "ill_conditioned_layers": [int(k) for k in report.loc[report["ill_conditioned"], "layer"]]}
+    return out
+
+
+def _pair_cosines(src: Embeddings, tgt: Embeddings) -> np.ndarray:
+    return (src.vectors.double() * tgt.vectors.double()).sum(-1).cpu().numpy()
 
 
 def merge_difference(attached: SetEmbeddings, merged: SetEmbeddings) -> dict:

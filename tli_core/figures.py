@@ -48,7 +48,7 @@ def flag_layers(fig: go.Figure, flagged: list[int] | None, precision: str | None
     if flagged:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"symbol": "square", "size": 12,
                                                                              "color": "#ffb000", "opacity": 0.5},
-                                 name=f"⚠ per-pair error > 1e-3 in {precision or 'this precision'}"))
+                                 name=f"⚠ per-pair values move > 1e-3 ({precision or 'this precision'})"))
     return fig
 
 

@@ -73,3 +73,50 @@ def runs_in_float32(model, precision: str) -> bool:
     return all(p.dtype == torch.float32 for p in decoder_parts(model)[0].parameters()
                if not _is_quantized_param(p)) and all(
         getattr(m, "compute_dtype", torch.float32) in (None, torch.float32) for m in decoder_parts(model)[0].modules())
+
+
+# --------------------------------------------------------------------------- which 4-bit weights
+
+DEQUANT = {
+    "float32": "4-bit weights dequantized straight to float32 (the float32 analysis)",
+    "bfloat16": "4-bit weights dequantized to bfloat16 first, then computed in float32 (the weights training and "
+                "bf16 arithmetic use)",
+}
+
+
+def four_bit_layers(model) -> list:
+    """The bitsandbytes 4-bit linear layers of the model's decoder (none for an unquantized model)."""
+    return [m for m in decoder_parts(model)[0].modules() if type(m).__name__ in ("Linear4bit", "LinearNF4",
+                                                                                  "LinearFP4")]
+
+
+@contextlib.contextmanager
+def dequantized_via(model, dtype: str = "bfloat16"):
+    """Inside the block, every 4-bit layer computes with its weights dequantized to ``dtype`` and cast to the input's
+    dtype: under a float32 analysis, float32 arithmetic on bf16-rounded weights. Restored on leaving."""
+    if dtype not in DEQUANT:
+        raise TLIError(f"unknown dequantization {dtype!r}; use one of {', '.join(DEQUANT)}")
+    if dtype == "float32":
+        yield
+        return
+    import bitsandbytes as bnb
+
+    target = getattr(torch, dtype)
+    patched = []
+
+    def forward_of(module):
+        def forward(x, *args, **kwargs):
+            w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(target)
+            bias = module.bias.to(x.dtype) if module.bias is not None else None
+            return torch.nn.functional.linear(x, w.to(x.dtype), bias)
+        return forward
+
+    with model_lock(model):
+        try:
+            for m in four_bit_layers(model):
+                patched.append(m)
+                m.forward = forward_of(m)
+            yield
+        finally:
+            for m in patched:
+                del m.forward  # back to the class's own forward

@@ -26,7 +26,7 @@ from .alignment import derangement, pair_index
 from .config import Resolved, TLIConfig, resolve, total_steps
 from .downstream import item_table, paired_items, run_tasks
 from .errors import OverlapError, TLIError
-from .evaluation import embed_sets, evaluate, merge_difference, write_eval
+from .evaluation import conditioning_of_sets, embed_sets, evaluate, merge_difference, write_eval
 from .files import write_csv, write_json
 from .jobs.process import JobLock, my_process_tag, now
 from .models import LoadedModel, load_model, model_shape, package_versions
@@ -209,10 +209,13 @@ def _execute(run: Run, progress: Progress, stop: _StopFlag, lm=None) -> dict:
     run.update_status(phase="embedding before")
     before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
                         _stoppable(progress, stop, "embedding before"))
+    conditioning = conditioning_of_sets(lm.model, lm.tokenizer, sets, before, config.analysis_precision,
+                                        _stoppable(progress, stop, "checking the 4-bit dequantization"))
     trainable = None
     try:
         trainable = attach(lm.model, config, resolved)
-        return _train_and_evaluate(run, config, resolved, lm, trainable, sets, before, protocols, progress, stop)
+        return _train_and_evaluate(run, config, resolved, lm, trainable, sets, before, protocols, progress, stop,
+                                   conditioning)
     finally:
         if trainable is not None:
             trainable.close()  # the base model goes back exactly as it was (adapters removed / blocks restored)
@@ -230,7 +233,7 @@ def _poolings(protocols: list[Protocol], local: bool = True, merged: bool | None
 
 
 def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, trainable, sets, before, protocols,
-                        progress: Progress, stop: _StopFlag) -> dict:
+                        progress: Progress, stop: _StopFlag, conditioning: dict | None = None) -> dict:
     trained = training_pairs(config, sets["trained"])
     if config.pairing == "deranged":
         write_csv(run.path / "pairs_placebo.csv", trained)
@@ -288,7 +291,7 @@ def _train_and_evaluate(run: Run, config: TLIConfig, resolved: Resolved, lm, tra
                                  train=train_info)
     run.update_status(phase="embedding after", step=result.steps)
     evaluate_protocols(run, config, resolved, lm, model, sets, before, protocols, train_info,
-                       _stopper(progress, stop), weights_dir)
+                       _stopper(progress, stop), weights_dir, conditioning)
     return run.update_status(state="done", phase="done", finished=now(), step=result.steps, message="")
 
 
@@ -297,7 +300,8 @@ def _stopper(progress: Progress, stop: _StopFlag):
 
 
 def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: LoadedModel, tuned, sets, before,
-                       protocols: list[Protocol], train_info: dict, progress_for, weights_dir) -> dict:
+                       protocols: list[Protocol], train_info: dict, progress_for, weights_dir,
+                       conditioning: dict | None = None) -> dict:
     """After-passes (attached, merged, FP4 base) for ``protocols``, their statistics, files and summary.
 
     ``tuned`` is the model with the trained weights: a PeftModel, or the base with fine-tuned blocks
@@ -324,6 +328,8 @@ def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: Load
         extra = {"merge_vs_attached": merge_diff.get(p.pooling)} if p.merged and has_adapter else {}
         if not has_adapter:
             extra = {"merged": False, "weights": "full", "protocol_description": p.describe("full")}
+        if (conditioning or {}).get(p.pooling):
+            extra["conditioning"] = conditioning[p.pooling]
         summaries[p.name] = _write_protocol(run, sets, before[p.pooling], after_p, layer, p, config.seed, extra)
     for p in protocols:
         if p.quantization is not None:
@@ -482,11 +488,13 @@ def _evaluate_run(run: Run, config: TLIConfig, adapter_dir, progress: Progress) 
 
     before = embed_sets(lm.model, lm.tokenizer, sets, _poolings(protocols, local=True), config.analysis_precision,
                         progress_for("embedding before"))
+    conditioning = conditioning_of_sets(lm.model, lm.tokenizer, sets, before, config.analysis_precision,
+                                        progress_for("checking the 4-bit dequantization"))
     with trained_model(lm.model, adapter_dir) as tuned:
         train_info = (run.raw_status().get("train") or {}) | {
             "evaluated_adapter": str(adapter_dir.relative_to(run.path))}
         summary = evaluate_protocols(run, config, resolved, lm, tuned, sets, before, protocols, train_info,
-                                     progress_for, adapter_dir)
+                                     progress_for, adapter_dir, conditioning)
     if run.raw_status().get("state") == "stopped":
         run.update_status(message="stopped; evaluated from the saved adapter")
     return summary

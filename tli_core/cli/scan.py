@@ -37,8 +37,16 @@ def format_curve(curve) -> str:
 def precision_note(result) -> str:
     """One line on how far the per-pair numbers can be trusted."""
     if result.precision_report is None:
-        return ("\nanalysis precision: float32 on the model's own weights (per-pair cosines agree with a per-word "
+        line = ("\nanalysis precision: float32 on the model's own weights (per-pair cosines agree with a per-word "
                 "float32 loop to 1e-5)")
+        if result.conditioning is not None:
+            line += (f"; 4-bit weights dequantized straight to float32 -- rounded to bf16 first they move a pair's "
+                     f"cosine by up to {result.conditioning['max_abs_delta'].max():.2e}")
+            if result.ill_conditioned_layers:
+                line += (f"\nwarning: per-pair cosines at layers {','.join(map(str, result.ill_conditioned_layers))} "
+                         f"depend on that rounding by more than {NOISE_LIMIT:g} (ill-conditioned); layer means are "
+                         f"robust")
+        return line
     r = result.precision_report
     worst = r.loc[r["max_abs_delta"].idxmax()]
     line = (f"\nanalysis precision: {result.precision}; a float32 recomputation ({alignment.check_scope(r)}) "
@@ -115,6 +123,8 @@ def cmd_scan(args) -> int:
             "model": lm.spec.to_dict(), "facts": lm.facts.__dict__, "pooling": args.pooling,
             "centering": args.center, "seed": args.seed, "pairs": args.pairs, "control": args.control,
             "analysis_precision": result.precision, "flagged_layers": result.flagged_layers,
+            "ill_conditioned_layers": result.ill_conditioned_layers,
+            "weights": "4-bit weights dequantized straight to float32" if result.conditioning is not None else None,
             "precision_check": (alignment.check_scope(result.precision_report)
                                 if result.precision_report is not None else None),
             "seconds": result.seconds,
