@@ -31,7 +31,7 @@ def reference_embedding(model, tokenizer, word, layer, pooling):
         hs = model(**enc, output_hidden_states=True).hidden_states[layer][0].double()
     if pooling == "mean":
         v = hs.mean(0)
-    elif pooling == "mean_words":
+    elif pooling in ("mean_words", "mean_sink"):  # the tiny tokenizer adds BOS: its own sink
         v = hs[special == 0].mean(0)
     elif pooling == "mean_no_first":
         v = hs[1:].mean(0) if len(hs) > 1 else hs[0]
@@ -244,3 +244,33 @@ def test_planned_forwards_stay_within_the_memory_budget_and_give_the_same_vector
     small = embed(tiny.model, tiny.tokenizer, words, row_tokens=16)
     assert small.stats.forwards >= 1
     torch.testing.assert_close(small.vectors, expected.vectors, atol=1e-5, rtol=0)
+
+
+def test_the_sink_pooling_keeps_the_first_position_out_whatever_the_tokenizer(tiny, tiny_model_dir):
+    """On a tokenizer that adds no BOS (the demo's), leaving special tokens out removed nothing: mean_words equalled
+    mean, and the first word piece -- where the massive activations sit -- stayed in. mean_sink puts a sink token
+    before every word and leaves it out."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from tli_core.embeddings import embed_poolings, sink_note
+
+    no_bos = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    no_bos._tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    words = ["maji", "habari za asubuhi", "water"]
+    out = embed_poolings(tiny.model, no_bos, words, ["mean", "mean_words", "mean_sink"])
+    torch.testing.assert_close(out["mean_words"].vectors, out["mean"].vectors)  # the defect, as it was
+    assert not torch.allclose(out["mean_sink"].vectors, out["mean"].vectors)
+    bos = no_bos.bos_token_id
+    with torch.no_grad():
+        for i, w in enumerate(words):  # by hand: BOS, then the word; average the word's positions only
+            ids = torch.tensor([[bos] + no_bos(w, add_special_tokens=False)["input_ids"]])
+            hs = tiny.model.model(input_ids=ids, output_hidden_states=True).hidden_states
+            for k in range(len(hs)):
+                ref = torch.nn.functional.normalize(hs[k][0, 1:].float().mean(0), dim=-1)
+                torch.testing.assert_close(out["mean_sink"].vectors[k, i], ref, atol=1e-5, rtol=0)
+    assert "was placed before every word" in sink_note(no_bos)
+    # a tokenizer that adds BOS itself: the sink is its own BOS, the same as mean_words, in one forward
+    both = embed_poolings(tiny.model, tiny.tokenizer, words, ["mean_words", "mean_sink"])
+    torch.testing.assert_close(both["mean_sink"].vectors, both["mean_words"].vectors)
+    assert "own leading" in sink_note(tiny.tokenizer)

@@ -51,7 +51,7 @@ def nf4_run(tiny_model_dir, tmp_path_factory):
 def test_a_run_is_evaluated_under_the_three_protocols(nf4_run):
     assert nf4_run.protocols() == ["studio", "paper-text", "paper-code"]
     s = {name: nf4_run.summary(name) for name in nf4_run.protocols()}
-    assert (s["studio"]["eval_layer"], s["studio"]["pooling"], s["studio"]["merged"]) == (3, "mean_words", False)
+    assert (s["studio"]["eval_layer"], s["studio"]["pooling"], s["studio"]["merged"]) == (3, "mean_sink", False)
     assert (s["paper-text"]["eval_layer"], s["paper-text"]["pooling"], s["paper-text"]["merged"]) == (3, "mean", False)
     assert (s["paper-code"]["eval_layer"], s["paper-code"]["pooling"], s["paper-code"]["merged"]) == (2, "mean_words",
                                                                                                       True)

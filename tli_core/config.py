@@ -52,7 +52,7 @@ class TLIConfig:
                               "scan of the same trained pairs suggested it: the trained set's result at that layer is "
                               "double-dipped) | scan-held-out (chosen on half of the headwords, checked on the other "
                               "half)", default="given")
-    pooling: str = _help("pooling of the training loss: mean (paper) | mean_words | mean_no_first | last",
+    pooling: str = _help("pooling of the training loss: mean (paper) | mean_words | mean_no_first | last | mean_sink",
                          default="mean")
     protocols: list[str] = _help("evaluation protocols measured after training, the first one headlines: studio, "
                                  "paper-text (the paper's text), paper-code (the authors' script), paper-code-fp4 "
@@ -60,8 +60,8 @@ class TLIConfig:
     eval_layer: int | str = _help("evaluation layer of the studio protocol: paper (= L-1, the paper's 'layer 31'), "
                                   "target (the training layer), last (L), or a number; kept as written and resolved "
                                   "per model at run time", default="paper")
-    eval_pooling: str = _help("pooling of the studio protocol's evaluation (default mean_words: BOS left out)",
-                              default="mean_words")
+    eval_pooling: str = _help("pooling of the studio protocol's evaluation (default mean_sink: a sink token before "
+                              "every word, left out of the average, whatever the tokenizer)", default="mean_sink")
     analysis_precision: str = _help("arithmetic of every before/after measurement: float32 (default; per-pair "
                                     "values stable) or compute (the model's dtype, with a precision check)",
                                     default="float32")

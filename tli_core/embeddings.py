@@ -36,7 +36,11 @@ POOLINGS = {
     "mean_no_first": "the first token (BOS, or the first word piece where there is none) stays as context but is "
                      "left out of the average: the attention-sink position where massive activations live",
     "last": "the last attended token's state",
+    "mean_sink": "a sink token stands before every word as context and is left out of the average, whatever the "
+                 "tokenizer: its BOS where it adds one, else its BOS (or EOS) token placed there; the first "
+                 "position's massive activations then sit on it, not on a word piece (the studio's default)",
 }
+SINK_POOLINGS = ("mean_sink",)  # poolings whose input has a sink token before every word
 PHASE = "embedding"
 # tokens per packed row: attention inside a row costs ~row length per token, so rows stay short. On the 2-core
 # AMD machine (demo, 1,372 words in one forward), float32: 64 -> 5.1 s, 128 -> 5.3 s, 256 -> 6.1 s; bf16 2.7 / 2.7
@@ -205,14 +209,41 @@ class Tokenised:
         return [len(x) for x in self.input_ids]
 
 
-def tokenise(tokenizer, words: Sequence[str]) -> Tokenised:
-    """Tokenise single words/phrases the paper's way (tokenizer defaults: Llama-3 adds BOS)."""
+def tokenise(tokenizer, words: Sequence[str], sink: bool = False) -> Tokenised:
+    """Tokenise single words/phrases the paper's way (tokenizer defaults: Llama-3 adds BOS).
+
+    ``sink``: every word gets a leading special token (:func:`sink_token`) where the tokenizer did not put one."""
     enc = tokenizer(list(words), add_special_tokens=True, return_special_tokens_mask=True)
-    ids, special = enc["input_ids"], enc["special_tokens_mask"]
+    ids, special = [list(x) for x in enc["input_ids"]], [list(x) for x in enc["special_tokens_mask"]]
     for w, x in zip(words, ids, strict=True):
         if not x:
             raise TLIError(f"the tokenizer produced no tokens for {w!r}")
+    if sink:
+        token, _, _ = sink_token(tokenizer)
+        for i, flags in enumerate(special):
+            if not flags[0]:
+                ids[i], special[i] = [token] + ids[i], [1] + flags
     return Tokenised(ids, special)
+
+
+def sink_token(tokenizer) -> tuple[int, str, bool]:
+    """(id, text, whether the tokenizer adds it itself) of the token that leads every word under ``mean_sink``."""
+    probe = tokenizer(["a"], add_special_tokens=True, return_special_tokens_mask=True)
+    if probe["special_tokens_mask"][0] and probe["special_tokens_mask"][0][0]:
+        first = probe["input_ids"][0][0]
+        return first, tokenizer.convert_ids_to_tokens(first), True
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise TLIError("this tokenizer has neither a BOS nor an EOS token to stand before each word as the "
+                       "attention sink; use the mean_words or mean_no_first pooling")
+    return token, tokenizer.convert_ids_to_tokens(token), False
+
+
+def sink_note(tokenizer) -> str:
+    """What ``mean_sink`` did with this tokenizer, in words (recorded with every figure that uses it)."""
+    token, text, own = sink_token(tokenizer)
+    return (f"the tokenizer's own leading {text} (id {token}) is the sink" if own else
+            f"{text} (id {token}) was placed before every word as the sink: this tokenizer adds no BOS")
 
 
 def pool_weight_row(special: list[int], pooling: str) -> list[float]:
@@ -220,7 +251,7 @@ def pool_weight_row(special: list[int], pooling: str) -> list[float]:
     n = len(special)
     if pooling == "mean":
         keep = [1.0] * n
-    elif pooling == "mean_words":
+    elif pooling in ("mean_words", "mean_sink"):
         keep = [0.0 if s else 1.0 for s in special]
         if not any(keep):  # a word made only of special tokens: fall back to all
             keep = [1.0] * n
@@ -458,9 +489,23 @@ def embed_poolings(model, tokenizer, words: Sequence[str], poolings: Sequence[st
     words = list(words)
     if not words:
         raise TLIError("no words to embed")
+    sinks = [p for p in poolings if p in SINK_POOLINGS]
+    plain = [p for p in poolings if p not in SINK_POOLINGS]
+    if sinks and plain and not sink_token(tokenizer)[2]:  # other inputs: the sink poolings get a forward of their own
+        args = dict(layers=layers, precision=precision, batch_size=batch_size, row_tokens=row_tokens,
+                    progress=progress, drop_dims=drop_dims, out_device=out_device)
+        out = embed_poolings(model, tokenizer, words, plain, **args)
+        with_sink = embed_poolings(model, tokenizer, words, sinks, **args)
+        stats = next(iter(out.values())).stats
+        extra = next(iter(with_sink.values())).stats
+        for key in ("forwards", "tokens", "padded_tokens", "bytes_to_host"):
+            setattr(stats, key, getattr(stats, key) + getattr(extra, key))
+        for emb in with_sink.values():
+            emb.stats = stats
+        return {p: (with_sink if p in SINK_POOLINGS else out)[p] for p in poolings}
     n_layers = num_layers(model)
     layers = list(range(n_layers + 1)) if layers is None else sorted({resolve_layer(k, n_layers) for k in layers})
-    tok = tokenise(tokenizer, words)
+    tok = tokenise(tokenizer, words, sink=bool(sinks))
     device = input_device(model)
     to_host = out_device is not None and torch.device(out_device).type == "cpu"  # the caller asked for host vectors
     out_device = device if out_device is None else torch.device(out_device)

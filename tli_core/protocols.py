@@ -48,10 +48,11 @@ class Protocol:
 
 PROTOCOLS = {
     "studio": Protocol(
-        "studio", "TLI Studio (recommended)", "paper", "mean_words", False, None, (
+        "studio", "TLI Studio (recommended)", "paper", "mean_sink", False, None, (
             "layer L-1: the paper's claim is about alignment on the output side, where its text measures it",
-            "special tokens left out of the average: BOS carries massive activations that make every mean-pooled "
-            "pair look alike",
+            "a sink token before every word, left out of the average, whatever the tokenizer: the first position "
+            "carries massive activations that make every mean-pooled pair look alike (leaving out special tokens "
+            "removes nothing on a tokenizer that adds no BOS)",
             "adapter attached, not merged: merging into 4-bit weights re-quantizes them and changes the model",
             "float32 analysis: bf16 rounding moves single-pair cosines by up to 0.79 in deep layers",
             "shown next to the shuffled-pair baseline and retrieval over all gold translations")),

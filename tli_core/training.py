@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .alignment import PairIndex, pair_index
 from .config import Resolved, TLIConfig, total_steps
-from .embeddings import Tokenised, causal_mask, make_batch, pooled_hidden_states, tokenise
+from .embeddings import SINK_POOLINGS, Tokenised, causal_mask, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
 from .fullft import FullBlocks
 
@@ -276,8 +276,9 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
     seed_everything(config.seed)
     device = peft_model.get_input_embeddings().weight.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tok_src = tokenise(tokenizer, list(trained["swahili"]))
-    tok_tgt = tokenise(tokenizer, list(trained["english"]))
+    sink = config.pooling in SINK_POOLINGS
+    tok_src = tokenise(tokenizer, list(trained["swahili"]), sink)
+    tok_tgt = tokenise(tokenizer, list(trained["english"]), sink)
     data = DeviceBatches(tok_src, tok_tgt, pad_id, config.pooling, device)
     gold = pair_index(list(trained["swahili"]), list(trained["english"]))
     params = learning_parameters(peft_model, resolved.learning_blocks)

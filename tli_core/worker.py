@@ -25,6 +25,7 @@ from .adapters import merged_adapter, strip_adapters
 from .alignment import derangement, pair_index
 from .config import Resolved, TLIConfig, resolve, total_steps
 from .downstream import item_table, paired_items, run_tasks
+from .embeddings import SINK_POOLINGS, sink_note
 from .errors import OverlapError, TLIError
 from .evaluation import conditioning_of_sets, embed_sets, evaluate, merge_difference, write_eval
 from .files import write_csv, write_json
@@ -330,6 +331,9 @@ def evaluate_protocols(run: Run, config: TLIConfig, resolved: Resolved, lm: Load
             extra = {"merged": False, "weights": "full", "protocol_description": p.describe("full")}
         if (conditioning or {}).get(p.pooling):
             extra["conditioning"] = conditioning[p.pooling]
+        if p.pooling in SINK_POOLINGS:
+            extra["sink"] = sink_note(lm.tokenizer)
+            extra["protocol_description"] = f"{extra.get('protocol_description') or p.describe()} ({extra['sink']})"
         summaries[p.name] = _write_protocol(run, sets, before[p.pooling], after_p, layer, p, config.seed, extra)
     for p in protocols:
         if p.quantization is not None:
