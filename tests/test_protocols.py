@@ -246,6 +246,34 @@ def test_valid_translations_are_never_negatives_in_either_direction():
     assert not mask[0, 2] and not mask[4, 0] and mask.diagonal().all()
 
 
+def test_the_authors_loss_lets_a_second_translation_be_the_negative(monkeypatch):
+    """negatives=any-other reproduces their loss: only the row itself is excluded, so 'glass' can be the hardest
+    negative of 'kioo' whose pair here is 'mirror'; the default never lets it."""
+    from tli_core import training
+    from tli_core.alignment import pair_index
+
+    sw, en = ["kioo", "kioo", "paka"], ["mirror", "glass", "cat"]
+    vecs = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0.1, 0], [0, 1.0, 0],  # Swahili rows
+                                                       [0.9, 0.1, 0], [1.0, 0, 0], [0, 0, 1.0]]), dim=-1)
+    monkeypatch.setattr(training, "pooled_for_loss", lambda *a, **k: {2: vecs})
+    monkeypatch.setattr(training, "causal_mask", lambda *a, **k: None)
+    same = translation_mask(pair_index(sw, en), [0, 1, 2])
+    losses = {}
+    for negatives in ("not-translations", "any-other"):
+        cfg = TLIConfig(negatives=negatives)
+        loss, _ = training.batch_loss(None, torch.zeros((6, 2), dtype=torch.long), torch.ones((6, 2)), 3, cfg, [2],
+                                      same, "cpu")
+        losses[negatives] = float(loss)
+    sims = vecs[:3] @ vecs[3:].T
+    # by hand, the authors' way: the hardest other column, translation or not
+    want = sum(max(0.0, 0.4 + float(max(sims[i, j] for j in range(3) if j != i)) - float(sims[i, i]))
+               for i in range(3)) / 3
+    assert losses["any-other"] == pytest.approx(want, abs=1e-6)
+    assert losses["not-translations"] < losses["any-other"]  # 'glass' no longer counts against 'kioo'
+    with pytest.raises(TLIError, match="negatives"):
+        TLIConfig(negatives="none")
+
+
 # --------------------------------------------------------------------------- analysis precision
 
 def test_float32_analysis_of_a_bf16_model_equals_a_per_word_float32_loop_and_restores_it(tiny_model_dir):
@@ -336,3 +364,25 @@ def test_which_4bit_weights_a_figure_used_is_checked_and_said(tiny_model_dir, pa
     cond = nf4_run.summary("studio")["conditioning"]
     assert cond["weights"].startswith("4-bit weights dequantized straight to float32")
     assert len(cond["max_abs"]) == 5 and all(k in range(5) for k in cond["ill_conditioned_layers"])
+
+
+def test_the_authors_arithmetic_is_offered_for_an_exact_reproduction(tiny_model_dir, nf4_run):
+    """Their script passed no torch_dtype: unquantized modules in float16, the 4-bit layers in bf16."""
+    from tli_core.precision import analysis_precision, four_bit_layers
+    from tli_core.worker import evaluate_run
+
+    lm = load_model(ModelSpec(model=str(tiny_model_dir), quantization="nf4", device="cpu"))
+    before = {k: v.clone() for k, v in lm.model.state_dict().items() if v.is_floating_point()}
+    with analysis_precision(lm.model, "authors"):
+        assert lm.model.get_input_embeddings().weight.dtype == torch.float16
+        assert lm.model.model.layers[0].input_layernorm.weight.dtype == torch.float16
+        assert {m.compute_dtype for m in four_bit_layers(lm.model)} == {torch.bfloat16}
+        v = embed(lm.model, lm.tokenizer, ["maji", "water"], precision="compute").vectors
+    after = lm.model.state_dict()
+    assert all(torch.equal(after[k], t) and after[k].dtype == t.dtype for k, t in before.items())  # restored exactly
+    assert not torch.allclose(v, embed(lm.model, lm.tokenizer, ["maji", "water"], precision="float32").vectors)
+    summary = evaluate_run(nf4_run, protocols=["paper-code-exact"])
+    s = nf4_run.summary("paper-code-exact")
+    assert s["precision"] == "authors" and s["base_quantization"] == "fp4" and s["eval_layer"] == 2
+    assert "float16" in s["protocol_description"]
+    assert summary["protocols"]["paper-code-exact"]["groups"]["control"]["n"] == 6

@@ -27,6 +27,9 @@ PRECISIONS = {
                "(default for every analysis)",
     "compute": "the model's compute dtype (bf16 for the paper's NF4): faster on some hardware, with a measured "
                "per-layer bound on the per-pair error",
+    "authors": "the authors' script's arithmetic, for an exact reproduction: it passed no torch_dtype, so under its "
+               "pinned transformers the modules that are not quantized (embeddings, norms) ran in float16, the 4-bit "
+               "layers in bfloat16 (bnb_4bit_compute_dtype)",
 }
 NOISE_LIMIT = 1e-3
 _LOW = (torch.bfloat16, torch.float16)
@@ -47,19 +50,20 @@ def analysis_precision(model, precision: str = "float32"):
     if precision == "compute":
         yield
         return
+    plain, four_bit = (torch.float16, torch.bfloat16) if precision == "authors" else (torch.float32, torch.float32)
     decoder = decoder_parts(model)[0]
     saved: list[tuple[object, str, object]] = []
     with model_lock(model):
         try:
             for module in decoder.modules():
                 compute = getattr(module, "compute_dtype", None)
-                if compute in _LOW:  # bitsandbytes 4-bit layers: dequantize and multiply in float32
-                    saved.append((module, "compute_dtype", compute))
-                    module.compute_dtype = torch.float32
+                if compute is not None and compute != four_bit and compute in _LOW + (torch.float32,):
+                    saved.append((module, "compute_dtype", compute))  # bitsandbytes 4-bit layers
+                    module.compute_dtype = four_bit
                 for p in module.parameters(recurse=False):
-                    if p.dtype in _LOW and not _is_quantized_param(p):
+                    if p.is_floating_point() and p.dtype != plain and not _is_quantized_param(p):
                         saved.append((p, "data", p.data))
-                        p.data = p.data.float()
+                        p.data = p.data.to(plain)
             yield
         finally:
             for obj, attr, old in reversed(saved):

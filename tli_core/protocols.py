@@ -11,6 +11,8 @@ printed beside every figure, so a number always says how it was obtained:
                 weights) -- this reproduces the published statistics;
 ``paper-code-fp4``  the same, with the base loaded as the script loaded it: bitsandbytes 4-bit
                 with its default FP4 type (not the NF4 it was trained in) and bf16 compute;
+``paper-code-exact``  the same again in the script's arithmetic (float16 unquantized modules, no
+                torch_dtype given), for an exact reproduction of the published per-pair table;
 ``studio``      the tool's recommendation (its layer and pooling are settings of a run).
 """
 
@@ -33,6 +35,7 @@ class Protocol:
     merged: bool  # adapter merged into the (quantized) base, as merge_and_unload does
     quantization: str | None  # None: the run's own; "fp4": reload the base in bitsandbytes' FP4 for evaluation
     reasons: tuple[str, ...]
+    precision: str | None = None  # None: the run's analysis precision; "authors": the script's float16/bf16
 
     def describe(self, weights: str = "lora") -> str:
         """One line on what the protocol measures; ``weights="full"`` for fully fine-tuned blocks (no adapter)."""
@@ -43,7 +46,9 @@ class Protocol:
         if weights == "full":
             adapter = "fine-tuned blocks in float32" + (" (no adapter to merge)" if self.merged else "")
         quant = "; base reloaded in FP4 (the script's BitsAndBytesConfig default)" if self.quantization == "fp4" else ""
-        return f"{layer}, pooling {self.pooling}, {adapter}{quant}"
+        arithmetic = ("; the script's arithmetic (float16 embeddings and norms, bf16 4-bit layers)"
+                      if self.precision == "authors" else "")
+        return f"{layer}, pooling {self.pooling}, {adapter}{quant}{arithmetic}"
 
 
 PROTOCOLS = {
@@ -68,6 +73,11 @@ PROTOCOLS = {
         "paper-code-fp4", "the authors' script with its FP4 base", "target", "mean_words", True, "fp4", (
             "as paper-code, with the base reloaded by BitsAndBytesConfig(load_in_4bit=True, "
             "bnb_4bit_compute_dtype=bfloat16): bitsandbytes' default 4-bit type is FP4",)),
+    "paper-code-exact": Protocol(
+        "paper-code-exact", "the authors' script, its arithmetic too", "target", "mean_words", True, "fp4", (
+            "as paper-code-fp4, and in the script's arithmetic: it passed no torch_dtype, so under its pinned "
+            "transformers the unquantized modules ran in float16 while the 4-bit layers computed in bfloat16",),
+        precision="authors"),
 }
 DEFAULT_PROTOCOLS = ["studio", "paper-text", "paper-code"]
 

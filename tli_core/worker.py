@@ -349,7 +349,7 @@ def _evaluate_on_other_base(run: Run, config, resolved, lm, sets, protocol: Prot
     progress_for(f"loading the {protocol.quantization} base")("loading model", 0, 1, "")
     other = load_model(spec)
     try:
-        precision = config.analysis_precision
+        precision = protocol.precision or config.analysis_precision
         before = embed_sets(other.model, other.tokenizer, sets, [protocol.pooling], precision,
                             progress_for(f"embedding before ({protocol.quantization} base)"))
         with trained_model(other.model, weights_dir, merged=protocol.merged and is_adapter(weights_dir)) as tuned:
