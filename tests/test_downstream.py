@@ -57,24 +57,37 @@ def test_the_local_task_runs_end_to_end_for_base_and_adapter(lora_run, tiny):
     assert lora_run.downstream()["state"] == "done" and lora_run.downstream_summary() == json.loads(
         (lora_run.path / "downstream" / "summary.json").read_text())
     items = read_csv(lora_run.path / "downstream" / "items.csv")
-    assert len(items) == 2 * 63 and set(items["task"]) == set(TASKS)
+    control = lora_run.pairs("control")
+    n_items = len(control)
+    # the items come from this run's own control set (the shipped 63 would hold words another run trained on)
+    assert len(items) == 2 * n_items and set(items["task"]) == set(TASKS)
+    assert summary["local_items"]["test_pairs"] == n_items and summary["local_items"]["words_also_trained"] == {
+        "swahili": [], "english": []}
 
     # every item, both models, scored independently of lm-eval
-    docs = [json.loads(line) for line in (LOCAL_TASKS_DIR / "sw_en_test.jsonl").read_text().splitlines()]
+    own = lora_run.path / "downstream" / "task_items" / "sw_en_test.jsonl"
+    docs = [json.loads(line) for line in own.read_text().splitlines()]
+    assert [d["word"] for d in docs] == list(control["swahili"])
+    assert [d["choices"][d["label"]] for d in docs] == list(control["english"])
     mine = items[items["task"] == "tli_word_choice_sw_en"].sort_values("doc_id")
-    assert list(mine["doc_id"]) == list(range(63))
+    assert list(mine["doc_id"]) == list(range(n_items))
     base = [choice_correct(tiny.model, tiny.tokenizer, d, f"Swahili: {d['word']}\nEnglish:") for d in docs]
+    probe = torch.tensor([tiny.tokenizer(f"Swahili: {docs[0]['word']}\nEnglish: {docs[0]['choices'][0]}")["input_ids"]])
+    with torch.no_grad():
+        base_logits = tiny.model(probe).logits
     with trained_model(tiny.model, lora_run.adapter_dir) as tuned:
         after = [choice_correct(tuned, tiny.tokenizer, d, f"Swahili: {d['word']}\nEnglish:") for d in docs]
+        with torch.no_grad():
+            tuned_logits = tuned(probe).logits
     assert list(mine["correct_base"]) == base and list(mine["correct_tuned"]) == after
-    assert base != after  # the adapter changed some answers: the two passes really differ
+    assert not torch.allclose(base_logits, tuned_logits)  # the two passes really are two models
 
     r = summary["results"]["tli_word_choice_sw_en"]
     a, b = np.array(base), np.array(after)
     lost, gained = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     k, n = min(lost, gained), lost + gained
     p_exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    assert (r["n"], r["lost"], r["gained"]) == (63, lost, gained)
+    assert (r["n"], r["lost"], r["gained"]) == (n_items, lost, gained)
     assert r["acc_base"] == pytest.approx(a.mean()) and r["acc_tuned"] == pytest.approx(b.mean())
     assert r["p_mcnemar"] == pytest.approx(p_exact)
     assert r["ci_low"] <= r["change"] <= r["ci_high"]
@@ -125,7 +138,7 @@ def test_the_cli_and_the_launcher(lora_run, capsys):
     assert "tli_word_choice_en_sw" in out and "p (McNemar)" in out and "2-shot, limit 10" in out
     summary = lora_run.downstream_summary()
     assert summary["num_fewshot"] == 2 and summary["limit"] == 10
-    assert summary["results"]["tli_word_choice_en_sw"]["n"] == 10
+    assert summary["results"]["tli_word_choice_en_sw"]["n"] == 6  # the limit of 10, on the run's 6 control pairs
     for bad, match in ((dict(tasks=[]), "at least one task"), (dict(tasks=["x;rm -rf"]), "not a task name"),
                        (dict(tasks=TASKS, limit=0), "limit"), (dict(tasks=TASKS, num_fewshot=-1), "few-shot")):
         with pytest.raises(TLIError, match=match):

@@ -43,6 +43,46 @@ HUB_TASKS = {
 }
 TASKS = {**LOCAL_TASKS, **HUB_TASKS}
 BOOTSTRAP = 2000
+ITEMS_ENV = "TLI_TASK_ITEMS"  # the folder the local tasks' loader reads (a run's own items), else the shipped ones
+ITEM_SEED = 2506
+
+
+def word_choice_items(df: pd.DataFrame, source: str, target: str, rng) -> list[dict]:
+    """One 4-choice item per pair: its ``source`` word, its ``target`` word among 3 distractors drawn from the other
+    pairs' targets (never another gold translation of the same word)."""
+    gold = df.groupby(source)[target].apply(set).to_dict()
+    out = []
+    for i, row in df.reset_index(drop=True).iterrows():
+        others = sorted({w for w in df[target] if w not in gold[row[source]]})
+        if len(others) < 3:
+            raise TLIError(f"the local word-choice tasks need at least 4 different {target} words besides each "
+                           f"word's translations; this set has too few")
+        choices = rng.sample(others, 3) + [row[target]]
+        rng.shuffle(choices)
+        out.append({"id": f"{source}-{i}", "word": row[source], "choices": choices,
+                    "label": choices.index(row[target])})
+    return out
+
+
+def write_local_items(folder: Path, control: pd.DataFrame, trained: pd.DataFrame, seed: int = ITEM_SEED) -> dict:
+    """The local tasks' items from a run's own sets: test items from its control pairs, few-shot examples from 20 of
+    its trained pairs. Returns where the items came from, and the test words that also occur in the trained set
+    (a shared headword with another meaning: allowed, and said)."""
+    import json
+    import random
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = trained.head(20)
+    for direction, (source, target) in {"sw_en": ("swahili", "english"), "en_sw": ("english", "swahili")}.items():
+        rng = random.Random(seed)
+        for split, df in (("test", control), ("train", shots)):
+            rows = word_choice_items(df.reset_index(drop=True), source, target, rng)
+            (folder / f"{direction}_{split}.jsonl").write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    overlap = {"swahili": sorted(set(control["swahili"]) & set(trained["swahili"])),
+               "english": sorted(set(control["english"]) & set(trained["english"]))}
+    return {"test_pairs": len(control), "fewshot_pairs": len(shots), "source": "the run's control set (test) and "
+            "its first 20 trained pairs (few-shot)", "words_also_trained": overlap}
 
 
 @dataclass
@@ -101,11 +141,31 @@ def _requests_to(report):
 
 def run_tasks(model, tokenizer, tasks: list[str], num_fewshot: int = 0, limit: int | float | None = None,
               batch_size: int = 8, seed: int = 0, progress: Progress = no_progress,
-              phase: str = "downstream") -> dict[str, TaskResult]:
+              phase: str = "downstream", items: Path | None = None) -> dict[str, TaskResult]:
     """Evaluate ``model`` on ``tasks`` with lm-eval; per task, every item's correctness.
 
+    ``items``: the folder the local tasks read their items from (a run's own, see :func:`write_local_items`).
     Progress is reported per task as lm-eval's scored requests (one per item and answer choice).
     """
+    with _items_from(items):
+        return _run_tasks(model, tokenizer, tasks, num_fewshot, limit, batch_size, seed, progress, phase)
+
+
+@contextlib.contextmanager
+def _items_from(folder: Path | None):
+    old = os.environ.get(ITEMS_ENV)
+    if folder is not None:
+        os.environ[ITEMS_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ITEMS_ENV, None)
+        else:
+            os.environ[ITEMS_ENV] = old
+
+
+def _run_tasks(model, tokenizer, tasks, num_fewshot, limit, batch_size, seed, progress, phase):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

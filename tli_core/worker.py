@@ -24,7 +24,7 @@ from peft import PeftModel
 from .adapters import merged_adapter, strip_adapters
 from .alignment import derangement, pair_index
 from .config import Resolved, TLIConfig, resolve, total_steps
-from .downstream import item_table, paired_items, run_tasks
+from .downstream import LOCAL_TASKS, item_table, paired_items, run_tasks, write_local_items
 from .embeddings import SINK_POOLINGS, sink_note
 from .errors import OverlapError, TLIError
 from .evaluation import conditioning_of_sets, embed_sets, evaluate, merge_difference, write_eval
@@ -459,13 +459,20 @@ def downstream_run(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int 
     settings = {"tasks": list(tasks), "num_fewshot": int(num_fewshot), "limit": limit,
                 "weights": str(weights_dir.relative_to(run.path))}
 
+    local = [t for t in tasks if t in LOCAL_TASKS]
+    items_dir, items_info = None, None
+    if local:  # the local tasks' items come from this run's own control set, never the shipped one
+        items_dir = run.path / "downstream" / "task_items"
+        items_info = write_local_items(items_dir, run.pairs("control"), run.pairs("trained"))
+        settings["local_items"] = items_info
+
     def body(report):
         model = lm if lm is not None and lm.spec == config.model else load_model(config.model)
         base = run_tasks(model.model, model.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
-                         phase="base model")
+                         phase="base model", items=items_dir)
         with trained_model(model.model, weights_dir) as tuned:
             after = run_tasks(tuned, model.tokenizer, tasks, num_fewshot, limit, seed=config.seed, progress=report,
-                              phase="tuned model")
+                              phase="tuned model", items=items_dir)
         results = {t: paired_items(base[t], after[t], seed=config.seed) for t in tasks}
         chance = {t: base[t].chance for t in tasks if base[t].chance is not None}
         summary = {**settings, "model": model.facts.name, "finished": now(), "results": results, "chance": chance,

@@ -2,42 +2,29 @@
 
 test  = the 63 control pairs (never trained on), each with 3 distractors drawn from the other
         control pairs' translations; train = 20 trained pairs the same way, for few-shot examples.
-Seeded, so the files are reproducible exactly.
+Seeded, so the files are reproducible exactly. A benchmarked run builds its own items the same way
+from its own sets (``tli_core.downstream.write_local_items``); these files serve anyone running the
+task YAMLs with lm-eval directly.
 """
 
 from __future__ import annotations
 
-import json
-import random
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 ASSETS = HERE.parent
-SEED = 2506
+sys.path.insert(0, str(ASSETS.parent))
 
-
-def items(df: pd.DataFrame, source: str, target: str, rng: random.Random) -> list[dict]:
-    out = []
-    for i, row in df.reset_index(drop=True).iterrows():
-        others = [w for w in df[target] if w != row[target]]
-        choices = rng.sample(others, 3) + [row[target]]
-        rng.shuffle(choices)
-        out.append({"id": f"{source}-{i}", "word": row[source], "choices": choices,
-                    "label": choices.index(row[target])})
-    return out
+from tli_core.downstream import write_local_items  # noqa: E402
 
 
 def main() -> None:
     control = pd.read_csv(ASSETS / "pairs_control.csv")
-    trained = pd.read_csv(ASSETS / "pairs_trained.csv").head(20)
-    for direction, (source, target) in {"sw_en": ("swahili", "english"), "en_sw": ("english", "swahili")}.items():
-        rng = random.Random(SEED)
-        for split, df in (("test", control), ("train", trained)):
-            rows = items(df, source, target, rng)
-            (HERE / f"{direction}_{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                                       for r in rows), encoding="utf-8")
+    trained = pd.read_csv(ASSETS / "pairs_trained.csv")
+    write_local_items(HERE, control, trained)
 
 
 if __name__ == "__main__":
