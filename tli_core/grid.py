@@ -714,6 +714,8 @@ def sweep_eta(sweep: Sweep, slots: int | None = None) -> SweepETA:
             if full and left is not None:
                 work += max(0.0, min(1.0, 1 - left / full))
             phase = prog.get("phase") or st.get("phase") or "starting"
+            if st.get("state") == "queued":  # handed to Ray, its worker not yet at the first line of the run
+                phase = "starting (a Ray worker loads the libraries and the model)"
             count = f" {prog.get('done', 0):g}/{prog.get('total'):g}" if prog.get("total") else ""
             lines.append(f"{unit_label(u)}: {phase}{count}")
         elif full is not None:
