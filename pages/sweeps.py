@@ -7,6 +7,7 @@ import streamlit as st
 from tli_core.config import PLACEMENTS, TLIConfig
 from tli_core.downstream import TASKS
 from tli_core.figures import sweep_heatmap
+from tli_core.grid import estimate_grid
 from tli_core.jobs.runner import start_sweep
 from tli_core.layers import layer_name, paper_eval_layer
 from tli_core.stats import CORRECTIONS
@@ -98,9 +99,19 @@ try:
     seeds = parse_seeds(seeds_text) or [TLIConfig().seed]
     n_cells = len(parse_grid_layers(layers)) * max(1, len(placements)) * (len(ranks) + (1 if full else 0))
     n_units = n_cells * len(seeds) * (2 if placebo else 1)
+    estimate = ""
+    if n_units and not address.strip():
+        preview = SweepSpec(base=TLIConfig(model=lm.spec, epochs=int(epochs), trained_subset=int(sub_t) or None),
+                            target_layers=parse_grid_layers(layers), ranks=sorted(ranks) or [16],
+                            placements=placements or ["all"], seeds=seeds, placebo=placebo,
+                            methods=(["lora"] if ranks else []) + (["full"] if full else []) or ["lora"])
+        seconds, slots, basis = estimate_grid(preview, runs_dir(), len(pairs["trained"]), len(pairs["control"]),
+                                              int(parallel) or None, n)
+        estimate = (f" On this machine: {slots.slots} at a time ({md(slots.why)})" + (
+            f", about **{seconds / 60:.0f} min** in all ({md(basis)})." if seconds is not None else f"; {md(basis)}."))
     st.caption(f"{n_cells} cell(s) × {len(seeds)} seed(s)" + (" × 2 arms (TLI, placebo)" if placebo else "")
-               + f" = **{n_units} runs**." + ("" if len(seeds) > 1 and placebo else
-                                                " Without several seeds and a placebo no cell can earn a ★."))
+               + f" = **{n_units} runs**." + estimate + ("" if len(seeds) > 1 and placebo else
+                                                         " Without several seeds and a placebo no cell can earn a ★."))
 except Exception as exc:
     show_error(exc)
 start = st.button("Start the sweep", type="primary", icon=":material/grid_on:")

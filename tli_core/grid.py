@@ -121,8 +121,29 @@ def unit_memory(footprint: int, spec) -> int:
 
 def plan(sweep: Sweep, n_units: int, parallel: int | None = None, cluster: dict | None = None) -> Plan:
     """Units at a time and each unit's resources, for this machine (``cluster``: Ray's cluster_resources())."""
-    spec = sweep.spec()
-    footprint, basis = measured_footprint(sweep.runs_dir, spec.base.model)
+    return plan_for(sweep.spec(), sweep.runs_dir, n_units, parallel, cluster)
+
+
+def estimate_grid(spec, runs_dir: Path, n_trained: int, n_control: int, parallel: int | None = None,
+                  num_layers: int | None = None) -> tuple[float | None, Plan, str]:
+    """Before a sweep starts: (seconds it should take on this machine, its plan, what the figure rests on): each
+    unit's duration from this model's earlier runs here (``estimate.estimate_run``), laid out on the slots."""
+    from .estimate import estimate_run
+
+    units = spec.units()
+    p = plan_for(spec, runs_dir, len(units), parallel)
+    durations = []
+    for u in units:
+        est = estimate_run(spec.config_for(u), n_trained, n_control, runs_dir, num_layers)
+        if est is None:
+            return None, p, "no finished run of this model on this machine to estimate from yet"
+        durations.append(est.total)
+    return remaining_seconds(durations, p.slots), p, est.basis
+
+
+def plan_for(spec, runs_dir: Path, n_units: int, parallel: int | None = None, cluster: dict | None = None) -> Plan:
+    """:func:`plan` for a sweep that may not exist yet (its description and runs directory)."""
+    footprint, basis = measured_footprint(runs_dir, spec.base.model)
     memory = unit_memory(footprint, spec)
     device = spec.base.model.device
     if cluster is not None:
