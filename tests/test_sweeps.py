@@ -19,6 +19,7 @@ from tli_core.sweeps import (
     SweepSpec,
     best_cell,
     create_sweep,
+    downstream_grid,
     leading_cell,
     list_sweeps,
     no_star_reason,
@@ -48,7 +49,7 @@ def finished_sweep(tiny_model_dir, tmp_path_factory, ray_runtime):
 def replicated_sweep(tiny_model_dir, tmp_path_factory, ray_runtime):
     d = tmp_path_factory.mktemp("replicated")
     spec = SweepSpec(base=tiny_base(tiny_model_dir, d, epochs=2), target_layers=[[2]], ranks=[4], seeds=[3, 4],
-                     placebo=True)
+                     placebo=True, tasks=["tli_word_choice_sw_en"], limit=4)
     sweep = create_sweep(spec, d / "runs")
     assert run_sweep(sweep)["state"] == "done"
     return sweep
@@ -143,6 +144,10 @@ def test_a_cell_is_judged_over_its_seeds_and_against_its_placebo(replicated_swee
     assert row["control TLI − placebo p"] == pytest.approx(sps.ttest_1samp(did, 0.0).pvalue)
     assert row["control p basis"] == "2 seeds as replicates"
     assert bool(row["★"]) == (row["level"] == "confirmed")
+    # the benchmarks ran inside every unit, base vs tuned, with what they can detect
+    bench = downstream_grid(replicated_sweep)
+    assert len(bench) == 4 and set(bench["task"]) == {"tli_word_choice_sw_en"} and (bench["n"] == 4).all()
+    assert {"minimum detectable change", "verdict"} <= set(bench.columns)
 
 
 def test_only_a_confirmed_cell_is_best():
