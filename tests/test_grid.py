@@ -140,9 +140,10 @@ def test_a_parallel_sweep_equals_the_sequential_one_bit_for_bit(tmp_path, ray_ru
     """The same 2 x 2 demo sweep, two units at a time and one at a time: identical per-pair tables."""
     from tli_core.pairs import DEFAULT_CONTROL, DEFAULT_TRAINED
 
-    base = TLIConfig(model=ModelSpec(model="demo", device="cpu"), trained_pairs=str(DEFAULT_TRAINED),
-                     control_pairs=str(DEFAULT_CONTROL), trained_subset=24, control_subset=16, epochs=1,
-                     batch_size=8, warmup_steps=1, protocols=["studio", "paper-code"])
+    # float32 compute: on CPUs without bf16 matrix units (this 2-core AMD EPYC) a bf16 matmul is 10-25x slower
+    base = TLIConfig(model=ModelSpec(model="demo", device="cpu", compute_dtype="float32"),
+                     trained_pairs=str(DEFAULT_TRAINED), control_pairs=str(DEFAULT_CONTROL), trained_subset=24,
+                     control_subset=16, epochs=1, batch_size=8, warmup_steps=1, protocols=["studio", "paper-code"])
     tables = []
     for parallel in (2, 1):
         sweep = create_sweep(SweepSpec(base=base, target_layers=[[1], [2]], ranks=[2, 4]),
