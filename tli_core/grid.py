@@ -171,6 +171,14 @@ def plan_for(spec, runs_dir: Path, n_units: int, parallel: int | None = None, cl
         slots = max(1, cores // threads)
         limits.append(f"{cores} cores, {threads} thread(s) per unit")
         cpus = float(threads)
+    if cluster is not None and cluster.get("max_node_CPU"):  # a unit runs on one node: it must fit the largest
+        node_cpus = max(1, int(cluster["max_node_CPU"]))
+        if threads > node_cpus:
+            limits.append(f"{threads} thread(s) per unit capped to the largest node's {node_cpus} CPU(s)")
+            threads = node_cpus
+        cpus = float(min(cpus, node_cpus))
+        if cluster.get("max_node_memory"):
+            memory = min(memory, int(cluster["max_node_memory"]))
     if mem:
         by_memory = max(1, mem // memory)
         if by_memory < slots:
@@ -310,6 +318,8 @@ def ray_address(address: str | None) -> str | None:
 
 def start_ray(address: str | None, cores: int, dashboard: bool = False) -> dict:
     """Connect to ``address`` or start a local runtime; returns what is needed to leave it as found."""
+    if address and not os.environ.get("RAY_AUTH_MODE") and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"  # `ray start` (2.59+) enables token auth: send the token (read at import)
     try:
         import ray
     except ImportError:
@@ -331,8 +341,10 @@ def start_ray(address: str | None, cores: int, dashboard: bool = False) -> dict:
         else:
             ray.init(num_cpus=cores, object_store_memory=256 << 20, **kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line for the user
+        hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)" if address else "")
         raise TLIError(f"cannot start Ray{' at ' + address if address else ''}: "
-                       f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+                       f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}{hint}") from None
     processes = _ray_processes() if not address else []
     raylet = next((t for t in processes if b"raylet" in _cmdline(t)), None)
     return {"local": not address, "processes": processes, "raylet": raylet}
@@ -469,7 +481,12 @@ def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address:
         started_ray = start_ray(address, cpu_count(), dashboard)
         import ray
 
-        cluster = ray.cluster_resources() if address else None
+        cluster = None
+        if address:  # the cluster's totals, and the largest node (a unit never spans nodes)
+            cluster = dict(ray.cluster_resources())
+            alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            cluster["max_node_CPU"] = max((r.get("CPU", 0) for r in alive), default=0)
+            cluster["max_node_memory"] = max((r.get("memory", 0) for r in alive), default=0)
         p = plan(sweep, len(todo), parallel, cluster)
         if not address:
             p.memory = int(min(p.memory, ray.available_resources().get("memory", p.memory)))
