@@ -339,7 +339,9 @@ def start_ray(address: str | None, cores: int, dashboard: bool = False) -> dict:
                                                                       "workspace", "*.safetensors", ".cache"]}
             ray.init(address=address, runtime_env=runtime, **kwargs)
         else:
-            ray.init(num_cpus=cores, object_store_memory=256 << 20, **kwargs)
+            # address="local": a runtime of our own even when a `ray start` cluster runs on this machine (without it,
+            # ray.init joins that cluster and refuses our num_cpus)
+            ray.init(address="local", num_cpus=cores, object_store_memory=256 << 20, **kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line for the user
         hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
                 "(RAY_AUTH_TOKEN, or ~/.ray/auth_token from `ray get-auth-token`)" if address else "")
