@@ -172,7 +172,9 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         expect(page.get_by_text("What changed at layer", exact=False)).to_be_visible()
         expect(page.get_by_text("The evaluation protocols side by side")).to_be_visible()
         table = page.get_by_test_id("stTable").first
-        expect(table).to_contain_text("p (paired t)")
+        expect(table).to_contain_text("specific effect")  # leads; the paper's raw cosine and its paired t follow
+        expect(table).to_contain_text("raw cosine (paper)")
+        expect(table).to_contain_text("p corrected")
         expect(table).to_contain_text("trained")
         expect(table).to_contain_text("control")
         page.get_by_text("paper-code (the authors' published script)", exact=True).click()

@@ -96,4 +96,6 @@ def test_sweep_cli_2x2(tmp_path):
     table = pd.read_csv(tmp_path / "sweep.csv")
     assert len(table) == 4 and set(table["state"]) == {"done"}
     assert list(table["method"]) == ["lora", "full", "lora", "full"]  # NF4 blocks dequantized and fine-tuned
-    assert "best cell" in out.stdout or "largest change: cell" in out.stdout
+    # one seed and no placebo: no cell can be confirmed, so no star, and the CLI says why and names the leader
+    assert "★ best cell" not in out.stdout and "No cell qualifies for a ★" in out.stdout
+    assert "largest specific effect: cell" in out.stdout and "second seed" in out.stdout
