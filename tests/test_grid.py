@@ -19,7 +19,7 @@ from tli_core.jobs.process import process_alive
 from tli_core.jobs.runner import busy_message, resume_sweep, start_run
 from tli_core.models import ModelSpec
 from tli_core.runs import Run, list_runs
-from tli_core.sweeps import SweepSpec, create_sweep, sweep_results
+from tli_core.sweeps import SweepSpec, best_cell, create_sweep, no_star_reason, sweep_results
 
 
 def _wait(predicate, timeout: float, what: str, step: float = 0.2):
@@ -137,7 +137,8 @@ def test_resources_follow_the_machine_and_the_grid(tiny_model_dir, tmp_path):
 
 @pytest.mark.demo
 def test_a_parallel_sweep_equals_the_sequential_one_bit_for_bit(tmp_path, ray_runtime):
-    """The same 2 x 2 demo sweep, two units at a time and one at a time: identical per-pair tables."""
+    """The same 2 x 2 demo sweep (layers 1, 2 x LoRA, full), two units at a time and one at a time: identical
+    per-pair tables."""
     from tli_core.pairs import DEFAULT_CONTROL, DEFAULT_TRAINED
 
     # float32 compute: on CPUs without bf16 matrix units (this 2-core AMD EPYC) a bf16 matmul is 10-25x slower
@@ -146,10 +147,15 @@ def test_a_parallel_sweep_equals_the_sequential_one_bit_for_bit(tmp_path, ray_ru
                      control_subset=16, epochs=1, batch_size=8, warmup_steps=1, protocols=["studio", "paper-code"])
     tables = []
     for parallel in (2, 1):
-        sweep = create_sweep(SweepSpec(base=base, target_layers=[[1], [2]], ranks=[2, 4]),
+        # LoRA and full fine-tuning of the NF4 blocks (dequantized, trained in float32) side by side
+        sweep = create_sweep(SweepSpec(base=base, target_layers=[[1], [2]], ranks=[2], methods=["lora", "full"]),
                              tmp_path / f"runs{parallel}")
         assert run_sweep(sweep, parallel=parallel)["state"] == "done"
         assert sweep.status()["plan"]["slots"] == parallel
+        results = sweep_results(sweep)
+        assert list(results["method"]) == ["lora", "full", "lora", "full"] and set(results["state"]) == {"done"}
+        # one seed and no placebo: no cell can be confirmed, so no star, and the reason says what is missing
+        assert best_cell(results) is None and "second seed" in no_star_reason(results)
         frames = []
         for u in sweep.cells():
             for protocol in ("studio", "paper-code"):
