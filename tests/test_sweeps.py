@@ -157,6 +157,10 @@ def test_only_a_confirmed_cell_is_best():
     assert best_cell(results) == 2  # the only star, though its effect is the smallest
     assert leading_cell(results) == 1
     assert best_cell(results.assign(**{"★": False})) is None
+    # the reason reads true for one quiet cell among others, and for all (it said "1 cell(s)' ... is significant")
+    mixed = results.assign(level=["not_specific", "not_beyond_placebo", "not_specific"], **{"★": False})
+    assert "2 cell(s)' specific effect is not significant after correction" in no_star_reason(mixed)
+    assert "no cell's specific effect is significant" in no_star_reason(mixed.assign(level="not_specific"))
 
 
 def test_invalid_cells_are_reported_not_run(tiny_model_dir, tmp_path):

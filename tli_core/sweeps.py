@@ -417,8 +417,9 @@ def no_star_reason(results: pd.DataFrame) -> str:
         parts.append(f"{count['worse']} cell(s) lowered the specific alignment")
     quiet = count.get("not_specific", 0)
     if quiet:
-        parts.append(("no cell's" if quiet == len(done) else f"{quiet} cell(s)'") + " specific effect is significant "
-                     "after correction (a raw rise there is shared by non-translations or within noise)")
+        parts.append(("no cell's specific effect is" if quiet == len(done) else
+                      f"{quiet} cell(s)' specific effect is not") + " significant after correction (a raw rise there "
+                     "is shared by non-translations or within noise)")
     missing = []
     if (done["seeds"] < 2).all():
         missing.append("second seed")
