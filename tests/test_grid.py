@@ -75,11 +75,28 @@ def test_units_survive_a_killed_worker_a_killed_driver_and_a_stop(tiny_model_dir
                 if u["state"] == "done"}
     assert finished
 
-    # 3. resume, then stop: queued units are cancelled, running ones stop within seconds, finished ones stay
+    # 3a. Resume, and Stop at once, while the new driver is still starting Ray: the stop is obeyed, not wiped
+    #     (the driver used to clear the STOP file when it got going, and the sweep then ran to its end)
+    stale = {u["run"]: Run(runs_dir / u["run"]).raw_status().get("pid") for u in sweep.cells()}
     resume_sweep(sweep)
-    _wait(lambda: sweep.raw_status().get("state") == "running" and any(
-        _training(sweep, i) for i, u in enumerate(sweep.cells()) if u["run"] not in finished), 240,
-          "the resumed sweep training a unit")
+    sweep.request_stop()
+    _wait(lambda: sweep.status()["state"] == "stopped", 120, "the sweep stopped while its driver started")
+    assert all(Run(runs_dir / run_id).raw_status()["finished"] == when for run_id, when in finished.items())
+    assert not [r for r in list_runs(runs_dir) if r.is_active()]
+
+    # 3b. resume, then stop once a unit trains in a process of the new driver (the killed driver's unit may still
+    #     read 'training' in its status file): queued units are cancelled, running ones stop within seconds
+    resume_sweep(sweep)
+
+    def _live_training():
+        for i, u in enumerate(sweep.cells()):
+            run = _training(sweep, i) if u["run"] not in finished else None
+            if run is not None and run.raw_status().get("pid") != stale[u["run"]] and run.is_active():
+                return run
+        return None
+
+    _wait(lambda: sweep.raw_status().get("state") == "running" and _live_training(), 240,
+          "the resumed sweep training a unit in a new process")
     asked = time.monotonic()
     sweep.request_stop()
     _wait(lambda: sweep.status()["state"] == "stopped", 60, "the sweep to stop")

@@ -451,8 +451,12 @@ def remaining_seconds(durations: list[float], slots: int) -> float:
 
 
 def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address: str | None = None,
-              retries: int = 1, dashboard: bool = False) -> dict:
+              retries: int = 1, dashboard: bool = False, fresh: bool = True) -> dict:
     """Run every unit that is not finished, on Ray; returns the sweep's status.
+
+    ``fresh``: an old stop request (of an earlier driver) is cleared first. A driver started in the background by
+    ``resume_sweep`` passes False: its launcher cleared it, and a Stop pressed while this driver was still starting
+    (Ray takes seconds) is the user's and must be obeyed, not wiped.
 
     ``progress(units, sweep)`` is called whenever a unit changes state (and every few seconds). The final state is
     written once Ray is shut down, just before the runs directory is free again: a reader who sees it can start
@@ -472,7 +476,8 @@ def run_sweep(sweep: Sweep, progress=None, parallel: int | None = None, address:
         trained, control = load_pairs(spec.base.trained_pairs), load_pairs(spec.base.control_pairs)
         _check_units(sweep, spec, units, todo, trained, control)
         todo = [u for u in todo if u.get("state") != "invalid"]
-        sweep.clear_stop()
+        if fresh:
+            sweep.clear_stop()
         sweep.update_status(state="running", pid=os.getpid(), process=my_process_tag(), host=socket.gethostname(),
                             started=old.get("started") or now(), resumed=now() if old.get("started") else None,
                             message="", ray_address=address or "local", leftovers_ended=killed)
@@ -608,7 +613,8 @@ def _drive(sweep, spec, units, todo, p: Plan, address, retries, progress) -> dic
         if progress and (ready or time.monotonic() - last_report > 5):
             progress(units, sweep)
             last_report = time.monotonic()
-    if stopping_since is not None:
+    if stopping_since is not None or (sweep.stop_requested() and any(u.get("state") not in FINAL for u in units)):
+        # (a stop that came while the driver waited for its last unit's end is a stop, unless everything finished)
         return {"state": "stopped", "finished": now(), "message": "stopped: queued units cancelled, running units "
                                                                   "stopped; finished ones kept"}
     return _finish(sweep)

@@ -41,7 +41,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sweep_worker(args) -> int:
-    status = run_sweep(Sweep(args.sweep_dir), parallel=args.parallel, address=args.ray_address)
+    status = run_sweep(Sweep(args.sweep_dir), parallel=args.parallel, address=args.ray_address, fresh=False)
     return 0 if status.get("state") == "done" else 1
 
 

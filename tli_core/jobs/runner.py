@@ -108,6 +108,7 @@ def resume_sweep(sweep: Sweep) -> None:
     st = sweep.raw_status()
     args = (["--ray-address", str(st["ray_address_asked"])] if st.get("ray_address_asked") else []) + (
         ["--parallel", str(int(st["parallel"]))] if st.get("parallel") else [])
+    sweep.clear_stop()  # an earlier session's stop; one asked from now on reaches the driver, even while it starts
     spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log", extra_args=args or None)
 
 
