@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,6 +205,75 @@ def test_sigkill_leaves_a_failed_run_and_no_half_written_json(tmp_path, tiny_mod
     assert "ended without finishing" in run.status()["message"]
     all_json_parses(run)
     assert wait_for(lambda: JobLock(run.path.parent).holder() is None, 10)  # the OS released the lock
+
+
+_DYING = r"""
+import ctypes, fcntl, os, sys, threading, time
+fh = open(sys.argv[1], "a+"); fcntl.flock(fh, fcntl.LOCK_EX); fh.write("sweep s1, pid %d" % os.getpid()); fh.flush()
+release = sys.argv[2]
+def hold():  # the last thread: it keeps the process's files (and its lock) open until it exits
+    while not os.path.exists(release):
+        time.sleep(0.02)
+    os._exit(0)
+threading.Thread(target=hold).start()
+print("ready", flush=True)
+ctypes.CDLL(None, use_errno=True).syscall({"x86_64": 60, "aarch64": 93}[os.uname().machine], 0)  # main thread exits
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64") or not os.path.isdir("/proc"),
+                    reason="needs Linux /proc and a known exit syscall")
+def test_a_killed_process_whose_threads_are_still_exiting_is_not_gone_yet(tmp_path):
+    """A killed process's main thread reads 'Z' before its other threads have exited and before the OS has closed
+    its files; CI resumed a sweep in that moment and was refused by the dead driver's lock."""
+    import subprocess
+    import sys
+    import threading
+
+    from tli_core.jobs.process import process_alive, process_tag
+
+    runs_dir, release = tmp_path / "runs", tmp_path / "release"
+    runs_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _DYING, str(runs_dir / ".lock-probe"), str(release)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    threading.Thread(target=proc.wait, daemon=True).start()
+    assert wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] == "Z", 10)
+    tag = process_tag(proc.pid)
+    assert tag is not None and process_alive(tag)  # the leader is a zombie, a thread still runs: not gone
+    release.touch()
+    assert wait_for(lambda: not process_alive(tag), 10)
+    proc.wait(10)
+
+
+class _FakeSweep:
+    def __init__(self, runs_dir, process):
+        self.id, self.runs_dir, self._process = "s1", runs_dir, process
+
+    def raw_status(self):
+        return {"process": self._process}
+
+
+def test_resume_waits_while_the_dead_drivers_lock_is_being_released_but_not_for_a_live_one(tmp_path):
+    import threading
+
+    from tli_core.jobs.process import my_process_tag
+    from tli_core.jobs.runner import _wait_for_dead_driver
+
+    runs_dir = tmp_path / "runs"
+    lock = JobLock(runs_dir)
+    assert lock.acquire("sweep s1, pid 99999999")
+    threading.Timer(1.0, lock.release).start()  # the OS lets go of a dead driver's lock a moment later
+    started = time.monotonic()
+    _wait_for_dead_driver(_FakeSweep(runs_dir, "99999999:1"))
+    assert JobLock(runs_dir).holder() is None and time.monotonic() - started >= 0.9
+    assert lock.acquire("sweep s1, pid 99999999")
+    try:
+        started = time.monotonic()
+        _wait_for_dead_driver(_FakeSweep(runs_dir, my_process_tag()))  # a live driver: no waiting, refused later
+        assert time.monotonic() - started < 0.5 and "sweep s1" in busy_message(runs_dir)
+    finally:
+        lock.release()
 
 
 def test_one_training_job_at_a_time(tmp_path, tiny_model_dir, pair_files):

@@ -42,7 +42,26 @@ def process_tag(pid: int) -> str | None:
             return None
         return f"{pid}:?"
     fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else f"{pid}:{fields[19]}"
+    if fields[0] in ("Z", "X") and not _threads_exiting(pid):
+        return None
+    return f"{pid}:{fields[19]}"
+
+
+def _threads_exiting(pid: int) -> bool:
+    """A killed process's main thread reads 'Z' while its other threads are still exiting, and until they have
+    exited its files (and so its locks) are still open: it is not gone yet."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def my_process_tag() -> str:

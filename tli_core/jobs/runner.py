@@ -9,6 +9,7 @@ process (or, for the CLI, hand the created job back to run in the foreground).
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ from ..protocols import get_protocol
 from ..runs import Run, active_runs, check_run_name, create_run, default_runs_dir
 from ..sweeps import Sweep, SweepSpec, create_sweep
 from ..worker import check_config
-from .process import JobLock, now, spawn_worker
+from .process import JobLock, now, process_alive, spawn_worker
 
 
 def busy_message(runs_dir: str | Path) -> str | None:
@@ -101,9 +102,23 @@ def start_replicates(config: TLIConfig, seeds: list[int] | None = None, placebo:
     return start_sweep(spec, runs_dir, trained, control, launch, pair_names, name, address, parallel)
 
 
+def _wait_for_dead_driver(sweep: Sweep, seconds: float = 15.0) -> None:
+    """A driver that has just died can hold the runs directory's lock a moment longer (the OS closes a killed
+    process's files only once its last thread has exited, which on a busy machine takes a while): wait for that,
+    never for a live driver."""
+    lock, mine = JobLock(sweep.runs_dir), f"sweep {sweep.id},"
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        holder = lock.holder()
+        if not holder or not holder.startswith(mine) or process_alive(sweep.raw_status().get("process")):
+            return
+        time.sleep(0.1)
+
+
 def resume_sweep(sweep: Sweep) -> None:
     """Start (or continue) a sweep's driver on Ray, where it was asked to run; finished units are skipped."""
     end_orphans(sweep)  # a killed driver's units may outlive it by seconds: they are ended, then rerun
+    _wait_for_dead_driver(sweep)
     _not_busy(sweep.runs_dir)
     st = sweep.raw_status()
     args = (["--ray-address", str(st["ray_address_asked"])] if st.get("ray_address_asked") else []) + (
