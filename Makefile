@@ -23,7 +23,8 @@ install: $(STAMP)
 demo: install
 	$(PY) -m tli_core prepare-demo
 
-# ui.serve: `streamlit run app.py` with app.py's st.navigation as the router from the first request
+# ui.serve: `streamlit run app.py` with app.py's st.navigation as the router from the first request, answering
+# only to the host names it serves (DNS rebinding; more names: TLI_ALLOWED_HOSTS=a.example,b.example)
 run: demo
 	$(PY) -m ui.serve --server.address $(HOST) --server.port $(PORT) \
 		--server.fileWatcherType none --server.headless true --browser.gatherUsageStats false

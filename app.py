@@ -1,5 +1,7 @@
 """TLI Studio: the Streamlit entry point and router. Run with `make run` (127.0.0.1:8501)."""
 
+from pathlib import Path
+
 from tli_core.util import quiet_libraries
 
 quiet_libraries()  # before the libraries are imported: some log at import time
@@ -7,10 +9,12 @@ quiet_libraries()  # before the libraries are imported: some log at import time
 import streamlit as st  # noqa: E402
 
 from ui import state  # noqa: E402
-from ui.models import autoload, current_model, default_spec, ensure_model, get_pairs  # noqa: E402
-from ui.widgets import show_error, sidebar  # noqa: E402
+from ui.models import get_pairs, start_autoload  # noqa: E402
+from ui.widgets import md, show_error, sidebar  # noqa: E402
 
-st.set_page_config(page_title="TLI Studio", page_icon=":material/translate:", layout="wide")
+# the icon as a file served by this server: a ":material/…:" page icon makes the browser fetch it from a font service
+ICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="TLI Studio", page_icon=str(ICON), layout="wide")
 
 PAGES = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
@@ -31,12 +35,10 @@ PAGES = {
 }
 navigation = st.navigation(PAGES)
 state.keep_session_in_url()  # ?s=<id>: a reload (or a server restart) brings this session's choices back
+if problem := state.session_problem():  # a damaged session file: this session starts from the defaults
+    st.warning(f"unreadable: {md(problem)}; this browser session starts from the defaults.", icon="⚠️")
 
-if autoload() and current_model() is None and not state.autoload_tried():
-    try:  # once per session; the model itself is cached per server
-        ensure_model(default_spec())
-    except Exception as exc:  # shown, not fatal: the Model page lets the user choose another
-        show_error(exc)
+start_autoload()  # in the background, once per server: no page waits for it unless it needs the model
 
 try:
     get_pairs()  # the session's sets (restored from the workspace) before the sidebar names them

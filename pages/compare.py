@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from tli_core.errors import TLIError
 from tli_core.evaluation import groups_at_layer, protocols_side_by_side
 from tli_core.evidence import layer_choice_note
 from tli_core.figures import before_after_curve_figure, distribution_figure, ecdf_figure, scatter_figure
@@ -10,7 +11,7 @@ from tli_core.files import read_csv
 from tli_core.layers import layer_name
 from tli_core.protocols import PROTOCOLS
 from tli_core.runs import list_runs
-from tli_core.stats import STAT_LABELS, compare_table, guess_group_column
+from tli_core.stats import STAT_LABELS, compare_table, guess_group_column, variation_notes
 from tli_core.sweeps import cell_view
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
@@ -43,8 +44,12 @@ def show_stats(table: pd.DataFrame, key: str) -> None:
     for col, (_, row) in zip(cols, table.iterrows(), strict=True):
         col.metric(f"{md(row['group'])}: mean cosine (n = {row['n']})",
                    f"{row['mean_before']:.4f} → {row['mean_after']:.4f}",
-                   f"{row['pct_change']:+.2f} %  ·  p = {row['p']:.3g}")
+                   f"{row['pct_change']:+.2f} %  ·  "
+                   + (f"p = {row['p']:.3g}" if pd.notna(row["p"]) else "no variation"))
+    for note in variation_notes(table):
+        st.caption(md(note))
     shown = table.rename(columns=STAT_LABELS)
+    shown["set"] = shown["set"].map(md)  # st.table renders Markdown: a group named by a URL must not become a link
     fmt = {c: STAT_FORMATS.get(c, "{:.4f}") for c in shown.columns if c != "set"}
     st.table(shown.style.format(fmt, na_rep="–").hide(axis="index"))
     download_csv(table, f"statistics_{key}.csv", "Download statistics (CSV)", key=f"dl-stats-{key}")
@@ -93,14 +98,19 @@ if source.startswith("a training run"):
         st.stop()
     run = run_picker(runs)
     rid = run.id
+    problems = run.problems()
+    if problems:  # this run's own files are damaged: say which and why (every other run opens as usual)
+        st.error(md(f"Run {rid} is unreadable: " + "; ".join(problems)), icon="⚠️")
+        st.stop()
     summary = run.summary()
     status = run.status()
     if summary is None:
         if status.get("state") in ("queued", "running"):
-            st.info(f"Run {rid} is {status.get('phase')}; its comparison appears when it finishes.")
+            st.info(f"Run {md(rid)} is {md(status.get('phase') or status.get('state') or 'queued')}; its comparison "
+                    f"appears when it finishes.")
         elif run.has_weights():
-            st.warning(f"Run {rid} is {status.get('state')} and has not been evaluated. Evaluate its saved weights "
-                       f"(before/after on every layer) in the background:")
+            st.warning(f"Run {md(rid)} is {md(status.get('state'))} and has not been evaluated. Evaluate its saved "
+                       f"weights (before/after on every layer) in the background:")
             evaluation_panel(run, key=f"evaluate-{rid}")
         else:
             st.error(md(status.get("message") or f"Run {rid} has no results."))
@@ -130,13 +140,18 @@ if source.startswith("a training run"):
                         index=protocols.index(wanted) if wanted in protocols else 0,
                         format_func=lambda p: f"{p} ({PROTOCOLS[p].title})" if p in PROTOCOLS else p)
     summary = summaries[protocol]
-    layers = run.table("pairs_layers", protocol)
+    try:
+        layers, curve = run.require_table("pairs_layers", protocol), run.require_table("curve", protocol)
+        retrieval, layer_stats = run.table("retrieval", protocol), run.table("layer_stats", protocol)
+    except TLIError as exc:
+        show_error(exc)
+        st.stop()
     n_layers = int(summary["num_layers"])
-    model_name = md(summary.get("model", run.summary().get("model")))
+    model_name = md(summary.get("model") or run.summary().get("model") or "?")
     st.caption(f"Model {model_name} · target layer(s) {cfg.get('target_layers')} "
                f"· rank {cfg.get('lora_r')} · {cfg.get('epochs')} epochs · loss {cfg.get('loss')} · **{protocol}**: "
-               f"{summary.get('protocol_description', 'pooling ' + summary['pooling'])} · analysis precision "
-               f"{summary.get('precision', 'the compute dtype')}")
+               f"{summary.get('protocol_description') or 'pooling ' + str(summary.get('pooling'))} · analysis "
+               f"precision {summary.get('precision') or 'the compute dtype'}")
     if summary.get("precision") == "compute":
         st.warning("This run was analysed in the compute dtype, not float32: per-pair cosines at some layers can "
                    "move by far more than the changes shown (bf16 moved single pairs by up to 0.8 on the demo "
@@ -167,8 +182,7 @@ if source.startswith("a training run"):
     if eval_layer == summary["eval_layer"]:
         at_layer = {g: summary["groups"][g] for g in groups}
     else:  # a layer picked after seeing them all is one of many: its p-values are corrected across layers
-        at_layer = groups_at_layer(data, run.table("retrieval", protocol), run.table("layer_stats", protocol),
-                                   eval_layer, seed=int(cfg.get("seed") or 0))
+        at_layer = groups_at_layer(data, retrieval, layer_stats, eval_layer, seed=int(cfg.get("seed") or 0))
     st.subheader(f"What changed at layer {eval_layer} ({layer_name(eval_layer, n_layers)}), {protocol}")
     st.caption(layer_choice_note(cfg, eval_layer, summary["eval_layer"]))
     cond = summary.get("conditioning") or {}
@@ -189,7 +203,6 @@ if source.startswith("a training run"):
     elif view is not None:
         st.caption(f"This run is one of {len(view['units'])} runs of cell {view['cell']} (seeds, placebo): their "
                    f"joint result is shown at the protocol's own layer {summary['eval_layer']}.")
-    curve = run.table("curve", protocol)
     at = curve[curve["layer"] == eval_layer]
     base_rows = []
     for g in groups:
@@ -215,7 +228,7 @@ if source.startswith("a training run"):
             plot(before_after_curve_figure(curve, g, eval_layer, cfg.get("target_layers")),
                  key=f"curve-{rid}-{protocol}-{g}", source=f"run {rid} · {protocol} protocol · set {g}")
     download_csv(curve, f"curve_{rid}.csv", "Download the before/after curve (CSV)", key="dl-curve-run")
-    word_table(with_hits(data, run.table("retrieval", protocol), eval_layer), f"{rid}-{protocol}-L{eval_layer}")
+    word_table(with_hits(data, retrieval, eval_layer), f"{rid}-{protocol}-L{eval_layer}")
     st.subheader("Downstream benchmarks: base vs tuned")
     has_results = downstream_results(run, rid)
     if not has_results:

@@ -19,10 +19,12 @@ DIAG_FORM = {"which": "trained", "sample": 200, "dims": ""}  # kept for this bro
 state.init_form("diagnostics", DIAG_FORM, state.checks(which=lambda v: v in ("trained", "control"),
                                                        sample=lambda v: 20 <= v <= 5000), link=tuple(DIAG_FORM))
 c1, c2, c3 = st.columns(3)
-which = c1.radio("Set", ["trained", "control"], horizontal=True, key=state.form_key("diagnostics", "which"))
+which = c1.radio("Set", ["trained", "control"], horizontal=True,
+                 **state.field("diagnostics", "which", ["trained", "control"]))
 sample = c2.number_input("Words sampled for the activation statistics", 20, 5000,
-                         key=state.form_key("diagnostics", "sample"))
-dims_text = c3.text_input("Dimensions to leave out (empty = the ones found)", key=state.form_key("diagnostics", "dims"))
+                         **state.field("diagnostics", "sample"))
+dims_text = c3.text_input("Dimensions to leave out (empty = the ones found)",
+                          **state.field("diagnostics", "dims"))
 state.save_form("diagnostics", DIAG_FORM, link=tuple(DIAG_FORM))
 copy_link(*DIAG_FORM)
 key = (spec_key(lm.spec), frame_hash(pairs[which]), which, int(sample), dims_text)

@@ -25,11 +25,11 @@ MAP_FORM = {"layer": int(default_layer), "method": METHODS[0], "max_pairs": 120}
 LINK = tuple(MAP_FORM)
 state.init_form("map", MAP_FORM, state.checks(layer=lambda v: 0 <= v <= n, method=lambda v: v in METHODS,
                                               max_pairs=lambda v: 10 <= v <= 2000), link=LINK)
-layer = c2.selectbox("Layer", list(range(n + 1)), key=state.form_key("map", "layer"),
+layer = c2.selectbox("Layer", list(range(n + 1)), **state.field("map", "layer", list(range(n + 1))),
                      format_func=lambda k: f"{k} ({layer_name(k, n)})")
-method = c3.selectbox("Projection", METHODS, key=state.form_key("map", "method"),
+method = c3.selectbox("Projection", METHODS, **state.field("map", "method", METHODS),
                       format_func=lambda m: {"pca": "PCA", "tsne": "t-SNE"}[m])
-max_pairs = c4.number_input("Pairs per set (sampled)", 10, 2000, key=state.form_key("map", "max_pairs"))
+max_pairs = c4.number_input("Pairs per set (sampled)", 10, 2000, **state.field("map", "max_pairs"))
 state.save_form("map", MAP_FORM, link=LINK)
 copy_link("run", *LINK)
 sets = run_sets = None

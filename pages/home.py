@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tli_core.runs import list_runs
-from ui.models import current_model, get_pairs, runs_dir
+from ui.models import current_loading, current_model, get_pairs, runs_dir
 from ui.widgets import md
 
 st.title("TLI Studio")
@@ -17,7 +17,7 @@ lm = current_model()
 pairs = get_pairs()
 runs = list_runs(runs_dir())
 c1, c2, c3 = st.columns(3)
-c1.metric("Model", md(lm.facts.name.split(" (")[0]) if lm else "not loaded",
+c1.metric("Model", md(lm.facts.name.split(" (")[0]) if lm else "loading …" if current_loading() else "not loaded",
           f"{lm.facts.num_layers} blocks · {lm.facts.quantization}" if lm else None, delta_color="off")
 c2.metric("Word pairs", f"{len(pairs['trained'])} + {len(pairs['control'])}", "trained + control", delta_color="off")
 c3.metric("Runs", len(runs), f"{sum(r.status().get('state') == 'done' for r in runs)} done", delta_color="off")

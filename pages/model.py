@@ -6,7 +6,16 @@ import streamlit as st
 from tli_core.demo import DEMO
 from tli_core.models import COMPUTE_DTYPES, DEVICES, QUANTIZATIONS, ModelSpec
 from ui import state
-from ui.models import current_model, default_spec, ensure_model, loaded_models, spec_key, unload_model
+from ui.models import (
+    current_loading,
+    current_model,
+    default_spec,
+    ensure_model,
+    loaded_models,
+    loading_line,
+    spec_key,
+    unload_model,
+)
 from ui.widgets import md, show_error
 
 st.title("Model")
@@ -46,9 +55,16 @@ if submitted:
     except Exception as exc:
         show_error(exc)
 
+unloaded = state.take_notice("model")
+if unloaded:
+    st.success(f"Unloaded {md(unloaded)}: its memory is free. To load a model again, choose it above and press "
+               f"“Load model”.", icon=":material/eject:")
 lm = current_model()
 if lm is None:
-    st.info("No model loaded yet.")
+    if current_loading() is not None and not submitted:
+        loading_line()
+    elif not unloaded:
+        st.info("No model loaded yet.")
     st.stop()
 
 st.subheader(md(lm.facts.name))
@@ -69,6 +85,8 @@ if len(others) > 1:
         state.set_model_key(choice)
         st.rerun()
 
-if st.button("Unload this model", icon=":material/eject:"):
+if st.button("Unload this model", icon=":material/eject:",
+             help="frees its memory; no page loads it again by itself (load one above when you need it)"):
     unload_model(spec_key(lm.spec))
+    state.set_notice("model", lm.spec.label())
     st.rerun()

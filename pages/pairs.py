@@ -18,19 +18,29 @@ sources = pair_sources()
 reports = pair_reports()
 
 leak = check_leakage(pairs["trained"], pairs["control"])
-if leak.leaks:
-    st.error("Trained and control sets overlap: " + md(" ".join(leak.leak_lines())) + " Training refuses them unless "
-             "you tick “Accept pairs that are in both sets” on the Train or Sweeps page.", icon="⚠️")
+if leak.leaks:  # one finding a line
+    st.error("Trained and control sets overlap:  \n" + "  \n".join(md(line) for line in leak.leak_lines())
+             + "  \nTraining refuses them unless you tick “Accept pairs that are in both sets” on the Train or Sweeps "
+               "page.", icon="⚠️")
 if leak.warning_lines():
-    st.warning(md(" ".join(leak.warning_lines())))
+    st.warning("  \n".join(md(line) for line in leak.warning_lines()))
 if not leak.leaks and not leak.warning_lines():
     st.success("No overlap between the trained and control sets.", icon=":material/check_circle:")
 
 saved = list_pairsets()
-tabs = st.tabs([f"Trained ({len(pairs['trained'])})", f"Control ({len(pairs['control'])})", "Split one file"])
+
+
+def use_kept(which: str) -> None:
+    """The kept set picked in the select becomes the session's set at once (no second button)."""
+    h = st.session_state.get(f"kept-{which}")
+    if h:
+        use_saved_pairs(which, h)
+    st.session_state[f"kept-{which}"] = None
+# fixed labels: a label that changes (a count after an upload) makes a new set of tabs, and the view jumps to the first
+tabs = st.tabs(["Trained", "Control", "Split one file"])
 for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
     with tab:
-        st.caption(f"Source: {md(sources[which].label)} — {sources[which].rows} pairs, kept since "
+        st.caption(f"Source: {md(sources[which].label)} — **{len(pairs[which])} pairs**, kept since "
                    f"{sources[which].uploaded} (every set you use is kept in the workspace, so a reload or a "
                    f"restart brings it back)")
         lines = reports.get(which) or []
@@ -49,20 +59,20 @@ for tab, which in zip(tabs[:2], ("trained", "control"), strict=True):
                            file_name=f"pairs_{which}.{fmt}", key=f"dl-{which}", icon=":material/download:")
         upload = c2.file_uploader(f"Replace the {which} set", type=list(FORMATS) + ["txt"], key=f"up-{which}")
         if upload is not None and state.uploaded_marker(which) != (upload.name, upload.size):
+            # read once: a file that failed says why in this run only, and the message goes with the next action
+            state.set_uploaded_marker(which, (upload.name, upload.size))
             try:
                 df, rep = read_pairs(upload.getvalue(), source=upload.name, drop_empty=True)
                 set_pairs(which, df, upload.name, rep.lines())
-                state.set_uploaded_marker(which, (upload.name, upload.size))
                 st.rerun()
             except Exception as exc:
                 show_error(exc)
         others = [s for s in saved if s.hash != sources[which].hash]
         if others:
-            pick = c2.selectbox(f"Or use a kept set as the {which} set", [None] + others, key=f"kept-{which}",
-                                format_func=lambda s: "—" if s is None else f"{s.label} ({s.rows} pairs, {s.uploaded})")
-            if pick is not None and c2.button(f"Use it as the {which} set", key=f"use-{which}"):
-                use_saved_pairs(which, pick.hash)
-                st.rerun()
+            c2.selectbox(f"Or use a kept set as the {which} set (one click)", [None] + [s.hash for s in others],
+                         key=f"kept-{which}", on_change=use_kept, args=(which,),
+                         format_func=lambda h, by={s.hash: s for s in others}: "—" if h is None else
+                         f"{by[h].label} ({by[h].rows} pairs, {by[h].uploaded})")
         if c2.button(f"Reset {which} to the shipped set", key=f"reset-{which}"):
             use_saved_pairs(which, default_pairsets()[which].hash)
             state.set_uploaded_marker(which, None)

@@ -21,10 +21,10 @@ PROBE_FORM = {"sw_en": TEMPLATES["sw→en"], "en_sw": TEMPLATES["en→sw"], "whi
 state.init_form("probes", PROBE_FORM, state.checks(which=lambda v: v in ("control", "trained"),
                                                   max_new=lambda v: 1 <= v <= 64), link=("which",))
 c1, c2 = st.columns(2)
-sw_en = c1.text_input("Swahili → English template", key=state.form_key("probes", "sw_en"))
-en_sw = c2.text_input("English → Swahili template", key=state.form_key("probes", "en_sw"))
+sw_en = c1.text_input("Swahili → English template", **state.field("probes", "sw_en"))
+en_sw = c2.text_input("English → Swahili template", **state.field("probes", "en_sw"))
 c1, c2, c3 = st.columns([1, 3, 1])
-which = c1.radio("Words from", ["control", "trained"], key=state.form_key("probes", "which"))
+which = c1.radio("Words from", ["control", "trained"], **state.field("probes", "which", ["control", "trained"]))
 pool = pairs[which]
 options = list(dict.fromkeys(pool["swahili"]))
 wanted = state.form_value("probes", "words") or []
@@ -33,8 +33,8 @@ if wanted and not kept:  # words of another set or run: this set's first eight (
     kept = options[:8]
 if kept != wanted:  # only when it must change: a value set by the script each run can overwrite a pick in flight
     state.set_form_value("probes", "words", kept)
-chosen = c2.multiselect("Words", options, key=state.form_key("probes", "words"))
-max_new = c3.number_input("New tokens", 1, 64, key=state.form_key("probes", "max_new"))
+chosen = c2.multiselect("Words", options, **state.field("probes", "words"))
+max_new = c3.number_input("New tokens", 1, 64, **state.field("probes", "max_new"))
 state.save_form("probes", PROBE_FORM, link=("which",))
 copy_link("run", "which")
 if st.button("Run the probes", type="primary", icon=":material/chat:", disabled=not chosen):

@@ -9,9 +9,20 @@ from tli_core.runs import curves_side_by_side, delete_run, diff_configs, list_ru
 from ui import state
 from ui.downstream import downstream_panel, downstream_results
 from ui.models import current_model, get_pairs, runs_dir
-from ui.widgets import copy_link, download_csv, evaluation_panel, export_buttons, md, plot, reflect, show_error
+from ui.widgets import (
+    copy_link,
+    download_csv,
+    evaluation_panel,
+    export_buttons,
+    hide_script_stop,
+    md,
+    plot,
+    reflect,
+    show_error,
+)
 
 st.title("Runs")
+hide_script_stop()  # a job page: the job's Stop is the only Stop
 st.caption(f"Run directories live in {md(runs_dir())}; each holds its config, status, metrics, log, trained weights, "
            f"before/after tables and benchmarks. Select one run to act on it, two or more to compare their results.")
 
@@ -29,7 +40,7 @@ with st.expander("Import a published adapter (any PEFT LoRA directory)"):
             pairs = get_pairs()
             run, info = import_adapter(source.strip(), lm.spec, runs_dir(), pairs["trained"], pairs["control"],
                                        target_layers=parse_layers(layers_text))
-            st.success(f"Imported as run {run.id} (r={info['adapter_config'].get('r')}, "
+            st.success(f"Imported as run {md(run.id)} (r={info['adapter_config'].get('r')}, "
                        f"α={info['adapter_config'].get('lora_alpha')}); select it below to evaluate it.")
         except Exception as exc:
             show_error(exc)
@@ -70,7 +81,7 @@ if kept is None:  # first view: the runs named by the link (those that still exi
         state.set_form_value("runs", "runs", linked)
 elif any(r not in runs for r in kept):  # a run deleted since
     state.set_form_value("runs", "runs", [r for r in kept if r in runs])
-picked = st.multiselect("…or pick runs by id", list(runs), key=state.form_key("runs", "runs"),
+picked = st.multiselect("…or pick runs by id", list(runs), **state.field("runs", "runs"),
                         help="the same as ticking their rows in the table; a link to this page brings them back")
 selected = [runs[s] for s in dict.fromkeys(selected + picked) if s in runs]
 reflect(runs=",".join(r.id for r in selected) or None)
@@ -81,7 +92,11 @@ if len(selected) >= 2:
     st.subheader(f"{len(selected)} runs side by side")
     labels = {r.id: r.meta().get("name") or r.id for r in selected}
     results = results_side_by_side(selected)
-    if results.empty:
+    waiting = results.loc[results["set"] == "—", "run"].tolist()
+    if waiting:
+        st.caption(f"Not evaluated yet (listed, without results): {md(', '.join(waiting))}. Select one alone to "
+                   f"evaluate it.")
+    if len(waiting) == len(selected):
         st.info("None of these runs has results yet.")
     else:
         st.caption("Each run's headline protocol; the protocol, layer, pooling and precision are in the table.")
@@ -105,8 +120,11 @@ elif len(selected) == 1:
     meta = run.meta()
     st.subheader(run.id + (f" — {md(meta['name'])}" if meta.get("name") else ""))
     message = f" · {md(status['message'])}" if status.get("message") else ""
-    st.markdown(f"**{md(status.get('state'))}** · phase {md(status.get('phase'))} · step {status.get('step', 0)}/"
-                f"{status.get('total_steps') or '?'}{message}")
+    st.markdown(f"**{md(status.get('state') or 'unknown')}** · phase {md(status.get('phase') or '—')} · step "
+                f"{status.get('step') or 0}/{status.get('total_steps') or '?'}{message}")
+    for problem in run.problems():  # this run's damaged files, each with its reason
+        if problem not in str(status.get("message")):
+            st.error(md(f"unreadable: {problem}"), icon="⚠️")
     with st.form(f"meta-{run.id}", enter_to_submit=False, border=False):
         c1, c2 = st.columns([1, 2])
         new_name = c1.text_input("Name", meta.get("name", ""), max_chars=100)
@@ -125,8 +143,11 @@ elif len(selected) == 1:
                            file_name=f"{run.id}-{run.final_weights().name}.zip", icon=":material/download:")
     if run.is_active():
         if c2.button("Stop", icon=":material/stop_circle:"):
-            run.request_stop()
-            st.toast("Stop requested.")
+            try:
+                run.request_stop()
+                st.toast("Stop requested.")
+            except Exception as exc:
+                show_error(exc)
     if run.summary() is not None:
         if c3.button("Open in Compare", icon=":material/compare_arrows:"):
             state.set_watched_run(run.id)
@@ -136,7 +157,7 @@ elif len(selected) == 1:
         if c4.button("Delete", icon=":material/delete:", disabled=not confirm):
             try:
                 delete_run(run)
-                st.toast(f"Deleted {run.id}")
+                st.toast(f"Deleted {md(run.id)}")
                 st.rerun()
             except Exception as exc:
                 show_error(exc)

@@ -32,19 +32,20 @@ state.init_form("scan", SCAN_FORM, state.checks(
     show=lambda v: v in ("trained", "control"), seed=lambda v: 0 <= v <= 10**6), link=LINK)
 
 
-def key(field: str) -> str:
-    return state.form_key("scan", field)
+def field(name: str, options=None) -> dict:
+    return state.field("scan", name, options)
 
 
 c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 1])
-pooling = c1.selectbox("Pooling", OPTIONS["pooling"], format_func=lambda p: f"{p} — {POOLINGS[p]}", key=key("pooling"))
-centering = c2.selectbox("Mean-centering", OPTIONS["centering"], format_func=lambda c: f"{c} — {CENTER_HELP[c]}",
-                         key=key("centering"))
-precision = c3.selectbox("Analysis precision", OPTIONS["precision"], format_func=lambda p: f"{p} — {PRECISIONS[p]}",
-                         key=key("precision"))
-which = c4.multiselect("Sets", ["trained", "control"], key=key("sets"))
-seed = c5.number_input("Shuffle seed", 0, 10**6, key=key("seed"),
+# a select shows its value whole; what the value means sits under it (a sentence in the select was cut off)
+pooling = c1.selectbox("Pooling", OPTIONS["pooling"], **field("pooling", OPTIONS["pooling"]))
+centering = c2.selectbox("Mean-centering", OPTIONS["centering"], **field("centering", OPTIONS["centering"]))
+precision = c3.selectbox("Analysis precision", OPTIONS["precision"], **field("precision", OPTIONS["precision"]))
+which = c4.multiselect("Sets", ["trained", "control"], **field("sets"))
+seed = c5.number_input("Shuffle seed", 0, 10**6, **field("seed"),
                        help="seed of the derangement behind the shuffled baseline")
+st.caption(f"Pooling **{pooling}**: {POOLINGS[pooling]}. Centering **{centering}**: {CENTER_HELP[centering]}. "
+           f"Precision **{precision}**: {PRECISIONS[precision]}.")
 state.save_form("scan", SCAN_FORM, link=LINK)
 sets = {name: pairs[name] for name in which}
 
@@ -99,7 +100,7 @@ if result.conditioning is not None:
     flagged = sorted(set(flagged) | set(ill))
 if state.form_value("scan", "show") not in sets:
     state.set_form_value("scan", "show", list(sets)[0])
-show = st.radio("Curve of", list(sets), horizontal=True, key=key("show"))
+show = st.radio("Curve of", list(sets), horizontal=True, **field("show", list(sets)))
 state.save_form("scan", SCAN_FORM, link=LINK)
 copy_link(*LINK)
 curve = result.curve
@@ -111,8 +112,7 @@ choose = st.radio("Suggest the target layer from", ["all pairs of the set", "a h
                        "says it.")
 sugg = suggest_layers(curve, show, noise=layer_noise(result.precision_report), detail=result.details.get(show),
                       held_out=choose == "a held-out split", seed=int(seed))
-state.set_scan_suggestion({k: v for k, v in sugg.items() if k != "gap_bootstrap"} | {
-    "model": lm.spec, "seconds_per_word": result.seconds / max(1, 2 * len(result.pairs))})
+state.set_scan_suggestion(sugg, lm.spec, result.seconds / max(1, 2 * len(result.pairs)))
 flat = indistinguishable_layers(curve, set_name=show)
 m1, m2, m3 = st.columns(3)
 for col, key, label in ((m1, "raw_peak", "Raw-cosine peak (the paper's rule)"),

@@ -11,7 +11,7 @@ import streamlit as st
 from tli_core.config import LOSSES, METHODS, PLACEMENTS, TLIConfig, resolve, total_steps
 from tli_core.embeddings import POOLINGS
 from tli_core.errors import TLIError
-from tli_core.estimate import estimate_run, progress_text
+from tli_core.estimate import calibrate, estimate_run, progress_text
 from tli_core.figures import loss_figure, similarity_figure
 from tli_core.jobs.jobdir import ACTIVE
 from tli_core.jobs.runner import start_replicates, start_run
@@ -23,12 +23,13 @@ from tli_core.sweeps import Sweep, list_sweeps
 from tli_core.util import parse_seeds
 from ui import state
 from ui.grid import sweep_progress
-from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir
-from ui.widgets import evaluation_panel, md, plot, show_error
+from ui.models import get_pairs, pair_names, pairs_file, require_model, runs_dir, slow_poll
+from ui.widgets import evaluation_panel, hide_script_stop, md, plot, show_error
 
 OVERLAP_CONTROL = "Accept pairs that are in both sets"
 
 st.title("Train")
+hide_script_stop()  # a job page: the job's Stop is the only Stop
 lm = require_model()
 pairs = get_pairs()
 names = pair_names()
@@ -73,8 +74,8 @@ state.init_form("train", PAPER_FORM, fits)
 
 def layer_choice(targets: list[int]) -> str:
     """'scan' / 'scan-held-out' when the target is the layer this session's scan suggested, else 'given'."""
-    s = state.scan_suggestion()
-    if s and s.get("model") == lm.spec and targets == [s.get("gap_peak")]:
+    s = state.scan_suggestion(lm.spec)
+    if s and targets == [s.get("gap_peak")]:
         return s.get("mode") or "scan"
     return "given"
 
@@ -85,8 +86,8 @@ st.markdown(f"**Model:** {md(lm.spec.label())}  \n**Trained pairs:** {len(pairs[
 st.caption("The defaults are the paper's published settings (where the paper is silent, the authors' code: no "
            "gradient clipping). Changing a value never changes another one behind your back.")
 b1, b2 = st.columns([3, 1])
-sugg = state.scan_suggestion()
-if sugg and sugg.get("model") == lm.spec and 0 < sugg["gap_peak"] <= n:
+sugg = state.scan_suggestion(lm.spec)
+if sugg and 0 < sugg["gap_peak"] <= n:
     gap = sugg["gap_peak"]
     how = "chosen on a held-out half of the headwords" if sugg.get("mode") == "scan-held-out" else \
         "chosen on the same pairs: evaluating it there is double-dipping"
@@ -105,78 +106,81 @@ running = [r for r in list_runs(runs_dir()) if r.is_active()]
 form_col, job_col = st.columns([3, 1])  # the same layout with or without a job: nothing jumps when one starts
 
 
-def key(field: str) -> str:
-    return state.form_key("train", field)
+def field(name: str, options=None) -> dict:
+    return state.field("train", name, options)
 
 
 with form_col:
     st.markdown("##### Where")
     c1, c2 = st.columns(2)
-    targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), format_func=layer_label, key=key("targets"),
+    targets = c1.multiselect("Target layer(s)", list(range(1, n + 1)), format_func=layer_label, **field("targets"),
                              help=helps["target_layers"])
-    pooling = c2.selectbox("Training pooling", list(POOLINGS), key=key("pooling"), help=helps["pooling"],
-                           format_func=lambda p: f"{p} — {POOLINGS[p]}")
+    pooling = c2.selectbox("Training pooling", list(POOLINGS), **field("pooling", list(POOLINGS)),
+                           help=helps["pooling"])
+    st.caption(f"Training pooling **{pooling}**: {POOLINGS[pooling]}.")  # the select shows its value whole
     st.markdown("##### Evaluation")
     c1, c2, c3, c4 = st.columns(4)
-    protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), key=key("protocols"),
+    protocols = c1.multiselect("Protocols (first = headline)", list(PROTOCOLS), **field("protocols"),
                                format_func=lambda p: f"{p} — {PROTOCOLS[p].title}", help=helps["protocols"])
     eval_layer = c2.selectbox("Studio protocol: evaluation layer", list(EVAL_LAYERS) + list(range(n + 1)),
-                              format_func=layer_label, key=key("eval_layer"), help=helps["eval_layer"])
-    eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS), key=key("eval_pooling"),
-                                help=helps["eval_pooling"], format_func=lambda p: f"{p} — {POOLINGS[p]}")
-    precision = c4.selectbox("Analysis precision", list(PRECISIONS), key=key("precision"),
+                              format_func=layer_label, **field("eval_layer", list(EVAL_LAYERS) + list(range(n + 1))),
+                              help=helps["eval_layer"])
+    eval_pooling = c3.selectbox("Studio protocol: pooling", list(POOLINGS), **field("eval_pooling", list(POOLINGS)),
+                                help=helps["eval_pooling"])
+    precision = c4.selectbox("Analysis precision", list(PRECISIONS), **field("precision", list(PRECISIONS)),
                              help=helps["analysis_precision"])
+    st.caption(f"Evaluation pooling **{eval_pooling}**: {POOLINGS[eval_pooling]}.")
     st.markdown("##### What trains")
-    method = st.radio("Method", METHODS, key=key("method"), horizontal=True, help=helps["method"],
+    method = st.radio("Method", METHODS, **field("method", METHODS), horizontal=True, help=helps["method"],
                       format_func={"lora": "LoRA adapters (the paper)",
                                    "full": "full fine-tuning of the blocks (a baseline)"}.get)
     lora = method == "lora"
     c1, c2, c3, c4 = st.columns(4)
-    rank = c1.number_input("LoRA rank r", 1, 1024, key=key("rank"), help=helps["lora_r"], disabled=not lora)
-    alpha = c2.number_input("LoRA alpha", 1, 4096, key=key("alpha"), help=helps["lora_alpha"], disabled=not lora)
-    dropout = c3.number_input("LoRA dropout", 0.0, 0.9, step=0.01, key=key("dropout"), help=helps["lora_dropout"],
+    rank = c1.number_input("LoRA rank r", 1, 1024, **field("rank"), help=helps["lora_r"], disabled=not lora)
+    alpha = c2.number_input("LoRA alpha", 1, 4096, **field("alpha"), help=helps["lora_alpha"], disabled=not lora)
+    dropout = c3.number_input("LoRA dropout", 0.0, 0.9, step=0.01, **field("dropout"), help=helps["lora_dropout"],
                               disabled=not lora)
-    modules = c4.text_input("LoRA target modules", key=key("modules"), help=helps["target_modules"],
+    modules = c4.text_input("LoRA target modules", **field("modules"), help=helps["target_modules"],
                             disabled=not lora)
     c1, c2 = st.columns(2)
     placement = c1.selectbox("Adapter blocks" if lora else "Blocks that train", list(PLACEMENTS) + ["custom"],
-                             key=key("placement"), help=helps["adapter_blocks"])
-    custom = c2.text_input("Custom blocks (for 'custom')", key=key("custom"), help="blocks numbered 1..L, e.g. 1-4,8")
+                             **field("placement", list(PLACEMENTS) + ["custom"]), help=helps["adapter_blocks"])
+    custom = c2.text_input("Custom blocks (for 'custom')", **field("custom"), help="blocks numbered 1..L, e.g. 1-4,8")
     st.markdown("##### Loss and optimiser")
     c1, c2, c3, c4 = st.columns(4)
-    loss = c1.selectbox("Loss", LOSSES, key=key("loss"), help=helps["loss"])
-    margin = c2.number_input("Triplet margin", 0.0, 2.0, step=0.05, key=key("margin"), help=helps["margin"])
+    loss = c1.selectbox("Loss", LOSSES, **field("loss", LOSSES), help=helps["loss"])
+    margin = c2.number_input("Triplet margin", 0.0, 2.0, step=0.05, **field("margin"), help=helps["margin"])
     temperature = c3.number_input("InfoNCE temperature", 0.001, 10.0, step=0.01, format="%.3f",
-                                  key=key("temperature"), help=helps["temperature"])
-    lr = c4.number_input("Learning rate", 1e-7, 1.0, format="%.1e", key=key("lr"), help=helps["learning_rate"])
+                                  **field("temperature"), help=helps["temperature"])
+    lr = c4.number_input("Learning rate", 1e-7, 1.0, format="%.1e", **field("lr"), help=helps["learning_rate"])
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Epochs", 1, 1000, key=key("epochs"), help=helps["epochs"])
-    batch = c2.number_input("Batch size", 2, 4096, key=key("batch"), help=helps["batch_size"])
-    warmup = c3.number_input("Warm-up steps", 0, 100000, key=key("warmup"), help=helps["warmup_steps"])
-    seed = c4.number_input("Seed", 0, 2**31 - 1, key=key("seed"), help=helps["seed"])
+    epochs = c1.number_input("Epochs", 1, 1000, **field("epochs"), help=helps["epochs"])
+    batch = c2.number_input("Batch size", 2, 4096, **field("batch"), help=helps["batch_size"])
+    warmup = c3.number_input("Warm-up steps", 0, 100000, **field("warmup"), help=helps["warmup_steps"])
+    seed = c4.number_input("Seed", 0, 2**31 - 1, **field("seed"), help=helps["seed"])
     c1, c2, c3, c4 = st.columns(4)
-    wd = c1.number_input("Weight decay", 0.0, 1.0, step=0.01, key=key("wd"), help=helps["weight_decay"])
-    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, key=key("clip"), help=helps["grad_clip"])
-    sub_t = c3.number_input("Trained subset (0 = all)", 0, 10**6, key=key("sub_t"), help=helps["trained_subset"])
-    sub_c = c4.number_input("Control subset (0 = all)", 0, 10**6, key=key("sub_c"), help=helps["control_subset"])
+    wd = c1.number_input("Weight decay", 0.0, 1.0, step=0.01, **field("wd"), help=helps["weight_decay"])
+    clip = c2.number_input("Gradient clipping (0 = off)", 0.0, 1000.0, **field("clip"), help=helps["grad_clip"])
+    sub_t = c3.number_input("Trained subset (0 = all)", 0, 10**6, **field("sub_t"), help=helps["trained_subset"])
+    sub_c = c4.number_input("Control subset (0 = all)", 0, 10**6, **field("sub_c"), help=helps["control_subset"])
     c1, c2 = st.columns(2)
-    early = c1.checkbox("Early exit after the deepest target layer", key=key("early"), help=helps["early_exit"])
-    overlap = c2.checkbox(OVERLAP_CONTROL, key=key("overlap"), help=helps["allow_overlap"])
+    early = c1.checkbox("Early exit after the deepest target layer", **field("early"), help=helps["early_exit"])
+    overlap = c2.checkbox(OVERLAP_CONTROL, **field("overlap"), help=helps["allow_overlap"])
     st.markdown("##### Replicates and placebo")
     c1, c2 = st.columns(2)
-    more_seeds = c1.text_input("More seeds (replicates)", key=key("more_seeds"), placeholder="e.g. 1,2",
+    more_seeds = c1.text_input("More seeds (replicates)", **field("more_seeds"), placeholder="e.g. 1,2",
                                help="train the same settings once more per seed: the result is then judged against "
                                     "seed-to-seed variation (seeds as replicates), not only across words")
-    placebo = c2.checkbox("Train a placebo per seed", key=key("placebo"),
+    placebo = c2.checkbox("Train a placebo per seed", **field("placebo"),
                           help="the same settings and seed on deranged pairs (each Swahili word paired with an English "
                                "word that is none of its translations); Compare then tests TLI − placebo")
     st.caption("A green arrow or a ★ on Compare needs an effect specific to translations, significant after "
                "correction, across two or more seeds and beyond the placebo. Seeds and the placebo run as a one-cell "
                "sweep on Ray (followed below and on the Sweeps page).")
     c1, c2 = st.columns([1, 2])
-    name = c1.text_input("Run name (optional)", key=key("name"), max_chars=100,
+    name = c1.text_input("Run name (optional)", **field("name"), max_chars=100,
                          help="letters, digits, '.', '_' or '-'; default: time, model, layer and rank")
-    notes = c2.text_input("Notes (optional)", key=key("notes"), max_chars=2000,
+    notes = c2.text_input("Notes (optional)", **field("notes"), max_chars=2000,
                           help="kept with the run; editable later on the Runs page")
 state.save_form("train", PAPER_FORM)
 
@@ -205,8 +209,16 @@ with form_col:
         used = min(config.trained_subset or len(pairs["trained"]), len(pairs["trained"]))
         steps = total_steps(used, config.batch_size, config.epochs)
         scan_rate = state.scan_seconds_per_word(lm.spec)
-        est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, scan_rate,
+        est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, None,
                            load_seconds=lm.facts.load_seconds)
+        if est is None and config.model == lm.spec:  # before the first run of this model here: measure, not guess
+            try:
+                with st.spinner("Measuring this model's speed on this machine (once, a few seconds) …"):
+                    calibrate(lm, config, pairs["trained"], runs_dir())
+            except Exception as exc:  # noqa: BLE001 -- an estimate is no reason to break the page: say it, go on
+                st.caption(f"Could not measure this model's speed here: {md(str(exc))}")
+            est = estimate_run(config, len(pairs["trained"]), len(pairs["control"]), runs_dir(), n, scan_rate,
+                               load_seconds=lm.facts.load_seconds)
         if est is None:
             st.caption(f"{steps} training steps. No duration estimate yet: nothing has been measured for this model "
                        f"on this machine (the first run, or a layer scan, measures it).")
@@ -230,7 +242,7 @@ with form_col:
                                          control=pairs["control"], pair_names=names, name=name.strip() or None)
                 state.set_watched_sweep(sweep.id)
                 state.set_form_value("sweeps", "pick", sweep.id)
-                st.toast(f"Sweep {sweep.id} launched: {len(sweep.cells())} runs", icon=":material/rocket_launch:")
+                st.toast(f"Sweep {md(sweep.id)} launched: {len(sweep.cells())} runs", icon=":material/rocket_launch:")
                 st.rerun()
             except Exception as exc:
                 show_error(exc, overlap_control=OVERLAP_CONTROL)
@@ -243,7 +255,7 @@ with form_col:
                 run.set_meta(notes=notes.strip())
             state.set_watched_run(run.id, launch_warnings)
             state.set_watched_sweep("")  # this run is what the page follows now
-            st.toast(f"Run {run.id} launched", icon=":material/rocket_launch:")
+            st.toast(f"Run {md(run.id)} launched", icon=":material/rocket_launch:")
             st.rerun()  # draw the page again: the running job's settings beside the form
         except Exception as exc:
             show_error(exc, overlap_control=OVERLAP_CONTROL)
@@ -254,7 +266,7 @@ with job_col:
                    "next run.")
     else:
         job = running[0]
-        st.markdown(f"##### Running now: {job.id}")
+        st.markdown(f"##### Running now: {md(job.id)}")
         cfg = job.config_dict()
         st.caption("The settings it runs with (the form on the left is your next run):")
         shown = {"target layers": cfg.get("target_layers"), "epochs": cfg.get("epochs"),
@@ -282,11 +294,15 @@ def render(run: Run | None) -> None:
         return
     status = run.status()
     run_state = status.get("state")
-    st.subheader(f"Run {run.id}" + (f" — {md(run.meta().get('name'))}" if run.meta().get("name") else ""))
+    st.subheader(f"Run {md(run.id)}" + (f" — {md(run.meta().get('name'))}" if run.meta().get("name") else ""))
     for w in state.launch_warnings(run.id):
         st.caption(f"⚠️ {md(w)}")
     step = int(status.get("step") or 0)
-    metrics = run.metrics()
+    try:
+        metrics = run.metrics()
+    except TLIError as exc:  # this run's damaged metrics: said where its curves would be
+        show_error(exc)
+        metrics = None
     if run_state in ACTIVE:
         try:
             cfg = run.config()
@@ -297,8 +313,12 @@ def render(run: Run | None) -> None:
         fraction, text = progress_text(status, est)
         st.progress(min(max(fraction, 0.0), 1.0), text=text)
         if st.button("Stop", icon=":material/stop_circle:", key=f"stop-{run.id}"):
-            run.request_stop()
-            st.toast("Stop requested: the run ends after its current step (or forward) and saves the adapter.")
+            try:
+                run.request_stop()
+                st.toast("Stop requested: the run ends within seconds and keeps what it finished (the adapter, once "
+                         "training has begun).")
+            except TLIError as exc:
+                show_error(exc)
     elif run_state == "done":
         st.success(f"Done: {step} steps. Results are on the Compare page.", icon=":material/check_circle:")
         st.page_link("pages/compare.py", label="Open Compare", icon=":material/compare_arrows:")
@@ -314,7 +334,7 @@ def render(run: Run | None) -> None:
                    f"{max(status.get('target_layers', [learn[-1]]))} cannot reach deeper blocks)."
                    + (f" Trainable parameters: {status['trainable_parameters']:,}."
                       if status.get("trainable_parameters") else ""))
-    if not metrics.empty:
+    if metrics is not None and not metrics.empty:
         log_y = st.toggle("Log-scale loss", key=f"log-{run.id}")
         c1, c2 = st.columns(2)
         with c1:
@@ -333,6 +353,7 @@ def render(run: Run | None) -> None:
 @st.fragment(run_every=1.0)
 def live() -> None:
     """Polls the run directory every second while the run is active."""
+    slow_poll()
     run = run_to_watch()
     if run is None or not run.is_active():
         # the whole page, before drawing the finished run here: its "Open Compare" link must come from the
@@ -350,7 +371,7 @@ def watched_sweep() -> Sweep | None:
 @st.fragment(run_every=2.0)
 def live_sweep(sweep_id: str) -> None:
     sweep = Sweep(runs_dir() / "sweeps" / sweep_id)
-    st.subheader(f"Seeds and placebo: sweep {sweep.id}")
+    st.subheader(f"Seeds and placebo: sweep {md(sweep.id)}")
     status = sweep_progress(sweep, f"train-{sweep.id}")
     if status.get("state") not in ("queued", "running"):
         st.rerun()
@@ -361,7 +382,7 @@ if replicated_sweep is not None:
     if replicated_sweep.status().get("state") in ("queued", "running"):
         live_sweep(replicated_sweep.id)
     else:
-        st.subheader(f"Seeds and placebo: sweep {replicated_sweep.id}")
+        st.subheader(f"Seeds and placebo: sweep {md(replicated_sweep.id)}")
         sweep_progress(replicated_sweep, f"train-{replicated_sweep.id}")
         st.page_link("pages/compare.py", label="Open Compare (each run shows its cell's seeds and placebo)",
                      icon=":material/compare_arrows:")

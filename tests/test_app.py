@@ -22,7 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
 
 
+def ready_model() -> None:
+    """The server holds the default model (the app loads it in the background: here the load is started, and
+    waited for, before a page that needs it is opened)."""
+    from ui.models import _registry, start_autoload
+
+    start_autoload()
+    for job in list(_registry()["loading"].values()):
+        assert job.finished.wait(TIMEOUT), "the model did not load in time"
+
+
 def open_page(page: str | None = None) -> AppTest:
+    """The page as a user opens it once the server holds the default model."""
+    ready_model()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
     if page:
@@ -362,3 +374,116 @@ def test_the_model_is_loaded_once_per_server(app_env, monkeypatch):
         assert not at.exception
     open_page("pages/pairs.py")  # a second browser tab: a new session, the same server
     assert len(calls) == 1
+
+
+def test_pages_that_read_runs_render_while_the_model_loads(finished_run, monkeypatch):
+    """The model loads in a background thread: Runs, Compare, Sweeps and Word pairs render while it is pending; a
+    page that needs the model shows the load's progress, then the page itself once it is there."""
+    import threading
+
+    import streamlit as st
+
+    import ui.models as ui_models
+
+    release, real = threading.Event(), ui_models.load_model
+
+    def pending(spec, progress):
+        progress("loading the model", 30, 100, "reading the weights")
+        assert release.wait(TIMEOUT)
+        return real(spec, progress=progress)
+
+    monkeypatch.setattr(ui_models, "load_model", pending)
+    st.cache_resource.clear()  # a fresh server
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.run()
+        assert not at.exception and at.metric[0].value == "loading …"
+        assert any("loading" in c.value and "reading the weights" in c.value for c in at.sidebar.caption)
+        for page, title in (("pages/runs.py", "Runs"), ("pages/compare.py", "Compare"),
+                            ("pages/pairs.py", "Word pairs"), ("pages/sweeps.py", "Sweeps")):
+            at.switch_page(page).run()
+            assert not at.exception, (page, [e.value for e in at.exception])
+            assert at.title[0].value.startswith(title)
+            if page == "pages/runs.py":
+                assert list(at.dataframe[0].value["run"]) == [finished_run.id]
+        assert "No sweeps yet." in texts(at)  # the list of sweeps, under the load's progress line
+        (line,) = at.get("progress")
+        assert "Loading" in line.proto.text and "reading the weights" in line.proto.text
+        at.switch_page("pages/scan.py").run()
+        assert not at.exception and not at.selectbox  # the scan's settings wait for the model ...
+        (line,) = at.get("progress")
+        assert "Loading" in line.proto.text
+    finally:
+        release.set()
+    for job in list(ui_models._registry()["loading"].values()):
+        assert job.finished.wait(TIMEOUT)
+    at.run()
+    assert not at.exception and [s.label for s in at.selectbox][:1] == ["Pooling"]  # ... and are there after it
+
+
+def test_unload_frees_the_model_and_loads_nothing_again(app_env):
+    import ui.models as ui_models
+
+    at = open_page("pages/model.py")
+    next(b for b in at.button if b.label == "Unload this model").click().run()
+    assert not at.exception
+    assert not ui_models._registry()["models"] and not ui_models._registry()["loading"]
+    assert any("Unloaded" in s.value and "Load model" in s.value for s in at.success)
+    at.switch_page("pages/scan.py").run()  # nothing loads it behind the user's back
+    assert any("No model is loaded yet" in i.value for i in at.info)
+    assert not ui_models._registry()["loading"]
+
+
+def test_no_icon_or_font_is_fetched_from_the_internet(finished_run, monkeypatch):
+    """Offline, the tab's icon comes from this server (a ':material/…:' page icon is fetched from a font service)
+    and the report loads nothing from anywhere."""
+    import re
+
+    import streamlit as st
+
+    from tli_core.report import build_report
+
+    icons, real = [], st.set_page_config
+    monkeypatch.setattr(st, "set_page_config", lambda **kw: (icons.append(kw.get("page_icon")), real(**kw))[1])
+    open_page("pages/runs.py")
+    assert icons and all(Path(icon).is_file() for icon in icons)
+    html = build_report(finished_run)
+    assert not re.search(r"googleapis|gstatic", html)
+    assert not re.search(r"<(?:link|script|img|iframe)\b[^>]*\b(?:href|src)\s*=\s*[\"']?(?:https?:)?//", html)
+
+
+def test_the_report_reads_as_the_page(finished_run):
+    """Corrected p-values printed as on the Compare page, missing values as empty cells (not NaN), and the
+    half-width figures' titles fit: the protocol on a line of its own, room above the plot (titles were clipped)."""
+    import re
+
+    from tli_core.report import build_report, run_figures
+
+    html = build_report(finished_run)
+    for group in ("trained", "control"):
+        p = finished_run.summary()["groups"][group]["specific"]["p_holm"]
+        assert f"<td>{p:.3g}</td>" in html
+    assert not re.search(r">\s*(NaN|None|nan)\s*<", html)  # a missing value is an empty cell
+    grid = {name: fig for name, fig in run_figures(finished_run).items() if "__" in name}
+    assert grid
+    for fig in grid.values():
+        assert fig.layout.title.subtitle.text.startswith("protocol ") and " — protocol" not in fig.layout.title.text
+        assert fig.layout.margin.t >= 90
+
+
+def test_no_none_and_no_empty_list_is_shown_as_text(finished_run, monkeypatch):
+    """A benchmark just launched (its record: running, nothing more yet) on the Runs and Compare pages: the text
+    says what is known, never "None" or "tasks ."."""
+    import re
+
+    from tli_core.runs import Run
+
+    monkeypatch.setattr(Run, "downstream", lambda self: {"state": "running", "phase": None, "process": "1:x"})
+    for page in ("pages/runs.py", "pages/compare.py"):
+        at = open_page(page)
+        if page == "pages/runs.py":
+            at.multiselect(key="runs-runs").set_value([finished_run.id]).run()
+        assert not at.exception, [e.value for e in at.exception]
+        shown = texts(at) + "\n".join(str(e.value) for e in at.get("progress"))
+        assert "Started now." in shown or page == "pages/compare.py"
+        assert not re.search(r"\bNone\b|\bnan\b|tasks \.", shown), page

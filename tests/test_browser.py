@@ -2,6 +2,10 @@
 
 Load the demo model, scan, train one epoch on a small subset, open Compare and find the
 t-test table. Screenshots go to artifacts/screenshots/ (ignored by git).
+
+The server is slowed on purpose (TLI_SLOW_SECONDS: a delay before the model load and in every
+poll), as a busy machine is, and the browser may reach nothing but this server: a request
+elsewhere (a font or icon service) is refused and recorded, and the walk-through fails on it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,20 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.browser
+SLOW = 2  # seconds: the delay injected into the server's model load and polls (a slow server)
+OUTSIDE = re.compile(r"^(?!(https?|wss?)://(127\.0\.0\.1|localhost)[:/])[a-z]+://(?!/)")  # not this machine, not file://
+
+
+def refuse_outside(context) -> list[str]:
+    """Refuse every request to another host, and keep its URL: the app must need nothing from the internet."""
+    tried: list[str] = []
+
+    def refuse(route):
+        tried.append(route.request.url)
+        route.abort()
+
+    context.route(OUTSIDE, refuse)
+    return tried
 
 
 def _free_port() -> int:
@@ -43,7 +61,7 @@ def server(tmp_path_factory):
         pytest.skip("chromium is not installed; `make browser` installs it")
     port = _free_port()
     runs = tmp_path_factory.mktemp("browser-runs")
-    env = dict(os.environ, TLI_RUNS_DIR=str(runs), PORT=str(port))
+    env = dict(os.environ, TLI_RUNS_DIR=str(runs), PORT=str(port), TLI_SLOW_SECONDS=str(SLOW))
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
     proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -88,15 +106,20 @@ def test_walk_through_scan_train_compare(server, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
             "--disable-component-update", "--disable-sync"])
         # tall: Streamlit scrolls inside its own container, so a full-page shot is the viewport
-        page = browser.new_page(viewport={"width": 1500, "height": 2400})
+        context = browser.new_context(viewport={"width": 1500, "height": 2400})
+        outside = refuse_outside(context)
+        page = context.new_page()
         page.set_default_timeout(120_000)
         expect.set_options(timeout=120_000)
 
         # A deep link opened first on a fresh server (a refresh after `make run` restarted) gets the
-        # app's frame, not Streamlit's legacy pages/ mode (file-name menu, no model sidebar)
+        # app's frame, not Streamlit's legacy pages/ mode (file-name menu, no model sidebar). The Runs
+        # page reads only run directories: it is there while the model still loads in the background
         page.goto(server["url"] + "/runs")
         expect(page.get_by_role("heading", name="Runs")).to_be_visible(timeout=300_000)
         sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("loading", exact=False).first).to_be_visible(timeout=10_000)
+        page.screenshot(path=str(SHOTS / "00-runs-while-the-model-loads.png"), full_page=True)
         expect(sidebar.get_by_role("link", name="Layer scan")).to_be_visible()
         expect(sidebar.get_by_text("Loaded model")).to_be_visible(timeout=180_000)
         assert sidebar.get_by_role("link", name="common").count() == 0
@@ -106,7 +129,8 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         page.goto(server["url"])
         expect(page.get_by_role("heading", name="TLI Studio")).to_be_visible(timeout=300_000)
         sidebar = page.get_by_test_id("stSidebar")
-        expect(sidebar.get_by_text("SmolLM2-135M-Instruct", exact=False).first).to_be_visible(timeout=180_000)
+        # the model loads in the background (minutes on a busy 2-core machine; the Runs page above did not wait)
+        expect(sidebar.get_by_text("SmolLM2-135M-Instruct", exact=False).first).to_be_visible(timeout=600_000)
         expect(page.get_by_text("Two facts about the method")).to_be_visible()
         page.screenshot(path=str(SHOTS / "01-home.png"), full_page=True)
 
@@ -125,9 +149,9 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         sidebar.get_by_role("link", name="Word pairs").click()
         expect(page.get_by_role("heading", name="Word pairs", level=1)).to_be_visible()
         page.locator("input[type=file]").first.set_input_files(str(authors))
-        expect(page.get_by_text("Trained (121)")).to_be_visible()
+        expect(page.get_by_text("121 pairs", exact=False).first).to_be_visible()
         page.reload()  # nothing uploaded is lost: the set is kept in the workspace, the session id is in the URL
-        expect(page.get_by_text("Trained (121)")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("121 pairs", exact=False).first).to_be_visible(timeout=120_000)
         sidebar = page.get_by_test_id("stSidebar")
         expect(sidebar.get_by_text("authors_word_pairs.json", exact=False)).to_be_visible()
 
@@ -145,6 +169,9 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         page.reload()
         expect(page.get_by_text("Scan took", exact=False)).to_be_visible(timeout=120_000)
         expect(page.get_by_test_id("stRadio").locator("input[type=radio]").nth(1)).to_be_checked()
+        chips = page.get_by_test_id("stMultiSelect").first  # the Sets came back (they came back empty on a slow server)
+        expect(chips.get_by_text("trained", exact=True)).to_be_visible()
+        expect(chips.get_by_text("control", exact=True)).to_be_visible()
         sidebar = page.get_by_test_id("stSidebar")
 
         # Train: the paper's layer 2 stays, the scan's suggestion is a button; the uploaded set is named
@@ -158,13 +185,24 @@ def test_walk_through_scan_train_compare(server, tmp_path):
             box.fill(value)
             box.press("Enter")  # Enter commits the value, and never launches anything
             page.wait_for_timeout(600)
-        expect(page.get_by_text("estimated duration", exact=False)).to_be_visible()
+        # before the first run the page measures the model's speed here (a few seconds, longer on a busy machine)
+        expect(page.get_by_text("estimated duration", exact=False)).to_be_visible(timeout=120_000)
         page.screenshot(path=str(SHOTS / "04a-train-form.png"), full_page=True)
         assert not [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".")]
         page.get_by_role("button", name="Launch training").click()
         expect(page.get_by_text("Running now:", exact=False)).to_be_visible(timeout=60_000)
         page.screenshot(path=str(SHOTS / "04b-train-running.png"), full_page=True)
-        expect(page.get_by_text("Done:", exact=False)).to_be_visible(timeout=300_000)
+        run_heading = page.get_by_role("heading", name=re.compile(r"^Run \d{8}-"))  # the run, its ⚠ list under it
+        expect(run_heading).to_be_visible(timeout=60_000)
+        flagged = page.get_by_text("⚠️", exact=False).count()
+        page.reload()  # mid-run: nothing of the page is lost
+        expect(page.get_by_text("Running now:", exact=False)).to_be_visible(timeout=60_000)
+        expect(run_heading).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name=re.compile("^Use layer"))).to_be_visible()
+        expect(page.get_by_text("estimated duration", exact=False)).to_be_visible()
+        assert page.get_by_text("⚠️", exact=False).count() == flagged
+        page.screenshot(path=str(SHOTS / "04b2-train-reloaded-mid-run.png"), full_page=True)
+        expect(page.get_by_text("Done:", exact=False)).to_be_visible(timeout=600_000)  # minutes on a busy machine
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "04c-train-done.png"), full_page=True)
 
@@ -193,6 +231,7 @@ def test_walk_through_scan_train_compare(server, tmp_path):
 
         # A link to this view, opened by a collaborator in a fresh browser context
         other = browser.new_context(viewport={"width": 1500, "height": 2400})
+        outside += refuse_outside(other)
         view = other.new_page()
         view.set_default_timeout(120_000)
         parts = urlsplit(link)  # the view's own parameters, without this browser's session id
@@ -285,6 +324,7 @@ def test_walk_through_scan_train_compare(server, tmp_path):
         expect(page.get_by_text("Tuned: expected word in the answer")).to_be_visible(timeout=300_000)
         page.screenshot(path=str(SHOTS / "10-probes.png"), full_page=True)
         browser.close()
+    assert outside == [], f"the app reached for the internet: {outside[:5]}"
     runs = [d for d in Path(server["runs"]).iterdir() if not d.name.startswith(".") and d.name != "sweeps"]
     assert len(runs) == 5 and all((r / "summary.json").is_file() for r in runs)  # the run and 4 sweep units
     status = json.loads(next(r for r in runs if "sweep" not in r.name).joinpath("status.json").read_text())
@@ -325,7 +365,7 @@ def test_uploaded_words_and_file_names_are_shown_as_text(server, tmp_path):
         expect(page.get_by_role("heading", name="Word pairs", level=1)).to_be_visible(timeout=300_000)
         page.locator("input[type=file]").first.set_input_files(str(name))
         expect(page.get_by_text("Source:", exact=False).first).to_contain_text(name.name)
-        expect(page.get_by_text("Trained (4)")).to_be_visible()  # the words themselves sit in the grid's canvas
+        expect(page.get_by_text("4 pairs", exact=False).first).to_be_visible()  # the words sit in the grid's canvas
         page.get_by_text("Validation report").first.click()
         page.screenshot(path=str(SHOTS / "11-pairs-payload.png"), full_page=True)
         assert page.locator(f"img[src*='{listener.server_port}']").count() == 0

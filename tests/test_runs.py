@@ -337,4 +337,34 @@ def test_evaluation_waits_for_the_job_lock_and_a_dead_evaluator_shows_as_failed(
     run.update_status(evaluation={"state": "running", "phase": "embedding after", "process": "999999999:1"})
     assert not run.is_evaluating()
     assert "ended without finishing" in run.evaluation()["message"]
-    assert run.raw_status()["evaluation"]["state"] == "failed"
+    assert run.raw_status()["evaluation"]["state"] == "running"  # derived by the reader, never written by it
+
+
+def test_the_settings_diff_lists_only_what_acted_differently(done_run, tiny_model_dir, tmp_path):
+    """Two runs whose settings act alike differ in nothing: the same pairs under another file name, the evaluation
+    layer by name ("paper") and by its number, a default left out of config.json and given explicitly."""
+    import json
+    import shutil
+
+    from tli_core.runs import results_side_by_side
+
+    cfg = done_run.config_dict()
+    trained, control = tmp_path / "renamed_trained.csv", tmp_path / "renamed_control.csv"
+    shutil.copy(cfg["trained_pairs"], trained)
+    shutil.copy(cfg["control_pairs"], control)
+    resolved = done_run.status()["resolved"]["eval_layer"]
+    twin = create_run(TLIConfig.from_dict(dict(cfg, trained_pairs=str(trained), control_pairs=str(control),
+                                               eval_layer=resolved)), tmp_path / "runs")
+    older = json.loads((twin.path / "config.json").read_text())
+    del older["weight_decay"]  # written before the setting existed: it ran with the default
+    (twin.path / "config.json").write_text(json.dumps(older))
+    assert cfg["eval_layer"] == "paper" and cfg["weight_decay"] == TLIConfig().weight_decay
+    assert diff_configs(done_run, twin).empty
+    every = diff_configs(done_run, twin, only_different=False).set_index("setting")
+    assert "renamed_trained.csv" in every.loc["trained_pairs", twin.id] and str(resolved) in every.loc[
+        "eval_layer", done_run.id]
+    other = create_run(TLIConfig.from_dict(dict(cfg, lora_r=4)), tmp_path / "runs")
+    assert list(diff_configs(done_run, other)["setting"]) == ["lora_r"]
+    results = results_side_by_side([done_run, other])  # the unevaluated run is on the table, marked
+    assert set(results["run"]) == {done_run.id, other.id}
+    assert results.set_index("run").loc[other.id, "verdict"].startswith("not evaluated")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_app import ROOT, TIMEOUT, open_page, texts
+from tests.test_app import ROOT, TIMEOUT, open_page, ready_model, texts
 from tli_core import workspace
 from tli_core.config import TLIConfig
 from tli_core.figures import distribution_figure, embedding_map_figure, fd_bins, sweep_heatmap
@@ -22,6 +22,7 @@ from tli_core.worker import execute
 
 def session(sid: str, page: str | None = None) -> AppTest:
     """A browser tab opened on ?s=<sid>: a reload, or the first visit after a server restart."""
+    ready_model()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.query_params["s"] = sid
     at.run()
@@ -112,6 +113,7 @@ def test_what_is_typed_on_every_page_survives_a_reload(app_env):
 
 
 def test_a_link_opens_the_scan_with_its_settings_and_ignores_nonsense(app_env):
+    ready_model()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
     at.switch_page("pages/scan.py")
@@ -143,6 +145,33 @@ def test_a_scan_suggestion_is_a_button_and_warnings_follow_the_settings(app_env)
     number["Trained subset (0 = all)"].set_value(24).run()
     assert any("warm-up steps on a run of 3 steps" in w.value.replace("\\", "") for w in at.warning)
     assert any("estimated duration" in c.value or "No duration estimate" in c.value for c in at.caption)
+    at = session(sid, "pages/train.py")  # a reload: the suggestion and the estimate it feeds are still there
+    assert [b for b in at.button if b.label.startswith("Use layer")] == [] and at.multiselect[0].value == [layer]
+    [b for b in at.button if b.label == "Reset to the paper's settings"][0].click().run()
+    assert [b.label for b in at.button if b.label.startswith("Use layer")] == [use[0].label]
+    assert any("estimated duration" in c.value for c in at.caption)
+
+
+def drawn(widget) -> list:
+    """What a browser draws for a multiselect from this run's message alone: the value sent with it, else the
+    widget's default (a browser that missed the run which set the value, e.g. a run cut short, has only that)."""
+    p = widget.proto
+    return list(p.raw_values) if p.set_value else [p.options[i] if isinstance(i, int) else i for i in p.default]
+
+
+def test_a_restored_selection_is_drawn_by_every_run(app_env):
+    """After a reload the Layer scan's "Sets" came back empty on a slow server while the selects came back: the
+    restored value reached the browser in the first run's message only. Every run now draws it."""
+    sid = workspace.new_session_id()
+    at = session(sid, "pages/scan.py")
+    at.multiselect(key="scan-sets").set_value(["control"]).run()
+    {s.label: s for s in at.selectbox}["Mean-centering"].set_value("joint").run()
+    at = session(sid, "pages/scan.py")  # a reload
+    for _ in range(2):  # the run that restores the values, and any run after it
+        sets, centering = at.multiselect(key="scan-sets"), at.selectbox(key="scan-centering")
+        assert sets.value == ["control"] and drawn(sets) == ["control"]
+        assert centering.value == "joint" and (centering.proto.set_value or centering.proto.default == 1)
+        at.run()
 
 
 @pytest.fixture
@@ -210,14 +239,17 @@ def test_progress_reads_phase_counts_times_and_what_is_left():
                            "saving the trained weights": 1.0, "embedding after": 10.0, "evaluating": 2.0})
     status = {"phase": "training", "phase_times": {"loading model": 6.0, "embedding before": 9.0},
               "progress": {"phase": "training", "done": 10, "total": 40, "phase_seconds": 12.0}}
-    # the current phase at its own pace (1.2 s/step x 30 steps), then the estimate of what follows
-    assert remaining(status, est) == pytest.approx(36.0 + 1.0 + 10.0 + 2.0)
+    # the current phase at its own pace (1.2 s/step x 30 steps), then the estimate of what follows: saving as
+    # estimated, the compute phases at this run's pace so far (embedding before took 9 s of an estimated 10, and a
+    # quarter of training projects 48 s against 40 s)
+    assert remaining(status, est) == pytest.approx(36.0 + 1.0 + (9 + 12) / (10 + 10) * (10.0 + 2.0))
     fraction, text = progress_text(status, est)
     assert fraction == 0.25
-    assert text == "training: 10/40 steps · 12 s in this phase, 27 s in all · about 49 s left"
-    # a phase without counts falls back to its estimate; nothing left is never negative
+    assert text == "training: 10/40 steps · 12 s in this phase, 27 s in all · about 50 s left"
+    # a phase without counts falls back to its estimate; nothing left is never negative (and a phase three times
+    # over its estimate makes what follows three times longer too)
     status = {"phase_times": {}, "progress": {"phase": "embedding after", "phase_seconds": 30.0}}
-    assert remaining(status, est) == pytest.approx(0.0 + 2.0)
+    assert remaining(status, est) == pytest.approx(0.0 + 3 * 2.0)
     assert progress_text({}, None) == (0.0, "starting … · 0 s in this phase, 0 s in all")
 
 
@@ -282,7 +314,7 @@ def test_report_cli(two_runs, tmp_path, capsys):
 
 def test_histogram_bins_follow_freedman_diaconis_and_means_sit_in_the_legend():
     rng = np.random.default_rng(0)
-    values = np.concatenate([rng.normal(0.98, 0.01, 600), [0.2, 0.5]])  # a few far outliers
+    values = rng.normal(0.98, 0.01, 600)
     bins = fd_bins(values)
     iqr = np.subtract(*np.percentile(values, [75, 25]))
     assert bins["size"] == pytest.approx(max(2 * iqr / len(values) ** (1 / 3), (values.max() - values.min()) / 80))
@@ -291,6 +323,36 @@ def test_histogram_bins_follow_freedman_diaconis_and_means_sit_in_the_legend():
     assert [t.name for t in fig.data if t.type == "scatter"] == [f"mean before {values.mean():.4f}",
                                                                  f"mean after {values.mean() + 0.001:.4f}"]
     assert not fig.layout.annotations  # no labels to collide
+
+
+def test_an_outlier_does_not_squash_the_histogram_and_is_counted():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.98, 0.01, 600), [0.2, 0.5]])  # two far outliers
+    df = pd.DataFrame({"set": "trained", "before": values, "after": values + 0.001})
+    fig = distribution_figure(df, "trained")
+    lo, hi = fig.layout.xaxis.range
+    bulk = np.percentile(values, [0.5, 99.5])
+    assert lo > 0.9 and lo <= bulk[0] and hi >= bulk[1] and hi - lo < 0.15  # the bulk fills the axis
+    hist = [t for t in fig.data if t.type == "histogram"]
+    assert hist[0].xbins.size < (bulk[1] - bulk[0]) / 10  # bins fitted to the bulk, not to 0.2 … 1
+    (beyond,) = [t for t in fig.data if t.name and t.name.startswith("outside the axis")]
+    assert "before 2 below" in beyond.name and "after 2 below" in beyond.name  # marked and counted, not lost
+
+
+def test_the_gap_axis_ticks_at_round_values():
+    from tli_core.figures import curve_figure
+
+    layers = np.arange(31)
+    curve = pd.DataFrame({"set": "trained", "layer": layers, "layer_name": layers.astype(str), "n": 50,
+                          "true_mean": 0.9, "true_std": 0.05, "shuffled_mean": 0.89, "shuffled_std": 0.05,
+                          "gap": np.r_[0.0214, -0.00723, np.linspace(0.001, 0.004, 29)], "p1_nn": 0.02,
+                          "p5_nn": 0.05, "p1_csls": 0.03, "p5_csls": 0.06, "chance_p1": 0.01, "chance_p5": 0.05})
+    full = curve_figure(curve, "trained").full_figure_for_development(warn=False)
+    gap = next(ax for name, ax in full.layout.to_plotly_json().items() if name.startswith("yaxis")
+               and ax.get("title", {}).get("text") == "gap")
+    step = float(gap["dtick"])
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert round(mantissa, 6) in (1, 2, 2.5, 5) and round(float(gap["tick0"]) / step, 6) % 1 == 0
 
 
 def test_the_embedding_map_shares_one_scale_and_the_sweep_colour_bar_stays_readable():
@@ -346,3 +408,22 @@ def test_a_link_to_the_runs_page_brings_back_the_runs_compared(two_runs):
     assert at.multiselect(key="runs-runs").value == [done.id, stopped.id]
     assert any(s.value == "2 runs side by side" for s in at.subheader)
     assert at.query_params["runs"] == f"{done.id},{stopped.id}"
+
+
+def test_word_pairs_page_reads_line_by_line_and_a_kept_set_takes_one_click(app_env):
+    trained = pd.DataFrame([("kioo", "mirror"), ("maji", "water"), ("mbwa", "dog")], columns=["swahili", "english"])
+    control = pd.DataFrame([("kioo", "glass"), ("pombe", "water")], columns=["swahili", "english"])
+    t = workspace.save_pairs(trained, "mine.csv", "trained")
+    c = workspace.save_pairs(control, "theirs.csv", "control")
+    sid = workspace.new_session_id()
+    workspace.write_session(sid, {"sets": {"trained": t.hash, "control": c.hash}})
+    at = session(sid, "pages/pairs.py")
+    assert [tab.label for tab in at.tabs] == ["Trained", "Control", "Split one file"]  # no count: no jump
+    (warning,) = at.warning
+    assert len(warning.value.split("  \n")) == 2  # a shared headword and a shared English word: two lines
+    other = workspace.save_pairs(trained.head(2), "other.csv", "trained")
+    at = session(sid, "pages/pairs.py")
+    at.selectbox(key="kept-trained").set_value(other.hash).run()  # one pick, no second button
+    assert not at.exception
+    assert workspace.read_session(sid)["sets"]["trained"] == other.hash
+    assert at.selectbox(key="kept-trained").value is None and "other.csv" in texts(at).replace("\\", "")

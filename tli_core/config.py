@@ -215,7 +215,8 @@ def check_settings(c: TLIConfig) -> None:
         raise TLIError(f"weight decay cannot be negative (got {c.weight_decay})")
     if c.grad_clip is not None and not _number(c.grad_clip, "gradient clipping") > 0:
         raise TLIError(f"gradient clipping must be positive or none (got {c.grad_clip})")
-    _whole(c.seed, "seed")
+    if not 0 <= _whole(c.seed, "seed") < 2**32:  # numpy's seeds are 32-bit: anything else fails mid-run
+        raise TLIError(f"seed must be a whole number from 0 to 4294967295 (got {c.seed})")
     if c.pooling not in POOLINGS:
         raise TLIError(f"unknown pooling {c.pooling!r}; use one of {', '.join(POOLINGS)}")
     if not c.target_layers:

@@ -14,6 +14,7 @@ same code path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -137,6 +138,21 @@ def _requests_to(report):
     finally:
         for m, original in zip([hf] + quiet, originals, strict=True):
             m.tqdm = original
+
+
+@functools.lru_cache(maxsize=1)
+def _lm_eval_tasks() -> frozenset[str]:
+    """Every task, group and tag name lm-eval knows, with the local tasks (its index takes seconds: built once)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=True).all_tasks)
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Refuse task names lm-eval does not know before a model loads or a run records anything."""
+    missing = [t for t in tasks if t not in TASKS and t not in _lm_eval_tasks()]
+    if missing:
+        raise TLIError(f"lm-eval knows no task {', '.join(missing)}; e.g. {', '.join(TASKS)}")
 
 
 def run_tasks(model, tokenizer, tasks: list[str], num_fewshot: int = 0, limit: int | float | None = None,

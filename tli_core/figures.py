@@ -7,6 +7,8 @@ cosine, the chance level beside retrieval, y = x beside a before/after scatter.
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -83,7 +85,9 @@ def curve_figure(curve: pd.DataFrame, set_name: str = "trained", title: str | No
         fig.add_trace(go.Scatter(x=x, y=df[f"chance_p{k}"], name=f"chance P@{k}", mode="lines",
                                  line={"color": "black", "dash": dash, "width": 1}), 2, 1)
     fig.update_yaxes(title_text="mean cosine", row=1, col=1, **NUMBERS)
-    fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True, **NUMBERS)
+    # its own ticks at round values (synced to the cosine axis' grid they read 0.0214, 0.0119, …)
+    fig.update_yaxes(title_text="gap", row=1, col=1, secondary_y=True, showgrid=False, zeroline=True, tickmode="auto",
+                     nticks=6, **NUMBERS)
     values = [v for col, _, _ in RETRIEVAL for v in df[col]] + list(df["chance_p1"]) + list(df["chance_p5"])
     fig.update_yaxes(title_text="precision (axis fitted to the data)", range=_retrieval_range(values), row=2, col=1,
                      **NUMBERS)
@@ -175,10 +179,24 @@ def similarity_figure(metrics: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fd_bins(values: np.ndarray, max_bins: int = 80) -> dict:
-    """Histogram bins by the Freedman–Diaconis rule (2 IQR / n^(1/3)), shared by before and after."""
+def robust_range(values: np.ndarray, low: float = 0.5, high: float = 99.5, margin: float = 0.05) -> tuple[float, float]:
+    """An axis range a few outliers do not squash: the 0.5–99.5 percentiles widened by 5 % each side, or out to the
+    data's end where that lies within a quarter of the span (a tail is drawn, only far outliers are left out).
+    Values outside it are counted and marked, not drawn."""
     values = values[np.isfinite(values)]
-    lo, hi = float(values.min()), float(values.max())
+    vmin, vmax = float(values.min()), float(values.max())
+    lo, hi = (float(x) for x in np.percentile(values, [low, high]))
+    span = hi - lo if hi > lo else max(abs(hi), 1e-6) * 1e-2
+    lo = vmin if vmin >= lo - span / 4 else lo - margin * span
+    hi = vmax if vmax <= hi + span / 4 else hi + margin * span
+    return lo, hi
+
+
+def fd_bins(values: np.ndarray, max_bins: int = 80, span: tuple[float, float] | None = None) -> dict:
+    """Histogram bins by the Freedman–Diaconis rule (2 IQR / n^(1/3)) over ``span`` (default: the data's range),
+    shared by before and after."""
+    values = values[np.isfinite(values)]
+    lo, hi = span or (float(values.min()), float(values.max()))
     iqr = float(np.subtract(*np.percentile(values, [75, 25])))
     width = 2 * iqr / len(values) ** (1 / 3) if iqr > 0 else 0.0
     if width <= 0 or hi <= lo:
@@ -187,11 +205,28 @@ def fd_bins(values: np.ndarray, max_bins: int = 80) -> dict:
     return {"start": lo, "end": hi + width, "size": width}
 
 
+def _beyond(fig: go.Figure, df: pd.DataFrame, columns: dict[str, str], lo: float, hi: float) -> None:
+    """Values outside the drawn range: a triangle at each edge, and the counts in the legend (never an annotation
+    that could collide)."""
+    below = {label: int((df[col] < lo).sum()) for col, label in columns.items()}
+    above = {label: int((df[col] > hi).sum()) for col, label in columns.items()}
+    if not any(below.values()) and not any(above.values()):
+        return
+    parts = [f"{label} {below[label]} below {lo:.3g}, {above[label]} above {hi:.3g}" for label in columns.values()]
+    xs = ([lo] if any(below.values()) else []) + ([hi] if any(above.values()) else [])
+    symbols = (["triangle-left"] if any(below.values()) else []) + (["triangle-right"] if any(above.values()) else [])
+    fig.add_trace(go.Scatter(x=xs, y=[0] * len(xs), mode="markers", name="outside the axis: " + "; ".join(parts),
+                             marker={"symbol": symbols, "size": 12, "color": "#444"}, cliponaxis=False,
+                             hovertemplate="values beyond this edge are counted in the legend<extra></extra>"))
+
+
 def distribution_figure(pairs: pd.DataFrame, set_name: str, kind: str = "histogram",
                         before: str = "before", after: str = "after") -> go.Figure:
     df = pairs[pairs["set"] == set_name] if "set" in pairs else pairs
     fig = go.Figure()
-    bins = fd_bins(np.concatenate([df[before].to_numpy(float), df[after].to_numpy(float)]))
+    values = np.concatenate([df[before].to_numpy(float), df[after].to_numpy(float)])
+    span = robust_range(values)
+    bins = fd_bins(values[(values >= span[0]) & (values <= span[1])], span=span)
     for col, label in ((before, "before"), (after, "after")):
         if kind == "violin":
             fig.add_trace(go.Violin(y=df[col], name=label, box_visible=True, meanline_visible=True,
@@ -203,15 +238,17 @@ def distribution_figure(pairs: pd.DataFrame, set_name: str, kind: str = "histogr
         fig.update_layout(yaxis_title="cosine")
         fig.update_yaxes(**NUMBERS)
     else:
-        fig.update_layout(barmode="overlay", xaxis_title="cosine (bins: Freedman–Diaconis)", yaxis_title="pairs")
-        fig.update_xaxes(**NUMBERS)
+        fig.update_layout(barmode="overlay", yaxis_title="pairs",
+                          xaxis_title="cosine (bins: Freedman–Diaconis; far outliers counted in the legend)")
+        fig.update_xaxes(range=[span[0] - bins["size"] / 2, span[1] + bins["size"]], **NUMBERS)
         for col, label in ((before, "before"), (after, "after")):  # means in the legend: labels never collide
             mean = float(df[col].mean())
             fig.add_vline(x=mean, line_color=COLORS[label], line_dash="dash")
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"mean {label} {mean:.4f}",
                                      line={"color": COLORS[label], "dash": "dash"}))
-    fig.update_layout(title=f"{set_name}: similarity before vs after (n = {len(df)})", height=360,
-                      legend={"orientation": "h", "y": -0.25})
+        _beyond(fig, df, {before: "before", after: "after"}, *span)
+    fig.update_layout(title=f"{set_name}: similarity before vs after (n = {len(df)})", height=380,
+                      legend={"orientation": "h", "y": -0.3})
     return fig
 
 
@@ -289,7 +326,8 @@ def runs_curve_figure(curves: pd.DataFrame, set_name: str, labels: dict[str, str
                         subplot_titles=("true-pair cosine (dashed: before, solid: after)",
                                         "gap over the shuffled baseline"))
     for i, (run, d) in enumerate(df.groupby("run", sort=False)):
-        color, name = palette[i % len(palette)], (labels or {}).get(run, run)
+        # a run's name is user text; Plotly renders <a href> (and <b>, <br>) in trace names, so it goes in escaped
+        color, name = palette[i % len(palette)], html.escape(str((labels or {}).get(run, run)))
         for phase, dash in (("before", "dash"), ("after", "solid")):
             p = d[d["phase"] == phase].sort_values("layer")
             fig.add_trace(go.Scatter(x=p["layer"], y=p["true_mean"], mode="lines", name=f"{name}: {phase}",

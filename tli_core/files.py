@@ -11,6 +11,7 @@ the prefix off again, so words round-trip exactly. Numbers stay numbers.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -19,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from .errors import TLIError
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _UMASK = os.umask(0o022)
@@ -47,6 +50,46 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_output(path: str | Path, data: bytes | str) -> None:
+    """A file the user asked for (``--out``, ``--zip``), written atomically; a full disk, a missing folder or a
+    permission problem is one TLIError line, not a traceback."""
+    try:
+        write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as exc:
+        raise TLIError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+def overwrite_in_place(path: str | Path, text: str) -> None:
+    """``text`` over the file's own bytes, padded with spaces (JSON ignores them) to its old length.
+
+    The last resort on a full disk: an atomic write needs room for a temporary, this needs none, because
+    no block beyond the file's own is touched. Not atomic (a reader at that instant may see a torn file,
+    which reads as unreadable), so only for a job's final status when nothing else can be written.
+    OSError when the text is longer than the file.
+    """
+    data = text.encode("utf-8")
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if len(data) > size:
+            raise OSError(errno.ENOSPC, "no room to record it in place", str(path))
+        fh.seek(0)
+        fh.write(data + b" " * (size - len(data)))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def disk_full(path: str | Path) -> bool:
+    """Whether the filesystem holding ``path`` has (next to) no room left: what a job that died silently there
+    most likely died of."""
+    try:
+        return shutil.disk_usage(path).free < FULL_BELOW
+    except OSError:
+        return False
+
+
+FULL_BELOW = 1 << 20
 
 
 # --------------------------------------------------------------------------- CSV, safe in a spreadsheet
@@ -120,12 +163,17 @@ def read_json_checked(path: str | Path, default=None, expect: type | None = None
     """
     path = Path(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            return default, f"{path.name}: empty file"
+        value = json.loads(text)
     except FileNotFoundError:
         return default, None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else (
-            "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0])
+            "nested too deeply" if isinstance(exc, RecursionError) else
+            f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+            if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0])
         return default, f"{path.name}: {reason or 'empty file'}"
     if expect is not None and not isinstance(value, expect):
         return default, f"{path.name}: expected a JSON {expect.__name__}, found {type(value).__name__}"

@@ -198,15 +198,16 @@ def plan_for(spec, runs_dir: Path, n_units: int, parallel: int | None = None, cl
 _MODELS: dict = {}  # per worker process: the model loaded by its last unit (reused when the next one needs it)
 
 
-def _model(spec):
+def _model(spec, progress=None):
     from .models import load_model
+    from .progress import no_progress
 
     if spec not in _MODELS:
         _MODELS.clear()  # one model per worker process: a unit of another model frees the last one first
         import gc
 
         gc.collect()
-        _MODELS[spec] = load_model(spec)
+        _MODELS[spec] = load_model(spec, progress=progress or no_progress)
     return _MODELS[spec]
 
 
@@ -268,14 +269,18 @@ def run_unit(run_dir: str, unit: int, threads: int, token: str, ship: bytes | No
     if board is not None:
         threading.Thread(target=_relay, args=(board, unit, run, stop_relay), daemon=True).start()
     try:
+        from .jobs.stopping import Stopped
         from .worker import downstream_run, execute
 
-        lm = _model(run.config().model)
-        status = execute(run, lock_held=True, lm=lm)
-        if status.get("state") == "done" and tasks and tasks.get("tasks"):
+        status = execute(run, lock_held=True, load=_model)  # the load (or the reuse) inside the run: stoppable
+        if status.get("state") != "done":
+            _MODELS.clear()  # a run cut short may leave the model mid-merge: the next unit loads it afresh
+        elif tasks and tasks.get("tasks"):
             try:
                 downstream_run(run, list(tasks["tasks"]), int(tasks.get("fewshot") or 0), tasks.get("limit"),
-                               lock_held=True, lm=lm)
+                               lock_held=True, lm=_model(run.config().model))
+            except Stopped:  # the unit trained and evaluated: it is done; its benchmarks' own record says stopped
+                _MODELS.clear()
             except Exception as exc:  # noqa: BLE001 -- the unit trained and evaluated: it is done; its benchmarks'
                 run.log(f"downstream benchmarks failed: {exc}")  # own record (status.json "downstream") says why
         result = {"state": status.get("state"), "message": status.get("message", ""), "attempt": attempt,
@@ -709,6 +714,22 @@ def _unit_seconds(status: dict) -> float | None:
     return total or None
 
 
+RUN_PHASES = ("checking", "loading model", "embedding before", "checking the 4-bit dequantization", "training",
+              "saving the trained weights", "embedding after", "embedding after (adapter merged)", "evaluating")
+
+
+def phase_fraction(status: dict) -> float:
+    """How far a running run is through its phases, counting each phase as an equal share (a rough measure, for
+    when no duration has been measured)."""
+    prog = status.get("progress") or {}
+    phase = prog.get("phase") or status.get("phase")
+    if phase not in RUN_PHASES:
+        return 0.0
+    done, total = prog.get("done") or 0, prog.get("total")
+    within = min(1.0, max(0.0, float(done) / float(total))) if isinstance(total, (int, float)) and total else 0.0
+    return (RUN_PHASES.index(phase) + within) / len(RUN_PHASES)
+
+
 def sweep_eta(sweep: Sweep, slots: int | None = None) -> SweepETA:
     """Units done and running, and the time left: each remaining unit's duration (the median of this sweep's
     finished units, else the run estimate from this model's earlier runs here), running units at their own pace,
@@ -759,6 +780,8 @@ def sweep_eta(sweep: Sweep, slots: int | None = None) -> SweepETA:
                 durations.append(full)
             if full and left is not None:
                 work += max(0.0, min(1.0, 1 - left / full))
+            else:  # nothing measured yet: the unit's place in the run's phases, so the bar moves from the start
+                work += phase_fraction(st)
             phase = prog.get("phase") or st.get("phase") or "starting"
             if st.get("state") == "queued":  # handed to Ray, its worker not yet at the first line of the run
                 phase = "starting (a Ray worker loads the libraries and the model)"

@@ -8,6 +8,7 @@ researcher needs to know about it. Layers are numbered as in ``layers.py``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,7 @@ class ModelSpec:
             raise TLIError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise TLIError(f"unknown compute dtype {self.compute_dtype!r}; use one of {', '.join(COMPUTE_DTYPES)}")
+        _parse_max_memory(self.max_memory)  # a typo is refused here, not after a run was created
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,16 +253,19 @@ def _quantization_kwargs(spec: ModelSpec, device: str) -> dict:
     return {"dtype": torch.float32}
 
 
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*[KMG]i?B", re.IGNORECASE)  # what accelerate reads
+
+
 def _parse_max_memory(text: str | None) -> dict | None:
     if not text:
         return None
     out = {}
-    for part in text.split(","):
-        key, _, value = part.partition(":")
-        if not value:
-            raise TLIError(f"max_memory entry {part!r} must look like 0:20GiB or cpu:64GiB")
-        key = key.strip()
-        out[int(key) if key.isdigit() else key] = value.strip()
+    for part in str(text).split(","):
+        key, _, value = (s.strip() for s in part.partition(":"))
+        if not (key.isdigit() or key in ("cpu", "disk", "mps")) or not _MEMORY.fullmatch(value):
+            raise TLIError(f"max_memory entry {part.strip()!r} must look like 0:20GiB or cpu:64GiB "
+                           f"(a GPU number, cpu, disk or mps, then an amount in KB, MB, GB, KiB, MiB or GiB)")
+        out[int(key) if key.isdigit() else key] = value
     return out
 
 

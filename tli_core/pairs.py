@@ -106,6 +106,13 @@ def _short(items, n: int = 12) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _shown(word: str, n: int = 40) -> str:
+    """A word as the escaped literal a one-line message can show (control characters written as \\x00, \\n)."""
+    shown = "".join(ch.encode("unicode_escape").decode() if unicodedata.category(ch) == "Cc" else ch
+                    for ch in word[:n])
+    return f"'{shown}'" + ("..." if len(word) > n else "")
+
+
 def normalise_word(text: str) -> str:
     """NFC-normalise, trim and collapse inner runs of whitespace (multi-word expressions stay)."""
     return " ".join(unicodedata.normalize("NFC", str(text)).split())
@@ -155,10 +162,16 @@ def _records_from_text(text: str, fmt: str, source: str) -> list[dict]:
             raise TLIError(f"{source}: the header names column(s) {', '.join(repeated)} more than once; "
                            f"keep one of each")
         rows = []
-        for row in reader:
-            rows.append({unescape_cell(str(k).strip()) if k is not None else None: unescape_cell(v)
-                         for k, v in row.items()})
-            _check_size(len(rows), source)
+        try:
+            for row in reader:
+                rows.append({unescape_cell(str(k).strip()) if k is not None else None: unescape_cell(v)
+                             for k, v in row.items()})
+                _check_size(len(rows), source)
+        except csv.Error as exc:
+            limit = csv.field_size_limit()
+            reason = (f"a field is longer than {limit // 1024} KiB (a word pair file holds words, not documents)"
+                      if "field limit" in str(exc) else str(exc))
+            raise TLIError(f"{source}: line {reader.line_num + 1}: {reason}") from None
         return rows
     if fmt == "json":
         try:
@@ -259,6 +272,10 @@ def read_pairs(data: bytes | str | Path, source: str | None = None, fmt: str | N
         raw = (row.get("swahili"), row.get("english"))
         if not all(isinstance(v, str) for v in raw):
             raw = tuple("" if v is None else str(v) for v in raw)
+        for word, which in zip(raw, ("Swahili", "English"), strict=True):
+            if any(unicodedata.category(ch) == "Cc" for ch in word.strip()):
+                raise TLIError(f"{source}: row {i}: the {which} word {_shown(word)} contains a control character "
+                               f"(a NUL byte, line break or tab inside the word); one word or phrase per cell")
         sw, en = normalise_word(raw[0]), normalise_word(raw[1])
         if not sw or not en:
             if not drop_empty:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import platform
+import re
 import sys
 import time
 import zipfile
@@ -36,7 +38,7 @@ from .figures import (
     scatter_figure,
     similarity_figure,
 )
-from .files import csv_bytes, read_json
+from .files import csv_bytes, read_json_checked
 from .models import package_versions
 from .pairs import pairs_hash
 from .protocols import PROTOCOLS
@@ -72,8 +74,9 @@ def run_figures(run: Run) -> dict[str, go.Figure]:
         for group in dict.fromkeys(pairs["set"]):
             named = {"distribution": distribution_figure(pairs, group), "pairs": scatter_figure(pairs, group),
                      "layer-curve": before_after_curve_figure(curve, group, summary["eval_layer"], targets)}
-            for kind, fig in named.items():
-                fig.update_layout(title=f"{fig.layout.title.text} — protocol {protocol}")
+            for kind, fig in named.items():  # half the page wide: the protocol on a line of its own
+                fig.update_layout(title={"text": fig.layout.title.text, "subtitle": {"text": f"protocol {protocol}"},
+                                         "font": {"size": 15}}, margin={"t": 90})
                 figs[f"{protocol}__{group}-{kind}"] = fig
     downstream = run.downstream_summary()
     if downstream:
@@ -81,15 +84,26 @@ def run_figures(run: Run) -> dict[str, go.Figure]:
     return figs
 
 
+_P_COLUMN = re.compile(r"(^|[ _])p($|[ (])")  # p, p corrected, p (paired t), control raw p, … (not P@1, pairs)
+
+
+def _cell(fmt: str):
+    """A cell as text: a float in ``fmt``, nothing for a missing value (never "NaN" or "None"), anything else as is."""
+    def show(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return fmt.format(v) if isinstance(v, float) else str(v)
+    return show
+
+
 def _table(df: pd.DataFrame, floats: str = "{:.4f}") -> str:
-    formatters = {c: (lambda v, f=floats: "" if pd.isna(v) else f.format(v)) for c in df.columns
-                  if df[c].dtype.kind == "f"}
+    formatters = {c: _cell(floats) for c in df.columns if df[c].dtype.kind in "fO"}
     for c in df.columns:
-        if str(c).startswith("p (") or str(c) in ("p", "p_holm", "wilcoxon_p"):
-            formatters[c] = lambda v: "" if pd.isna(v) else f"{v:.3g}"
+        if _P_COLUMN.search(str(c)) or str(c) in ("p_holm", "wilcoxon_p"):  # "p corrected" too, as on the pages
+            formatters[c] = _cell("{:.3g}")
         elif "% change" in str(c) or str(c) == "pct_change":  # percent units: 0.4252 is +0.43 %, not 42 %
-            formatters[c] = lambda v: "" if pd.isna(v) else f"{v:+.2f} %"
-    return df.to_html(index=False, escape=True, formatters=formatters, border=0)
+            formatters[c] = _cell("{:+.2f} %")
+    return df.to_html(index=False, escape=True, formatters=formatters, border=0, na_rep="")
 
 
 def _esc(value) -> str:
@@ -100,7 +114,7 @@ def build_report(run: Run) -> str:
     """The self-contained HTML report of ``run``."""
     summary = run.summary() or {}
     status, meta, cfg = run.status(), run.meta(), run.config_dict()
-    facts = read_json(run.path / "model_facts.json", {}) or {}
+    facts = read_json_checked(run.path / "model_facts.json", {}, dict)[0]
     figs = run_figures(run)
     parts = [f"<h1>TLI run {_esc(meta.get('name') or run.id)}</h1>",
              f"<p class=note>run id {_esc(run.id)} · created {_esc(status.get('created'))} · state "
@@ -140,7 +154,7 @@ def build_report(run: Run) -> str:
             s = summaries[p]
             stats = pd.DataFrame(list(s["groups"].values()))
             stats = stats[[c for c in STAT_LABELS if c in stats]].rename(columns=STAT_LABELS)
-            parts.append(f"<h2>Protocol {_esc(p)}: layer {_esc(s['eval_layer'])} ({_esc(s['eval_layer_name'])}), "
+            parts.append(f"<h2>Protocol {_esc(p)}: layer {_esc(s['eval_layer'])} ({_esc(s.get('eval_layer_name'))}), "
                          f"pooling {_esc(s['pooling'])}, analysis precision {_esc(s.get('precision'))}</h2>")
             if any(isinstance(g, dict) and g.get("specific") for g in s["groups"].values()):
                 parts.append("<p class=note>The specific effect and the retrieval change, then the paper's raw "

@@ -14,13 +14,14 @@
       summary.json         headline statistics
       STOP                 present when a stop was requested
 
-A run whose worker process died (crash, SIGKILL, reboot) is reported as failed the next
-time it is read, never as running forever (``jobs.jobdir``); one job at a time per runs
+A run whose worker process died (crash, SIGKILL, reboot, a full disk) reads as failed, never
+as running forever, and reading it writes nothing (``jobs.jobdir``); one job at a time per runs
 directory (``jobs.process.JobLock``).
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -41,6 +42,16 @@ from .files import publish_dir, read_csv, read_json_checked, write_csv, write_js
 from .jobs.jobdir import JobDir
 from .jobs.process import PROJECT_ROOT, now, process_alive, read_tag
 from .pairs import load_pairs, pairs_hash
+from .schema import (
+    METRIC,
+    METRIC_REQUIRED,
+    downstream_problem,
+    record_problem,
+    run_status_problem,
+    summary_problem,
+    table_problem,
+    unreadable,
+)
 
 STATES = ("queued", "running", "done", "failed", "stopped", "imported")
 SIDE_JOB_PID = {"evaluation": "evaluate.pid", "downstream": "downstream.pid"}
@@ -65,10 +76,21 @@ def _remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
+def remove_stale_temporaries(runs_dir: str | Path) -> None:
+    """Every run's half-written checkpoints whose writer is gone (a run killed mid-save is never saved to again);
+    called by a job that holds the runs directory's JobLock, when it starts."""
+    for folder in [*Path(runs_dir).glob("*/checkpoints"), *Path(runs_dir).glob("*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            _remove_stale_temporaries(folder)
+
+
 class Run(JobDir):
     """One run directory."""
 
     kind = "run"
+
+    def status_problem(self, status: dict) -> str | None:
+        return run_status_problem(status)
 
     def dead_message(self, status: dict, pid: str) -> str:
         return (f"the worker process (pid {pid}) ended without finishing (killed or crashed) during "
@@ -121,12 +143,15 @@ class Run(JobDir):
 
     def problems(self) -> list[str]:
         """Why the run's files cannot be read ('file: reason' each); [] for a healthy run."""
-        out = [read_json_checked(self.path / name, None, dict)[1] for name in ("config.json", "status.json")]
+        out = [read_json_checked(self.path / "config.json", None, dict)[1]]
         if not out[0]:
             try:
                 TLIConfig.from_dict(self.config_dict())
             except TLIError as exc:
                 out[0] = f"config.json: {exc}"
+        status = self.raw_status()
+        if status.get("state") == "unreadable":
+            out.append(str(status.get("message")).removeprefix("unreadable: "))
         out.append(self._summary()[1])
         return [p for p in out if p]
 
@@ -147,11 +172,10 @@ class Run(JobDir):
             return {"state": "running", "phase": "starting", "process": launched}
         if job.get("state") == "running" and not process_alive(job.get("process")):
             job = self._side_record(name)  # it may have finished between our two reads
-        if job.get("state") == "running" and not process_alive(job.get("process")):
-            job = dict(job, state="failed", finished=now(),
+        if job.get("state") == "running" and not process_alive(job.get("process")):  # derived, never written
+            job = dict(job, state="failed",
                        message=f"the {name} process (pid {str(job.get('process')).split(':')[0]}) ended "
-                               f"without finishing (killed or crashed); see train.log")
-            self.update_status(**{name: job})
+                               f"without finishing (killed or crashed); see train.log" + self.full_disk_note())
         return job
 
     def evaluation(self) -> dict:
@@ -161,9 +185,13 @@ class Run(JobDir):
         return self.side_job("downstream")
 
     def downstream_summary(self) -> dict | None:
-        """The latest downstream benchmarks (downstream/summary.json), or None."""
-        data, _ = read_json_checked(self.path / "downstream" / "summary.json", None, dict)
-        return data if data and isinstance(data.get("results"), dict) else None
+        """The latest downstream benchmarks (downstream/summary.json), or None before any; TLIError
+        ('unreadable: downstream/summary.json: ...') when the file cannot be used."""
+        data, problem = read_json_checked(self.path / "downstream" / "summary.json", None)
+        problem = problem or (downstream_problem(data) if data is not None else None)
+        if problem:
+            raise unreadable("downstream/summary.json", problem.removeprefix("summary.json: "))
+        return data
 
     def is_evaluating(self) -> bool:
         return self.evaluation().get("state") == "running"
@@ -181,15 +209,28 @@ class Run(JobDir):
             raise TLIError(f"could not write {self.path / 'metrics.jsonl'}: {exc.strerror or exc}") from None
 
     def metrics(self) -> pd.DataFrame:
+        """One row per training step (empty before the first); TLIError ('unreadable: metrics.jsonl: ...') when a
+        line is not UTF-8 or holds a value of the wrong kind. A line that is not JSON at all is skipped."""
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return pd.DataFrame()
         rows = []
-        for line in path.read_text().splitlines():
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise unreadable("metrics.jsonl", f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                              f"{exc.start})") from None
+        except OSError as exc:
+            raise unreadable("metrics.jsonl", exc.strerror or str(exc)) from None
+        for i, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 continue
+            problem = record_problem(row, METRIC, METRIC_REQUIRED, f"line {i}")
+            if problem:
+                raise unreadable("metrics.jsonl", problem)
+            rows.append(row)
         return pd.DataFrame(rows)
 
     def log(self, message: str) -> None:
@@ -216,14 +257,9 @@ class Run(JobDir):
         summary, problem = read_json_checked(self.path / "summary.json", None, dict)
         if summary is None:
             return None, problem
-        protocols = summary.get("protocols") or {}
-        if not isinstance(protocols, dict):
-            return None, "summary.json: not a summary of before/after statistics"
-        groups = [summary.get("groups")] + [s.get("groups") if isinstance(s, dict) else None
-                                             for s in protocols.values()]
-        if not all(
-                isinstance(g, dict) and all(isinstance(v, dict) for v in g.values()) for g in groups):
-            return None, "summary.json: not a summary of before/after statistics"
+        problem = summary_problem(summary)
+        if problem:
+            return None, f"summary.json: {problem}"
         return summary, None
 
     def protocols(self) -> list[str]:
@@ -237,15 +273,36 @@ class Run(JobDir):
         return ["legacy"] if summary.get("groups") else []
 
     def table(self, name: str, protocol: str | None = None) -> pd.DataFrame | None:
-        """One of the evaluation tables (pairs, pairs_layers, curve, layer_stats) of a protocol (default: headline);
-        None if it is missing or cannot be read."""
+        """One of the evaluation tables (pairs, pairs_layers, curve, layer_stats, retrieval) of a protocol (default:
+        headline); None if it is missing; TLIError ('unreadable: eval/...: reason') if it cannot be used."""
+        path = self._table_path(name, protocol)
+        if not path.is_file():
+            return None
+        where = str(path.relative_to(self.path))
+        try:
+            df = read_csv(path)
+        except UnicodeDecodeError as exc:
+            raise unreadable(where, f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") \
+                from None
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
+            raise unreadable(where, str(exc).strip().splitlines()[0] if str(exc).strip() else "empty file") from None
+        problem = table_problem(name, df)
+        if problem:
+            raise unreadable(where, problem)
+        return df
+
+    def require_table(self, name: str, protocol: str | None = None) -> pd.DataFrame:
+        """:meth:`table` for a view that cannot do without it: a missing table is unreadable too."""
+        df = self.table(name, protocol)
+        if df is None:
+            raise unreadable(str(self._table_path(name, protocol).relative_to(self.path)),
+                             "missing (the run's evaluation tables are gone; evaluate it again)")
+        return df
+
+    def _table_path(self, name: str, protocol: str | None) -> Path:
         protocol = protocol or (self.protocols() or [None])[0]
         folder = self.eval_dir if protocol in (None, "legacy") else self.eval_dir / protocol
-        path = folder / f"{name}.csv"
-        try:
-            return read_csv(path) if path.is_file() else None
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            return None
+        return folder / f"{name}.csv"
 
     def pairs(self, which: str) -> pd.DataFrame:
         return load_pairs(self.path / f"pairs_{which}.csv")
@@ -441,6 +498,9 @@ def job_path(job_id: str | Path, root: Path, kind: str, marker: str, id_hint: st
 
 
 def delete_run(run: Run) -> None:
+    if run.path.is_symlink():  # only the link would go (and rmtree refuses links): say so instead of "deleted"
+        raise TLIError(f"run {run.id} is a symbolic link to {os.path.realpath(run.path)}; TLI Studio deletes only "
+                       f"runs stored in the runs directory. Remove the link itself with: rm {run.path}")
     if run.is_active():
         raise TLIError(f"run {run.id} is still {run.status()['state']}; stop it before deleting")
     if run.is_evaluating():
@@ -536,23 +596,71 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+_RESOLVED = ("eval_layer", "adapter_blocks", "target_modules", "target_layers")  # symbolic in config.json
+
+
+def _settings(run: Run) -> tuple[dict, dict, dict]:
+    """A run's settings as it acted, flattened: (values to compare, values to show, symbolic settings it resolved).
+    Settings its config.json lacks (written by an older version) take their default; symbolic ones ("paper", "all",
+    none = the model's) their resolved value where the run recorded it; the pair sets are compared by content."""
+    shown = _flatten(TLIConfig().to_dict()) | _flatten(run.config_dict())
+    raw = {key: json.dumps(shown.get(key)) for key in _RESOLVED}
+    compared = {k: json.dumps(v) for k, v in shown.items()}
+    status = run.status()
+    resolved = status.get("resolved") if isinstance(status.get("resolved"), dict) else {}
+    done = {}
+    for key in _RESOLVED:
+        if resolved.get(key) is not None:
+            compared[key] = done[key] = json.dumps(resolved[key])
+            if compared[key] != raw[key]:
+                shown[key] = f"{raw[key]} → {compared[key]}"
+    sets = status.get("pairs") if isinstance(status.get("pairs"), dict) else {}
+    for role, meta in sets.items():
+        if isinstance(meta, dict) and meta.get("hash") and f"{role}_pairs" in shown:
+            compared[f"{role}_pairs"] = str(meta["hash"])
+            shown[f"{role}_pairs"] = f"{meta.get('name', '?')} · {str(meta['hash'])[:8]}"
+    shown = {k: v if isinstance(v, str) else json.dumps(v) for k, v in shown.items()}
+    return compared, shown, {"model": json.dumps(run.config_dict().get("model")), "raw": raw, "done": done}
+
+
 def diff_configs(*runs: Run, only_different: bool = True) -> pd.DataFrame:
-    """Setting-by-setting comparison of several runs' configs (one column per run)."""
-    flat = [_flatten(r.config_dict()) for r in runs]
+    """Setting-by-setting comparison of several runs' configs (one column per run). "Different" means acting
+    differently: the same pairs under two file names, a layer given by name and by number, a default and its
+    explicit value are the same. A run that has not started yet resolves "paper" or "all" as another run of the
+    same model did."""
+    settings = [_settings(r) for r in runs]
+    known = {(m["model"], key, m["raw"][key]): value for _, _, m in settings for key, value in m["done"].items()}
+    for compared, _, m in settings:
+        for key in _RESOLVED:
+            if key not in m["done"]:
+                compared[key] = known.get((m["model"], key, m["raw"][key]), compared.get(key))
     rows = []
-    for key in sorted(set().union(*flat)):
-        values = [json.dumps(f.get(key)) for f in flat]
+    for key in sorted(set().union(*(c for c, _, _ in settings))):
+        values = [c.get(key, "null") for c, _, _ in settings]
         if not only_different or len(set(values)) > 1:
-            rows.append({"setting": key, **{r.id: v for r, v in zip(runs, values, strict=True)}})
+            rows.append({"setting": key, **{r.id: s.get(key, "") for r, (_, s, _) in zip(runs, settings,
+                                                                                             strict=True)}})
     return pd.DataFrame(rows, columns=["setting"] + [r.id for r in runs])
 
 
+def _curve(run: Run) -> pd.DataFrame | None:
+    try:
+        return run.table("curve")
+    except TLIError:  # one run's damaged table: the others are still drawn
+        return None
+
+
 def results_side_by_side(runs: list[Run]) -> pd.DataFrame:
-    """One row per (run, set) of each run's headline results, with how they were measured."""
+    """One row per (run, set) of each run's headline results, with how they were measured; a run without results
+    is listed too, as not evaluated, so every run picked is on the table."""
     rows = []
     for run in runs:
         summary = run.summary() or {}
-        for group, g in (summary.get("groups") or {}).items():
+        groups = summary.get("groups") or {}
+        if not groups:
+            rows.append({"run": run.id, "name": run.meta().get("name") or "", "set": "—",
+                         "verdict": f"not evaluated ({run.status().get('state') or 'unknown'})"})
+        for group, g in groups.items():
             rows.append({"run": run.id, "name": run.meta().get("name") or "", "set": group,
                          "protocol": summary.get("headline") or "legacy", "layer": summary.get("eval_layer"),
                          "pooling": summary.get("pooling"), "precision": summary.get("precision"), "n": g.get("n"),
@@ -569,5 +677,5 @@ def results_side_by_side(runs: list[Run]) -> pd.DataFrame:
 
 def curves_side_by_side(runs: list[Run]) -> pd.DataFrame:
     """Each run's before/after layer curve (headline protocol) in one long table with a ``run`` column."""
-    frames = [c.assign(run=r.id) for r in runs if (c := r.table("curve")) is not None]
+    frames = [c.assign(run=r.id) for r in runs if (c := _curve(r)) is not None]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

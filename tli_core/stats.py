@@ -71,10 +71,16 @@ def paired_stats(before, after, group: str = "all", seed: int = 0,
     if n < 2:
         raise TLIError(f"group {group!r} has {n} pair(s); paired statistics need at least 2")
     diff = after - before
-    sd_diff = diff.std(ddof=1)
-    if sd_diff == 0:  # every pair moved by the same amount: the tests are undefined
-        t, p = (np.inf * np.sign(diff.mean()) if diff.mean() else np.nan), (0.0 if diff.mean() else 1.0)
-        w, wp = np.nan, np.nan
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as a TLIError
+        mb, sd_diff = before.mean(), diff.std(ddof=1)
+        spreads = [mb, after.mean(), before.std(ddof=1), after.std(ddof=1), diff.mean(), sd_diff]
+    if not np.isfinite(spreads).all():
+        big = float(np.abs(np.concatenate([before, after])).max())
+        raise TLIError(f"group {group!r}: values up to {big:.3g} are too large to average (the mean or spread "
+                       f"overflows); similarities lie in [-1, 1]")
+    if no_variation(diff):  # every pair moved alike (up to rounding): the tests are undefined, not t = 1e16
+        sd_diff = 0.0
+        t = p = w = wp = np.nan
     else:
         t, p = sps.ttest_rel(after, before)
         try:
@@ -90,7 +96,6 @@ def paired_stats(before, after, group: str = "all", seed: int = 0,
         rng = np.random.default_rng(seed)
         boot = diff[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
         lo, hi = np.percentile(boot, [2.5, 97.5])
-    mb = before.mean()
     return PairedStats(
         group=group, n=n, mean_before=float(mb), std_before=float(before.std(ddof=1)),
         mean_after=float(after.mean()), std_after=float(after.std(ddof=1)), change=float(diff.mean()),
@@ -138,6 +143,26 @@ def cluster_bootstrap(values, clusters, resamples: int = BOOTSTRAP_RESAMPLES, se
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(sums), size=(resamples, len(sums)))
     return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
+def no_variation(diff) -> bool:
+    """True when the differences do not vary beyond rounding (``after - before`` of equal shifts is not exact)."""
+    diff = np.asarray(diff, dtype=np.float64)
+    return len(diff) > 1 and float(diff.std(ddof=1)) <= 1e-12 * max(1.0, float(np.abs(diff).max()))
+
+
+def variation_notes(table: pd.DataFrame) -> list[str]:
+    """One line per group of a :func:`stats_table` whose differences do not vary (its tests are left empty)."""
+    notes = []
+    if not {"group", "n", "t", "change"} <= set(table.columns):
+        return notes
+    for _, row in table.iterrows():
+        if row["n"] >= 2 and not np.isfinite(row["t"]):
+            moved = (f"every pair changed by {row['change']:+.4g}" if abs(row["change"]) > 1e-12
+                     else "no pair changed")
+            notes.append(f"{row['group']}: no variation: {moved}, so the paired t-test, Wilcoxon and d_z are "
+                         f"undefined")
+    return notes
 
 
 def _one_sample(values: np.ndarray) -> tuple[float, float, float, float]:
@@ -314,4 +339,4 @@ def format_stats(table: pd.DataFrame) -> str:
     fmt["% change"] = "{:+.2f}%".format
     fmt["change"] = "{:+.4f}".format
     fmt["t"] = "{:.3f}".format
-    return t.to_string(index=False, formatters=fmt)
+    return "\n".join([t.to_string(index=False, formatters=fmt), *(f"note: {n}" for n in variation_notes(table))])

@@ -34,7 +34,8 @@ from .jobs.jobdir import JobDir
 from .jobs.process import now
 from .pairs import load_pairs
 from .runs import Run, check_run_name, default_runs_dir, job_path
-from .stats import correct_pvalues
+from .schema import SWEEP_STATUS, record_problem, units_problem, unreadable
+from .stats import CORRECTIONS, correct_pvalues
 from .util import default_threads, parse_int_ranges
 
 SWEEPS = "sweeps"
@@ -116,6 +117,8 @@ class SweepSpec:
     def from_dict(cls, d: dict) -> "SweepSpec":
         if not isinstance(d, dict) or not isinstance(d.get("base"), dict):
             raise TLIError("sweep.json: not a sweep description")
+        if d.get("correction", "bh") not in CORRECTIONS:
+            raise TLIError(f"sweep.json: not a sweep description (unknown correction {d.get('correction')!r})")
         try:
             return cls(base=TLIConfig.from_dict(d["base"]), target_layers=[list(t) for t in d["target_layers"]],
                        ranks=[int(r) for r in d["ranks"]], placements=list(d["placements"]),
@@ -142,6 +145,9 @@ class Sweep(JobDir):
     kind = "sweep"
     dead_state = "interrupted"
 
+    def status_problem(self, status: dict) -> str | None:
+        return record_problem(status, SWEEP_STATUS)
+
     def dead_message(self, status: dict, pid: str) -> str:
         return "the sweep's driver process ended before the last unit; resume it to finish the missing units"
 
@@ -156,11 +162,15 @@ class Sweep(JobDir):
         return SweepSpec.from_dict(data)
 
     def cells(self) -> list[dict]:
-        """Every unit (a cell's settings x seed x arm) with its run and state; [] if cells.json cannot be read.
+        """Every unit (a cell's settings x seed x arm) with its run and state; TLIError ('sweep X is unreadable:
+        cells.json: ...') if cells.json cannot be used.
 
         Sweeps written before seeds and arms existed have one TLI unit per cell, at the base seed."""
-        data, _ = read_json_checked(self.path / "cells.json", [], list)
-        units = [u for u in data if isinstance(u, dict) and "cell" in u]
+        data, problem = read_json_checked(self.path / "cells.json", None)
+        problem = problem or units_problem(data)
+        if problem:
+            raise unreadable("cells.json", problem.removeprefix("cells.json: "))
+        units = data
         if units and any("unit" not in u for u in units):
             try:
                 seed = int(self.spec().base.seed)
@@ -185,7 +195,11 @@ class Sweep(JobDir):
     def request_stop(self) -> None:
         """Stop the queue and every running unit (each saves what it has and ends 'stopped')."""
         super().request_stop()
-        for unit, run in self.unit_runs():
+        try:
+            units = self.unit_runs()
+        except TLIError:  # units unknown: the driver, which reads STOP, stops them
+            units = []
+        for unit, run in units:
             if run is not None and unit.get("state") in ("running", "queued"):
                 run.request_stop()
 
@@ -277,7 +291,10 @@ def outcome(run: Run, group: str, seed: int, protocol: str | None = None) -> Out
     g = ((summary or {}).get("groups") or {}).get(group)
     if not isinstance(g, dict):
         return None
-    pairs = run.table("pairs", protocol)
+    try:
+        pairs = run.table("pairs", protocol)
+    except TLIError:  # a damaged table: the unit counts by its summary alone (its own page says what is wrong)
+        pairs = None
     if pairs is not None and "set" in pairs:
         pairs = pairs[pairs["set"] == group].reset_index(drop=True)
     return Outcome(seed=int(seed), group=g, pairs=pairs)
@@ -440,7 +457,10 @@ def cell_view(run: Run, protocol: str | None = None) -> dict | None:
     if found is None:
         return None
     sweep, info = found
-    units = sweep.unit_runs()
+    try:
+        units = sweep.unit_runs()
+    except TLIError:  # the sweep's own files are damaged: the run's own numbers still stand
+        return None
     mine = [(u, r) for u, r in units if u.get("cell") == info.get("cell")]
     if len(mine) < 2:
         return None
@@ -469,7 +489,10 @@ def downstream_grid(sweep: Sweep) -> pd.DataFrame:
     detectable change and the verdict in words (units without benchmarks are left out)."""
     frames = []
     for u, run in sweep.unit_runs():
-        summary = run.downstream_summary() if run is not None else None
+        try:
+            summary = run.downstream_summary() if run is not None else None
+        except TLIError:  # one unit's damaged benchmarks: shown on that run's own page, left out here
+            summary = None
         if summary:
             t = downstream_table(summary)
             frames.append(t.assign(cell=u.get("cell"), seed=u.get("seed"), arm=u.get("arm", "tli"), run=u.get("run")))

@@ -13,6 +13,7 @@ initial value (LoRA's B = 0, i.e. no change). The tool reports both facts with e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -30,6 +31,7 @@ from .config import Resolved, TLIConfig, total_steps
 from .embeddings import SINK_POOLINGS, Tokenised, causal_mask, make_batch, pooled_hidden_states, tokenise
 from .errors import TLIError
 from .fullft import FullBlocks
+from .jobs.stopping import Stopped
 
 # --------------------------------------------------------------------------- losses
 
@@ -260,7 +262,9 @@ class DeviceBatches:
 def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resolved: Resolved,
           on_step: Callable[[dict], None] | None = None,
           on_epoch: Callable[[int, object], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, log_every: int = LOG_EVERY) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, log_every: int = LOG_EVERY,
+          interruptible: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+          on_progress: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train the adapters of ``peft_model`` on ``trained`` pairs; the caller saves and evaluates.
 
     A step never waits for the device: the batch is indexed on the device, the loss and its
@@ -269,7 +273,10 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
     ``on_step`` then gets each step's metrics in order (``step_time`` is the window's mean), and a
     non-finite loss ends training as failed, naming the step where it first appeared.
     ``on_epoch(epoch, model)`` runs after every epoch (save a checkpoint there); ``should_stop``
-    is polled between steps.
+    is polled between steps, and ``interruptible()`` wraps each step's forward and backward: a stop
+    may cut those short (``Stopped``), since no weight changes before the optimiser step, which is
+    never interrupted. Either way training ends "stopped" with the weights of the last whole step.
+    ``on_progress(step, total)`` runs after every step (the host's count; no wait for the device).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -323,16 +330,25 @@ def train(peft_model, tokenizer, trained: pd.DataFrame, config: TLIConfig, resol
                         result.state, result.message = "stopped", f"stopped by request after step {step}"
                     return result
                 ids, weights, same = data.batch(s, batch)
-                loss, info = batch_loss(peft_model, ids, weights, len(batch), config, resolved.target_layers, same,
-                                        device)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    with interruptible():
+                        loss, info = batch_loss(peft_model, ids, weights, len(batch), config, resolved.target_layers,
+                                                same, device)
+                        optimiser.zero_grad(set_to_none=True)
+                        loss.backward()
+                except Stopped:
+                    optimiser.zero_grad(set_to_none=True)
+                    if flush():
+                        result.state, result.message = "stopped", f"stopped by request after step {step}"
+                    return result
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or float("inf"))
                 lr = scheduler.get_last_lr()[0]
                 optimiser.step()
                 scheduler.step()
                 step += 1
                 result.steps = step
+                if on_progress:
+                    on_progress(step, total)
                 pending.append(({"step": step, "total_steps": total, "epoch": epoch, "lr": lr},
                                 torch.stack([loss.detach().float(), grad_norm.float().to(device)]
                                             + [info[k].float() for k in METRIC_KEYS[2:]])))
@@ -359,3 +375,42 @@ def gradient_blocks(model) -> list[int]:
             if m:
                 blocks.add(int(m.group(1)) + 1)
     return sorted(blocks)
+
+
+def time_step(model, tokenizer, pairs: pd.DataFrame, config: TLIConfig, target_layers: Sequence[int],
+              repeats: int = 2) -> float:
+    """Seconds one training step of ``config`` takes on ``model`` here, measured without changing the model.
+
+    The step's forward to the target layer(s) and its backward through the blocks, on the first ``batch_size``
+    pairs; the gradient is taken with respect to the input embeddings, so no weight needs one and nothing is
+    trained (an adapter's own few parameters add little to a step). The median of ``repeats`` after a warm-up.
+    """
+    from .anatomy import model_lock
+
+    n = max(2, min(config.batch_size, len(pairs)))
+    sub = pairs.iloc[:n]
+    device = model.get_input_embeddings().weight.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sink = config.pooling in SINK_POOLINGS
+    tok_src = tokenise(tokenizer, list(sub["swahili"]), sink)
+    tok_tgt = tokenise(tokenizer, list(sub["english"]), sink)
+    same = translation_mask(pair_index(list(sub["swahili"]), list(sub["english"])), list(range(n))).to(device)
+
+    def needs_grad(module, args, output):
+        return output.detach().requires_grad_()
+
+    seconds = []
+    with model_lock(model), torch.inference_mode(False), torch.enable_grad():
+        handle = model.get_input_embeddings().register_forward_hook(needs_grad)
+        try:
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                loss, _ = step_loss(model, tok_src, tok_tgt, list(range(n)), pad_id, config, target_layers, same,
+                                    device)
+                loss.backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds.append(time.perf_counter() - start)
+        finally:
+            handle.remove()
+    return float(np.median(seconds[1:]))

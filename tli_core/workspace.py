@@ -4,7 +4,8 @@
       pairsets/<hash>.csv       every word-pair set ever used, by content hash ...
       pairsets/<hash>.json      ... with its file name, role, upload time, rows and validation report
       sessions/<id>.json        one browser session's state (active sets, scan settings, the Train form,
-                                the run it looked at last); the id travels in the URL (?s=...)
+                                the run it looked at last); the id travels in the URL (?s=...); the
+                                1,000 most recently used are kept
       last.json                 the sets chosen last on this server, for a session that starts fresh
 
 A set is named everywhere by its file name and the first 8 characters of its hash, so two sets
@@ -26,8 +27,10 @@ from .files import read_csv, read_json_checked, write_csv, write_json
 from .jobs.process import now
 from .pairs import DEFAULT_CONTROL, DEFAULT_TRAINED, pairs_hash, read_pairs
 from .runs import default_runs_dir
+from .schema import session_problem
 
 SESSION_ID = re.compile(r"[0-9a-f]{12}")
+MAX_SESSIONS = 1000  # browser sessions remembered on disk (each a few hundred bytes); the oldest go first
 
 
 def home() -> Path:
@@ -120,20 +123,51 @@ def valid_session_id(sid) -> bool:
 
 
 def read_session(sid: str) -> dict:
+    return read_session_checked(sid)[0]
+
+
+def read_session_checked(sid: str) -> tuple[dict, str | None]:
+    """(the session's state, problem): a damaged file gives {} (the session starts afresh) and
+    'sessions/ID.json: reason'."""
     if not valid_session_id(sid):
-        return {}
-    data, _ = read_json_checked(home() / "sessions" / f"{sid}.json", {}, dict)
-    return data
+        return {}, None
+    data, problem = read_json_checked(home() / "sessions" / f"{sid}.json", {}, dict)
+    problem = problem or session_problem(data)
+    if problem:
+        return {}, f"sessions/{sid}.json: {problem.removeprefix(f'{sid}.json: ')}"
+    return data, None
 
 
 def write_session(sid: str, data: dict) -> None:
-    """Best effort: a full disk must not break the page; the state then lives until the tab closes."""
+    """Best effort: a full disk must not break the page; the state then lives until the tab closes.
+
+    Every visit without ``?s=`` is a new session: when one writes its first file, the least recently
+    used beyond :data:`MAX_SESSIONS` are removed, so they cannot pile up without bound."""
     if not valid_session_id(sid):
         return
+    path = home() / "sessions" / f"{sid}.json"
     try:
-        write_json(home() / "sessions" / f"{sid}.json", dict(data, updated=now()))
+        new = not path.exists()
+        write_json(path, dict(data, updated=now()))
+        if new:
+            prune_sessions(keep=sid)
     except OSError:
         pass
+
+
+def prune_sessions(keep: str | None = None) -> int:
+    """Remove the least recently written session files beyond :data:`MAX_SESSIONS`; returns how many went."""
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    files = sorted((home() / "sessions").glob("*.json"), key=mtime, reverse=True)
+    stale = [p for p in files[MAX_SESSIONS:] if p.stem != keep]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def last_sets() -> dict:

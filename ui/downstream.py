@@ -11,6 +11,7 @@ from tli_core.figures import downstream_figure
 from tli_core.files import read_csv
 from tli_core.jobs.runner import busy_message, start_downstream
 
+from .models import slow_poll
 from .widgets import download_csv, md, plot, show_error
 
 TASK_LABELS = {**LOCAL_TASKS, **HUB_TASKS}
@@ -54,28 +55,35 @@ def downstream_panel(run, key: str) -> None:
 
 @st.fragment(run_every=2.0)
 def _progress(run) -> None:
+    slow_poll()
     job = run.downstream()
     if job.get("state") != "running":
         st.rerun(scope="app")
     done, total = job.get("done") or 0, job.get("total")
-    text = f"Benchmarks: {job.get('phase', 'starting')}" + (f" — {job['detail']}" if job.get("detail") else "")
+    text = f"Benchmarks: {job.get('phase') or 'starting'}" + (f" — {job['detail']}" if job.get("detail") else "")
     if total:
         st.progress(min(1.0, done / total), text=f"{md(text)}: {int(done)} of {int(total)}")
     else:
         st.info(md(text) + " …", icon=":material/hourglass_top:")
-    st.caption(f"Started {job.get('started', 'now')}; tasks {md(', '.join(job.get('tasks', [])))}. "
-               f"This page updates when it is done.")
+    tasks = ", ".join(job.get("tasks") or [])  # an empty list read "tasks ."
+    st.caption(f"Started {job.get('started') or 'now'}" + (f"; tasks {md(tasks)}" if tasks else "")
+               + ". This page updates when it is done.")
 
 
 def downstream_results(run, key: str) -> bool:
-    """The run's latest benchmark results (figure, table, items); False when it has none."""
-    summary = run.downstream_summary()
+    """The run's latest benchmark results (figure, table, items); False when it has none. A damaged results file
+    is said in its place (True: there is something to see, and rerunning the benchmarks replaces it)."""
+    try:
+        summary = run.downstream_summary()
+    except TLIError as exc:
+        show_error(exc)
+        return True
     if summary is None:
         return False
     shots, limit = summary.get("num_fewshot", 0), summary.get("limit")
     st.caption(f"{shots}-shot" + (f", the first {limit} items of each task" if limit else ", all items")
-               + f" · weights {md(summary.get('weights'))} · {md(summary.get('model', ''))} · finished "
-               f"{summary.get('finished', '?')}. {md(summary.get('test', ''))}.")
+               + f" · weights {md(summary.get('weights') or '?')} · {md(summary.get('model') or '?')} · finished "
+               f"{summary.get('finished') or '?'}." + (f" {md(summary['test'])}." if summary.get("test") else ""))
     plot(downstream_figure(summary), key=f"downstream-{key}")
     table = downstream_table(summary)
     pct = st.column_config.NumberColumn(format="%.3f")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +22,7 @@ from tli_core.pairs import pairs_hash
 from tli_core.runs import default_runs_dir
 
 from . import state
+from .text import md
 
 SCAN_CACHE_SIZE = 24
 
@@ -43,10 +46,40 @@ def autoload() -> bool:
 
 # --------------------------------------------------------------------------- the model, once per server
 
+def slow_seconds() -> float:
+    """TLI_SLOW_SECONDS: a delay injected before a model load and into every poll (tests reproduce a slow server)."""
+    try:
+        return max(0.0, float(os.environ.get("TLI_SLOW_SECONDS", "0")))
+    except ValueError:
+        return 0.0
+
+
+def slow_poll() -> None:
+    """Where a page polls: as slow as TLI_SLOW_SECONDS says (0 unless a test reproduces a slow server)."""
+    if slow_seconds():
+        time.sleep(slow_seconds())
+
+
+@dataclass
+class Loading:
+    """A model load running in a background thread: what pages show while it runs, and its end."""
+    spec: ModelSpec
+    phase: str = "starting"
+    fraction: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    error: Exception | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def line(self) -> str:
+        return (f"Loading {self.spec.label()} in the background (once per server; every page and tab shares it): "
+                f"{self.phase} — {time.monotonic() - self.started:.0f} s so far")
+
+
 @st.cache_resource
 def _registry() -> dict:
-    """Server-wide: loaded models by spec, shared by every session, loaded once."""
-    return {"models": {}, "lock": threading.Lock()}
+    """Server-wide: loaded models by spec, loads in progress, shared by every session, each model loaded once."""
+    return {"models": {}, "loading": {}, "lock": threading.Lock(), "load_lock": threading.Lock(),
+            "autoload": threading.Event()}
 
 
 def spec_key(spec: ModelSpec) -> str:
@@ -58,7 +91,7 @@ def loaded_models() -> dict[str, LoadedModel]:
 
 
 def current_model() -> LoadedModel | None:
-    """The session's model (the last one it loaded), or any model the server has loaded."""
+    """The session's model (the last one it loaded), or any model the server has loaded. Never waits."""
     models = loaded_models()
     key = state.model_key()
     if key in models:
@@ -70,29 +103,80 @@ def current_model() -> LoadedModel | None:
     return None
 
 
-def ensure_model(spec: ModelSpec, container=None) -> LoadedModel:
-    """Load ``spec`` with a progress bar unless the server already holds it."""
+def current_loading() -> Loading | None:
+    """The load this session waits for: its own, else any the server runs (a failed one until it is retried)."""
+    loading = _registry()["loading"]
+    return loading.get(state.model_key()) or next(iter(loading.values()), None)
+
+
+def _load(reg: dict, key: str, job: Loading) -> None:
+    def report(phase: str, done: float, total: float | None, detail: str = "") -> None:
+        job.phase, job.fraction = detail or phase, min(max(done / (total or 100), 0.0), 1.0)
+
+    try:
+        if slow_seconds():
+            job.phase = "waiting (TLI_SLOW_SECONDS)"
+            time.sleep(slow_seconds())
+        with reg["load_lock"]:  # one load at a time: two at once would hold two models' memory mid-load
+            lm = load_model(job.spec, progress=report)
+        with reg["lock"]:
+            reg["models"][key] = lm
+            reg["loading"].pop(key, None)
+    except Exception as exc:  # kept for the pages to show; a new start retries
+        job.error = exc
+    finally:
+        job.finished.set()
+
+
+def start_loading(spec: ModelSpec) -> Loading | None:
+    """Load ``spec`` in a background thread unless the server holds it (None) or loads it already (that load)."""
     reg = _registry()
     key = spec_key(spec)
-    if key not in reg["models"]:
-        area = container or st
-        bar = area.progress(0.0, text=f"Loading {spec.label()} (once per server; every page and tab shares it) …")
+    with reg["lock"]:
+        if key in reg["models"]:
+            return None
+        job = reg["loading"].get(key)
+        if job is not None and job.error is None:
+            return job
+        job = reg["loading"][key] = Loading(spec)
+    threading.Thread(target=_load, args=(reg, key, job), name="tli-model-load", daemon=True).start()
+    return job
 
-        def report(phase: str, done: float, total: float | None, detail: str = "") -> None:
-            bar.progress(min(done / (total or 100), 1.0), text=detail or phase)
 
-        try:
+def start_autoload() -> None:
+    """The default model, loaded in the background once per server (an unloaded model stays unloaded)."""
+    reg = _registry()
+    if autoload() and not reg["autoload"].is_set():
+        reg["autoload"].set()
+        if not reg["models"]:
+            start_loading(default_spec())
+
+
+def ensure_model(spec: ModelSpec, container=None) -> LoadedModel:
+    """Load ``spec`` (in the background thread) with a progress bar here, unless the server already holds it.
+    Leaving the page leaves the load running."""
+    reg = _registry()
+    key = spec_key(spec)
+    job = start_loading(spec)
+    if job is not None:
+
+        bar = (container or st).progress(0.0, text=md(job.line()))
+        while not job.finished.wait(0.5):
+            bar.progress(job.fraction, text=md(job.line()))
+        bar.empty()
+        if job.error is not None:
             with reg["lock"]:
-                if key not in reg["models"]:
-                    reg["models"][key] = load_model(spec, progress=report)
-        finally:
-            bar.empty()
+                if reg["loading"].get(key) is job:
+                    reg["loading"].pop(key)
+            raise job.error
     state.set_model_key(key)
     return reg["models"][key]
 
 
 def unload_model(key: str) -> None:
+    """Free the model (no page loads it again by itself: the Model page does, when asked)."""
     reg = _registry()
+    reg["autoload"].set()
     with reg["lock"]:
         reg["models"].pop(key, None)
     _scan_cache().clear()
@@ -108,12 +192,37 @@ def unload_model(key: str) -> None:
         state.set_model_key(None)
 
 
-def require_model() -> LoadedModel:
-    """The loaded model, or a pointer to the Model page (and the page stops)."""
+@st.fragment(run_every=2.0)
+def loading_line() -> None:
+    """The load's progress, redrawn every 2 s; the whole page runs again when the model is there."""
+
+    slow_poll()
+    job = current_loading()
+    if job is None or (job.finished.is_set() and job.error is None):
+        st.rerun(scope="app")
+    if job.error is not None:
+        st.error(md(f"Loading {job.spec.label()} failed: {job.error}"), icon="⚠️")
+        st.page_link("pages/model.py", label="Choose a model on the Model page", icon="🧠")
+        return
+    st.progress(job.fraction, text=md(job.line()))
+
+
+def model_or_progress(needed_for: str = "") -> LoadedModel | None:
+    """The loaded model; else the progress of its load (redrawn every 2 s), or a pointer to the Model page."""
     lm = current_model()
     if lm is None:
-        st.info("No model is loaded yet.")
-        st.page_link("pages/model.py", label="Load a model on the Model page", icon="🧠")
+        if current_loading() is not None:
+            loading_line()
+        else:
+            st.info("No model is loaded yet" + (f": {needed_for} needs one." if needed_for else "."))
+            st.page_link("pages/model.py", label="Load a model on the Model page", icon="🧠")
+    return lm
+
+
+def require_model() -> LoadedModel:
+    """The loaded model, else the progress of its load or a pointer to the Model page (and the page stops)."""
+    lm = model_or_progress()
+    if lm is None:
         st.stop()
     return lm
 

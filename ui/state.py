@@ -18,7 +18,6 @@ _SCAN_SUGGESTION = "scan_suggestion"
 _WATCHED_RUN = "watch_run"
 _LAUNCH_WARNINGS = "launch_warnings"
 _WATCHED_SWEEP = "watch_sweep"
-_AUTOLOAD_TRIED = "autoload_tried"
 _RESULTS = "page_results"
 
 
@@ -33,11 +32,13 @@ def set_model_key(key: str | None) -> None:
         st.session_state[_MODEL] = key
 
 
-def autoload_tried() -> bool:
-    """True from the second call on: the default model is tried once per session."""
-    tried = st.session_state.get(_AUTOLOAD_TRIED, False)
-    st.session_state[_AUTOLOAD_TRIED] = True
-    return tried
+def set_notice(page: str, text: str) -> None:
+    """A message for the page's next run (e.g. after an action and ``st.rerun``)."""
+    st.session_state[f"notice-{page}"] = text
+
+
+def take_notice(page: str) -> str | None:
+    return st.session_state.pop(f"notice-{page}", None)
 
 
 def pairs_state() -> tuple[dict, dict, dict] | None:
@@ -62,34 +63,43 @@ def set_uploaded_marker(which: str, marker: Any) -> None:
         st.session_state[f"{_UPLOADED}-{which}"] = marker
 
 
-def scan_suggestion() -> dict | None:
-    return st.session_state.get(_SCAN_SUGGESTION)
+def scan_suggestion(spec=None) -> dict | None:
+    """What this browser session's last layer scan suggests (``model``, ``gap_peak``, ``mode``,
+    ``seconds_per_word``), kept on disk like the forms: a reload, mid-run too, keeps the Train page's suggestion
+    button and its duration estimate. With ``spec``: only a suggestion made on that model."""
+    kept = persisted(_SCAN_SUGGESTION)
+    if kept and spec is not None and kept.get("model") != spec.to_dict():
+        return None
+    return kept
 
 
-def set_scan_suggestion(suggestion: dict) -> None:
-    st.session_state[_SCAN_SUGGESTION] = suggestion
+def set_scan_suggestion(suggestion: dict, spec, seconds_per_word: float) -> None:
+    persist(_SCAN_SUGGESTION, {"model": spec.to_dict(), "gap_peak": int(suggestion["gap_peak"]),
+                               "mode": suggestion.get("mode"), "seconds_per_word": float(seconds_per_word)})
 
 
 def watched_run() -> str | None:
-    return st.session_state.get(_WATCHED_RUN)
+    return persisted(_WATCHED_RUN)
 
 
 def set_watched_run(run_id: str, warnings: list[str] | None = None) -> None:
-    st.session_state[_WATCHED_RUN] = run_id
+    """The run the Train page follows, and the warnings its launch gave (kept on disk: a reload keeps them)."""
+    persist(_WATCHED_RUN, run_id)
     if warnings is not None:
-        st.session_state[_LAUNCH_WARNINGS] = warnings
+        persist(_LAUNCH_WARNINGS, {"run": run_id, "warnings": [str(w) for w in warnings]})
 
 
 def launch_warnings(run_id: str) -> list[str]:
-    return st.session_state.get(_LAUNCH_WARNINGS, []) if watched_run() == run_id else []
+    kept = persisted(_LAUNCH_WARNINGS) or {}
+    return list(kept.get("warnings") or []) if kept.get("run") == run_id else []
 
 
 def watched_sweep() -> str | None:
-    return st.session_state.get(_WATCHED_SWEEP)
+    return persisted(_WATCHED_SWEEP)
 
 
 def set_watched_sweep(sweep_id: str) -> None:
-    st.session_state[_WATCHED_SWEEP] = sweep_id
+    persist(_WATCHED_SWEEP, sweep_id)
 
 
 def shown_protocol(run_id: str) -> str | None:
@@ -110,6 +120,8 @@ def results(page: str) -> dict:
 
 _SID = "session_id"
 _PERSIST = "persisted"
+_RESTORED = "restored"
+_SESSION_PROBLEM = "session_problem"
 
 
 def session_id() -> str:
@@ -119,8 +131,16 @@ def session_id() -> str:
         if not workspace.valid_session_id(sid):
             sid = workspace.new_session_id()
         st.session_state[_SID] = sid
-        st.session_state[_PERSIST] = workspace.read_session(sid)
+        st.session_state[_PERSIST], problem = workspace.read_session_checked(sid)
+        if problem:
+            st.session_state[_SESSION_PROBLEM] = problem
     return st.session_state[_SID]
+
+
+def session_problem() -> str | None:
+    """Why this browser session's saved state could not be restored (once; None when it was, or was told)."""
+    session_id()
+    return st.session_state.pop(_SESSION_PROBLEM, None)
 
 
 def keep_session_in_url() -> None:
@@ -173,27 +193,55 @@ def checks(**tests) -> Callable[[str, Any], bool]:
 
 
 def init_form(form: str, defaults: dict, fits=None, link: tuple[str, ...] = ()) -> None:
-    """Give each field of ``form`` its value before the widgets are drawn: this session's last value, else the
-    page link's (``link`` names the fields a URL may set, e.g. ``?layer=11``), else the draft kept on disk (a
-    reload), else the default. ``fits(field, value)`` drops values a widget cannot take."""
+    """Find each field's value before the widgets are drawn: this session's last value, else the page link's
+    (``link`` names the fields a URL may set, e.g. ``?layer=11``), else the draft kept on disk (a reload), else the
+    default. ``fits(field, value)`` drops values a widget cannot take.
+
+    A restored value is handed to its widget as the widget's own default (:func:`field`), on every run, never only
+    once through ``st.session_state``: a value set that way reaches the browser in one run's message only, and a
+    browser that missed that run (a slow server, a run cut short by the next one) drew the widget's empty default
+    and sent it back — the Layer scan's "Sets" came back empty after a reload."""
     draft = persisted(f"form-{form}") or {}
-    for field, default in defaults.items():
-        k = form_key(form, field)
-        if k in st.session_state:
+    restored = st.session_state.setdefault(f"{_RESTORED}-{form}", {})
+    for name, default in defaults.items():
+        if form_key(form, name) in st.session_state:
             continue
-        value = draft.get(field, default)
-        if field in link and field in st.query_params:
-            linked = _from_link(st.query_params[field], default)
+        value = draft.get(name, default)
+        if name in link and name in st.query_params:
+            linked = _from_link(st.query_params[name], default)
             value = value if linked is None else linked
-        if type(value) is not type(default) and not (isinstance(default, float) and isinstance(value, int)):
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
             value = default
-        if fits is not None and not fits(field, value):
+        if fits is not None and not fits(name, value):
             value = default
-        st.session_state[k] = value
+        restored[name] = value
+
+
+def field(form: str, name: str, options=None) -> dict:
+    """A form widget's arguments: its key, and its current value as its default (``index`` into ``options`` for a
+    selectbox or radio), so what the browser draws never depends on which run's message it received."""
+    value = form_value(form, name)
+    kwargs: dict[str, Any] = {"key": form_key(form, name)}
+    if options is not None:
+        options = list(options)
+        kwargs["index"] = options.index(value) if value in options else 0
+    elif value is None:  # nothing restored: the widget's own default
+        pass
+    elif isinstance(value, list):
+        kwargs["default"] = value
+    else:
+        kwargs["value"] = value
+    return kwargs
 
 
 def form_value(form: str, field: str) -> Any:
-    return st.session_state.get(form_key(form, field))
+    """The field's value now: the widget's, else the one restored for it (before its widget is drawn)."""
+    k = form_key(form, field)
+    if k in st.session_state:
+        return st.session_state[k]
+    return st.session_state.get(f"{_RESTORED}-{form}", {}).get(field)
 
 
 def set_form_value(form: str, field: str, value: Any) -> None:
@@ -220,5 +268,5 @@ def save_form(form: str, defaults: dict, link: tuple[str, ...] = ()) -> None:
 
 def scan_seconds_per_word(spec) -> float | None:
     """What the last layer scan of this model measured, for duration estimates before the first run."""
-    sugg = scan_suggestion()
-    return sugg.get("seconds_per_word") if sugg and sugg.get("model") == spec else None
+    sugg = scan_suggestion(spec)
+    return sugg.get("seconds_per_word") if sugg else None

@@ -9,25 +9,18 @@ import pandas as pd
 import streamlit as st
 
 from tli_core.errors import OverlapError, TLIError
+from tli_core.estimate import job_line
 from tli_core.figures import PLOT_CONFIG
 from tli_core.files import csv_bytes
 from tli_core.jobs.runner import busy_message, start_evaluation
 from tli_core.layers import CONVENTION
 from tli_core.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
 from tli_core.report import build_bundle, build_report
-from tli_core.runs import active_runs, newest
+from tli_core.runs import Run, active_runs, newest
 
-from .models import current_model, runs_dir
+from .models import current_loading, current_model, runs_dir, slow_poll
 from .state import pairs_state, persist, persisted
-
-_MARKDOWN = set("\\`*_{}[]()#+-.!|<>~$:&=\"'")
-
-
-def md(text) -> str:
-    """User text (a word, a file name, a path, an error quoting them) made inert for Streamlit's Markdown:
-    every Markdown, directive and LaTeX character is backslash-escaped, so ``![t](http://…)`` shows as
-    those characters instead of making the browser fetch a URL."""
-    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in str(text)).replace("\n", "  \n")
+from .text import md  # noqa: F401  (pages import md from here)
 
 
 def plot(fig, key: str | None = None, source: str | None = None) -> None:
@@ -77,8 +70,12 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("### Loaded model")
         lm = current_model()
-        if lm is None:
-            st.caption("none — load one on the Model page")
+        job = current_loading() if lm is None else None
+        if job is not None and job.error is None:
+            _sidebar_loading()
+        elif lm is None:
+            st.caption("none — load one on the Model page" if job is None else
+                       "loading failed — the Model page says why")
         else:
             f = lm.facts
             st.markdown(f"**{md(f.name)}**")
@@ -93,12 +90,39 @@ def sidebar() -> None:
             active = active_runs(runs_dir())
         except OSError:
             active = []
-        if active:
-            st.markdown("### Training")
-            st_ = active[0].status()
-            st.caption(f"{active[0].id}: {st_.get('phase')} — step {st_.get('step', 0)}/"
-                       f"{st_.get('total_steps') or '?'}")
+        if active:  # polled on its own: a full rerun of the page is not what keeps it true
+            st.fragment(training_line, run_every=POLL_SECONDS)(active[0].id)
+            hide_script_stop()  # the polls show Streamlit's Stop on every page while a job runs
         st.caption(f"Layers: {CONVENTION}.")
+
+
+POLL_SECONDS = 1.0
+
+
+def training_line(run_id: str) -> None:
+    """The active run's state, phase and step, read from its status file at every call (never a kept copy)."""
+    try:
+        status = Run(runs_dir() / run_id).status()
+    except (TLIError, OSError):
+        return
+    if status.get("state") in ("queued", "running"):
+        st.markdown("### Training")
+        st.caption(f"{md(run_id)}: {md(job_line(status))}")
+
+
+def hide_script_stop() -> None:
+    """Hide Streamlit's own "Stop" (the toolbar's, shown while a page reruns) on pages that follow a job: it stops
+    only this page's drawing, never the job, and sits beside the job's Stop. The "Running" sign stays."""
+    st.html("<style>[data-testid='stStatusWidget'] button {display: none !important;}</style>")
+
+
+@st.fragment(run_every=2.0)
+def _sidebar_loading() -> None:
+    """While the model loads in the background: its progress; the page runs again when it is there."""
+    job = current_loading()
+    if job is None or job.finished.is_set():
+        st.rerun(scope="app")
+    st.caption(f"loading {md(job.spec.model)} … {md(job.phase)} ({job.fraction:.0%})")
 
 
 def evaluation_panel(run, key: str) -> None:
@@ -109,8 +133,8 @@ def evaluation_panel(run, key: str) -> None:
     """
     ev = run.evaluation()
     if ev.get("state") == "running":
-        st.info(f"Evaluating the saved weights: {ev.get('phase', 'starting')} (started {ev.get('started', 'now')}). "
-                f"This page updates when it is done.", icon=":material/hourglass_top:")
+        st.info(f"Evaluating the saved weights: {ev.get('phase') or 'starting'} (started "
+                f"{ev.get('started') or 'now'}). This page updates when it is done.", icon=":material/hourglass_top:")
         _poll_evaluation(run)
         return
     if ev.get("state") == "failed":
@@ -137,6 +161,7 @@ def evaluation_panel(run, key: str) -> None:
 
 @st.fragment(run_every=2.0)
 def _poll_evaluation(run) -> None:
+    slow_poll()
     if not run.is_evaluating():
         st.rerun(scope="app")
 

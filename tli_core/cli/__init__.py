@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import TLIError
+from ..jobs.stopping import Stopped
 from ..util import quiet_libraries
 from . import runs, scan, sweep, train
 from .common import EXIT_USER_ERROR
@@ -42,3 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Stopped as exc:  # a SIGTERM during an evaluation or benchmarks run in the foreground (recorded there)
+        print(f"stopped during {exc}", file=sys.stderr)
+        return 143

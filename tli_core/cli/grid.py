@@ -8,7 +8,7 @@ import time
 
 import pandas as pd
 
-from ..files import write_csv
+from ..files import csv_bytes, write_output
 from ..grid import run_sweep, sweep_eta
 from ..sweeps import Sweep, best_cell, leading_cell, no_star_reason, sweep_results, variant_label
 
@@ -76,7 +76,7 @@ def finish_sweep(sweep: Sweep, args) -> int:
     print(f"sweep {sweep.id}: {status.get('state')}" + (f" — {status['message']}" if status.get("message") else ""))
     print_sweep(results)
     if getattr(args, "out", None):
-        write_csv(args.out, results)
+        write_output(args.out, csv_bytes(results))
     return 0 if status.get("state") == "done" else 1
 
 

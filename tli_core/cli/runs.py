@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import TLIError
-from ..files import read_csv, write_bytes, write_csv, write_text
+from ..files import csv_bytes, read_csv, unescape_cell, write_output
 from ..report import build_bundle, build_report, static_images_available
 from ..runs import delete_run, diff_configs, load_run, runs_table
 from ..stats import compare_table, format_stats
@@ -27,7 +28,7 @@ def cmd_runs(args) -> int:
     if args.stop is not None:
         run = load_run(args.stop, args.runs_dir)
         run.request_stop()
-        print(f"asked run {run.id} to stop after its current step")
+        print(f"asked run {run.id} to stop: it ends within seconds, keeping what it finished")
         return 0
     table = runs_table(args.runs_dir)
     if table.empty:
@@ -42,15 +43,18 @@ def cmd_runs(args) -> int:
 
 def cmd_report(args) -> int:
     run = load_run(args.run, args.runs_dir)
+    problems = run.problems()
+    if problems:
+        raise TLIError(f"run {run.id} is unreadable: " + "; ".join(problems))
     if run.summary() is None:
         raise TLIError(f"run {run.id} has no results to report yet; evaluate it first")
     if args.zip:
-        write_bytes(args.zip, build_bundle(run))
+        write_output(args.zip, build_bundle(run))
         print(f"wrote {args.zip} (report, tables, figures as SVG/PNG"
               + ("" if static_images_available() else ": none, no Chrome/Chromium found") + ", adapter)")
     out = args.out or (None if args.zip else f"{run.id}-report.html")
     if out:
-        write_text(out, build_report(run))
+        write_output(out, build_report(run))
         print(f"wrote {out} (self-contained; open it in any browser, offline)")
     return 0
 
@@ -61,7 +65,15 @@ def read_table(path: str) -> pd.DataFrame:
         raise TLIError(f"table not found: {p}")
     sep = "\t" if p.suffix.lower() in (".tsv", ".txt") else ","
     try:
+        with open(p, encoding="utf-8", newline="") as fh:
+            header = [unescape_cell(h.strip()) for h in next(csv.reader(fh, delimiter=sep), [])]
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:  # pandas would rename the second to 'before.1' and --before would take the first silently
+            raise TLIError(f"{p}: the header names column(s) {', '.join(map(repr, repeated))} more than once; "
+                           f"keep one of each")
         return read_csv(p, sep=sep, encoding="utf-8", keep_default_na=True, na_values=None)
+    except csv.Error as exc:
+        raise TLIError(f"cannot read {p} as a table: {exc}") from None
     except UnicodeDecodeError:
         raise TLIError(f"{p} is not UTF-8 text; save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -77,7 +89,7 @@ def cmd_compare(args) -> int:
         print(f"dropped {used.dropped} row(s) with no number in {used.before!r} or {used.after!r}")
     print(format_stats(table))
     if args.out:
-        write_csv(args.out, table)
+        write_output(args.out, csv_bytes(table))
         print(f"wrote {args.out}")
     return 0
 
@@ -112,5 +124,5 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", default=None)
     p.add_argument("--diff", nargs="+", metavar="RUN", help="settings that differ between two or more runs")
     p.add_argument("--delete", metavar="RUN", help="delete a finished run")
-    p.add_argument("--stop", metavar="RUN", help="ask a running run to stop after its current step")
+    p.add_argument("--stop", metavar="RUN", help="ask a running run to stop (within seconds; what it finished is kept)")
     p.set_defaults(func=cmd_runs)

@@ -20,7 +20,7 @@ from ..protocols import PROTOCOLS
 from ..runs import Run, default_runs_dir, load_run
 from ..stats import format_stats
 from ..util import parse_seeds
-from ..worker import downstream_run, evaluate_run, execute, worker_main
+from ..worker import Stopped, downstream_run, evaluate_run, execute, exit_now, worker_main
 from .common import MODEL_FLAGS, TerminalProgress, add_model_args, pooling_help, spec_from_args
 from .grid import add_ray_flags, add_replicate_flags, finish_sweep
 
@@ -193,11 +193,13 @@ def cmd_downstream_worker(args) -> int:
     except TLIError as exc:
         run.log(f"downstream benchmarks failed: {exc}")
         return 2
+    except Stopped:  # recorded under "downstream" in status.json
+        exit_now(0)
     return 0
 
 
 def cmd_worker(args) -> int:
-    return worker_main(args.run_dir)
+    exit_now(worker_main(args.run_dir))
 
 
 def cmd_evaluate_worker(args) -> int:
@@ -209,6 +211,8 @@ def cmd_evaluate_worker(args) -> int:
     except TLIError as exc:
         run.log(f"evaluation failed: {exc}")
         return 2
+    except Stopped:  # recorded under "evaluation" in status.json
+        exit_now(0)
     return 0
 
 

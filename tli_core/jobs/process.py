@@ -19,6 +19,8 @@ from pathlib import Path
 from ..files import write_text
 
 LOCK_NAME = ".train.lock"
+LAUNCH_LOCK_NAME = ".launch.lock"
+STARTING_NAME = ".starting"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -105,6 +107,9 @@ class JobLock:
         fh.write(holder)
         fh.flush()
         self._fh = fh
+        starting = self.path.parent / STARTING_NAME  # this worker was "starting" until now: the lock speaks for it
+        if read_tag(starting) and read_tag(starting).partition("\n")[0] == my_process_tag():
+            starting.unlink(missing_ok=True)
         return True
 
     def release(self) -> None:
@@ -125,6 +130,65 @@ class JobLock:
                 return fh.read().strip() or "another process"
             fcntl.flock(fh, fcntl.LOCK_UN)
             return None
+
+
+class LaunchLock:
+    """``with LaunchLock(runs_dir):`` around "is the runs directory free? -> create the job -> start its worker".
+
+    Two servers (or two browser sessions) pressing Launch at once would otherwise both pass the check before
+    either worker holds the :class:`JobLock`; now the second waits, then sees the first job. Re-entrant within
+    a thread (a sweep's start calls its resume); the OS drops it if the holder dies.
+    """
+
+    _held = threading.local()
+
+    def __init__(self, runs_dir: str | Path, timeout: float = 60.0):
+        self.path = Path(runs_dir) / LAUNCH_LOCK_NAME
+        self.timeout = timeout
+        self._fh = None
+
+    def __enter__(self) -> "LaunchLock":
+        counts = self._held.__dict__.setdefault("counts", {})
+        key = str(self.path.resolve())
+        if counts.get(key):
+            counts[key] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    fh.close()
+                    from ..errors import TLIError
+
+                    raise TLIError("another job is being started in this runs directory; try again") from None
+                time.sleep(0.05)
+        self._fh, counts[key] = fh, 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        counts = self._held.counts
+        key = str(self.path.resolve())
+        counts[key] -= 1
+        if not counts[key] and self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def mark_starting(runs_dir: str | Path, pid: int, job: str) -> None:
+    """Record a worker just started for ``runs_dir``: until it holds the JobLock, it makes the directory busy."""
+    write_text(Path(runs_dir) / STARTING_NAME, f"{process_tag(pid) or f'{pid}:?'}\n{job}")
+
+
+def starting_worker(runs_dir: str | Path) -> str | None:
+    """'JOB, pid N' for a worker started for ``runs_dir`` that is still alive, or None."""
+    tag, _, job = (read_tag(Path(runs_dir) / STARTING_NAME) or "").partition("\n")
+    return f"{job.strip() or 'a job'}, pid {tag.split(':')[0]}" if process_alive(tag) else None
 
 
 def spawn_worker(command: str, target: Path, log_path: Path, pid_file: str = "worker.pid",

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..adapters import check_adapter, read_adapter_config
 from ..config import Resolved, TLIConfig, resolve
+from ..downstream import check_tasks
 from ..errors import OverlapError, TLIError
 from ..grid import end_orphans
 from ..models import ModelSpec, model_shape
@@ -24,7 +25,7 @@ from ..protocols import get_protocol
 from ..runs import Run, active_runs, check_run_name, create_run, default_runs_dir
 from ..sweeps import Sweep, SweepSpec, create_sweep
 from ..worker import check_config
-from .process import JobLock, now, process_alive, spawn_worker
+from .process import JobLock, LaunchLock, mark_starting, now, process_alive, spawn_worker, starting_worker
 
 
 def busy_message(runs_dir: str | Path) -> str | None:
@@ -34,6 +35,9 @@ def busy_message(runs_dir: str | Path) -> str | None:
         return f"a sweep holds this runs directory's machine ({holder}); wait for it or stop it on the Sweeps page"
     if holder:
         return f"a job is already running ({holder}); wait for it or stop it on the Train page"
+    starting = starting_worker(runs_dir)
+    if starting:
+        return f"a job is starting ({starting}); wait for it or stop it on the Train page"
     active = active_runs(runs_dir)
     if active:
         return f"run {active[0].id} is {active[0].status()['state']}; wait for it or stop it first"
@@ -44,6 +48,11 @@ def _not_busy(runs_dir: Path) -> None:
     busy = busy_message(runs_dir)
     if busy:
         raise TLIError(busy)
+
+
+def _launch(job: str, command: str, target: Path, log_path: Path, runs_dir: Path, **kw) -> None:
+    """Start the worker and mark the runs directory busy until it holds the JobLock (inside a LaunchLock)."""
+    mark_starting(runs_dir, spawn_worker(command, target, log_path, **kw), job)
 
 
 def start_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd.DataFrame | None = None,
@@ -57,10 +66,11 @@ def start_run(config: TLIConfig, runs_dir: str | Path | None = None, trained: pd
     if name:
         check_run_name(name)
     resolved, warnings = check_config(config, trained, control)
-    _not_busy(runs_dir)
-    run = create_run(config, runs_dir, trained, control, name=name, pair_names=pair_names)
-    if launch:
-        spawn_worker("worker", run.path, run.log_path)
+    with LaunchLock(runs_dir):  # the check and the creation are one step for every launcher of this directory
+        _not_busy(runs_dir)
+        run = create_run(config, runs_dir, trained, control, name=name, pair_names=pair_names)
+        if launch:
+            _launch(f"run {run.id}", "worker", run.path, run.log_path, runs_dir)
     return run, resolved, warnings
 
 
@@ -80,12 +90,15 @@ def start_sweep(spec: SweepSpec, runs_dir: str | Path | None = None, trained: pd
         raise OverlapError("; ".join(leak.leak_lines()))
     if parallel is not None and int(parallel) < 1:
         raise TLIError("units at a time (parallel) must be at least 1")
-    _not_busy(runs_dir)
-    sweep = create_sweep(spec, runs_dir, trained, control, pair_names=pair_names, name=name)
-    if address or parallel:
-        sweep.update_status(ray_address_asked=address or None, parallel=parallel)
-    if launch:
-        resume_sweep(sweep)
+    if spec.tasks:
+        check_tasks(list(spec.tasks))
+    with LaunchLock(runs_dir):
+        _not_busy(runs_dir)
+        sweep = create_sweep(spec, runs_dir, trained, control, pair_names=pair_names, name=name)
+        if address or parallel:
+            sweep.update_status(ray_address_asked=address or None, parallel=parallel)
+        if launch:
+            resume_sweep(sweep)
     return sweep
 
 
@@ -119,12 +132,14 @@ def resume_sweep(sweep: Sweep) -> None:
     """Start (or continue) a sweep's driver on Ray, where it was asked to run; finished units are skipped."""
     end_orphans(sweep)  # a killed driver's units may outlive it by seconds: they are ended, then rerun
     _wait_for_dead_driver(sweep)
-    _not_busy(sweep.runs_dir)
     st = sweep.raw_status()
     args = (["--ray-address", str(st["ray_address_asked"])] if st.get("ray_address_asked") else []) + (
         ["--parallel", str(int(st["parallel"]))] if st.get("parallel") else [])
-    sweep.clear_stop()  # an earlier session's stop; one asked from now on reaches the driver, even while it starts
-    spawn_worker("sweep-worker", sweep.path, sweep.path / "sweep.log", extra_args=args or None)
+    with LaunchLock(sweep.runs_dir):
+        _not_busy(sweep.runs_dir)
+        sweep.clear_stop()  # an earlier session's stop; one asked from now on reaches the driver, even while it starts
+        _launch(f"sweep {sweep.id}", "sweep-worker", sweep.path, sweep.path / "sweep.log", sweep.runs_dir,
+                extra_args=args or None)
 
 
 def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: int | None = None,
@@ -146,12 +161,14 @@ def start_downstream(run: Run, tasks: list[str], num_fewshot: int = 0, limit: in
         raise TLIError(f"run {run.id} is already being benchmarked")
     if weights is None and not run.has_weights():
         raise TLIError(f"run {run.id} has no trained weights to benchmark")
-    _not_busy(run.path.parent)
-    if not launch:
-        return
+    check_tasks(tasks)  # a typo is refused here, not recorded as the run's failed benchmarks after a model load
     args = ["--tasks", ",".join(tasks), "--fewshot", str(int(num_fewshot))]
-    spawn_worker("downstream-worker", run.path, run.log_path, pid_file="downstream.pid",
-                 extra_args=args + (["--limit", str(int(limit))] if limit else []))
+    with LaunchLock(run.path.parent):
+        _not_busy(run.path.parent)
+        if launch:
+            _launch(f"benchmarks of run {run.id}", "downstream-worker", run.path, run.log_path, run.path.parent,
+                    pid_file="downstream.pid",
+                    extra_args=args + (["--limit", str(int(limit))] if limit else []))
 
 
 def start_evaluation(run: Run, protocols: list[str] | None = None, launch: bool = True,
@@ -168,10 +185,12 @@ def start_evaluation(run: Run, protocols: list[str] | None = None, launch: bool 
         raise TLIError(f"run {run.id} is already being evaluated")
     if weights is None and not run.has_weights():
         raise TLIError(f"run {run.id} has no saved weights to evaluate")
-    _not_busy(run.path.parent)
-    if launch:
-        spawn_worker("evaluate-worker", run.path, run.log_path, pid_file="evaluate.pid",
-                     extra_args=["--protocol", ",".join(protocols)] if protocols else None)
+    with LaunchLock(run.path.parent):
+        _not_busy(run.path.parent)
+        if launch:
+            _launch(f"evaluation of run {run.id}", "evaluate-worker", run.path, run.log_path, run.path.parent,
+                    pid_file="evaluate.pid",
+                    extra_args=["--protocol", ",".join(protocols)] if protocols else None)
 
 
 def import_adapter(adapter_dir: str | Path, spec: ModelSpec | None = None, runs_dir: str | Path | None = None,
