@@ -422,16 +422,21 @@ def test_pages_that_read_runs_render_while_the_model_loads(finished_run, monkeyp
 
 
 def test_unload_frees_the_model_and_loads_nothing_again(app_env):
+    import streamlit as st
+
     import ui.models as ui_models
 
-    at = open_page("pages/model.py")
-    next(b for b in at.button if b.label == "Unload this model").click().run()
-    assert not at.exception
-    assert not ui_models._registry()["models"] and not ui_models._registry()["loading"]
-    assert any("Unloaded" in s.value and "Load model" in s.value for s in at.success)
-    at.switch_page("pages/scan.py").run()  # nothing loads it behind the user's back
-    assert any("No model is loaded yet" in i.value for i in at.info)
-    assert not ui_models._registry()["loading"]
+    try:
+        at = open_page("pages/model.py")
+        next(b for b in at.button if b.label == "Unload this model").click().run()
+        assert not at.exception
+        assert not ui_models._registry()["models"] and not ui_models._registry()["loading"]
+        assert any("Unloaded" in s.value and "Load model" in s.value for s in at.success)
+        at.switch_page("pages/scan.py").run()  # nothing loads it behind the user's back
+        assert any("No model is loaded yet" in i.value for i in at.info)
+        assert not ui_models._registry()["loading"]
+    finally:
+        st.cache_resource.clear()  # the next test's server starts afresh (an unload is remembered server-wide)
 
 
 def test_no_icon_or_font_is_fetched_from_the_internet(finished_run, monkeypatch):

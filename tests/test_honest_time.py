@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -96,8 +97,8 @@ def test_the_time_left_follows_the_runs_own_pace():
 @pytest.mark.demo
 def test_a_first_run_is_announced_from_a_calibration_and_its_time_left_follows_it(tmp_path):
     """The demo model, before any run of it here: no guess until the calibration, then an estimate from it, and a
-    time left that the run's progress brings down to zero. How close the figures come to the truth is measured in
-    bench/bench_estimate.py (ratios), not asserted here: a 3 s run on a busy machine is noise."""
+    time left that the run's progress brings down. Announced and measured time are compared loosely; how close they
+    come is measured in bench/bench_estimate.py (ratios): on a 3 s run a busy machine's noise is most of it."""
     config = TLIConfig(model=ModelSpec(quantization="fp32", device="cpu"), trained_subset=16, control_subset=8,
                        epochs=2, batch_size=4, warmup_steps=1, protocols=["studio"])
     runs = tmp_path / "runs"
@@ -116,7 +117,11 @@ def test_a_first_run_is_announced_from_a_calibration_and_its_time_left_follows_i
 
     from tli_core.worker import execute
 
+    start = time.monotonic()
     assert execute(run, progress=progress, lm=lm)["state"] == "done"
+    took = time.monotonic() - start
+    print(f"announced {est.total:.1f} s, took {took:.1f} s")
+    assert 1 / 4 < est.total / took < 4  # loosely (the same machine, the same minute): the right order, not a guess
     lefts = [left for _, left in seen]
     assert all(left >= 0 for left in lefts) and {"training", "evaluating"} <= {p for p, _ in seen}
     assert lefts[-1] < 0.5 * lefts[0]  # it comes down as the work gets done (the last call is as evaluation starts)
