@@ -379,11 +379,12 @@ def sweep_heatmap(results: pd.DataFrame, value: str = "control specific Δ", bes
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                       line={"color": "gold", "width": 4})
     correction = results.attrs.get("correction", "bh")
-    what = ("specific effect = change of cos(sw, en) minus that of sw's non-translations" if p_col else value)
-    fig.update_layout(title=title or f"{value} per cell<br><sup>{what}; p {correction.upper()}-corrected across "
+    what = ("specific Δ = change of cos(sw, en) minus that to sw's non-translations" if p_col else value)
+    # one short line each: the figure is often drawn at half the page's width, where a long subtitle is clipped
+    fig.update_layout(title=title or f"{value} per cell<br><sup>{what};<br>p {correction.upper()}-corrected across "
                                      f"cells; ★ = confirmed (specific, beyond seeds and placebo)</sup>",
-                      height=max(360, 180 + 70 * len(rows)), xaxis_title="LoRA rank, or full fine-tuning",
-                      yaxis_title="target layer · placement", margin={"t": 90})
+                      height=max(380, 200 + 70 * len(rows)), xaxis_title="LoRA rank, or full fine-tuning",
+                      yaxis_title="target layer · placement", margin={"t": 110})
     fig.update_traces(colorbar={"len": 1.0, "thickness": 14, "tickformat": ".3~g", "exponentformat": "none",
                                 "title": {"side": "right"}})
     fig.update_yaxes(autorange="reversed")
