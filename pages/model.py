@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from tli_core.demo import DEMO
+from tli_core.errors import TLIError
 from tli_core.models import COMPUTE_DTYPES, DEVICES, QUANTIZATIONS, ModelSpec
 from ui import state
 from ui.models import (
@@ -23,7 +24,11 @@ st.caption("Loaded once per server and shared by every page and browser tab; tra
            "separate process, so this model is never changed by a run.")
 
 SOURCES = {"Embedded demo (SmolLM2-135M, offline)": "demo", "Hugging Face hub id": "hub", "Local directory": "local"}
-start = default_spec()
+try:
+    start = default_spec()
+except TLIError as exc:  # a bad TLI_DEFAULT_* value: said here, and the form starts from the built-in defaults
+    show_error(exc)
+    start = ModelSpec()
 with st.form("load-model"):
     kind = st.radio("Source", list(SOURCES), horizontal=True,
                     index=0 if start.model == DEMO else (2 if start.model.startswith("/") else 1))
@@ -35,7 +40,7 @@ with st.form("load-model"):
                          help="nf4: 4-bit NormalFloat via bitsandbytes, as the paper")
     device = c2.selectbox("Device", DEVICES, index=DEVICES.index(start.device),
                           help="auto: every visible GPU (sharded by accelerate), else CPU")
-    compute = c3.selectbox("Compute dtype (nf4)", COMPUTE_DTYPES, index=0,
+    compute = c3.selectbox("Compute dtype (nf4)", COMPUTE_DTYPES, index=COMPUTE_DTYPES.index(start.compute_dtype),
                            help="the paper: bfloat16. On a CPU without bf16 matrix units float32 is often "
                                 "faster, and exact (bench/README.md)")
     with st.expander("Advanced"):

@@ -61,7 +61,9 @@ def server(tmp_path_factory):
         pytest.skip("chromium is not installed; `make browser` installs it")
     port = _free_port()
     runs = tmp_path_factory.mktemp("browser-runs")
-    env = dict(os.environ, TLI_RUNS_DIR=str(runs), PORT=str(port), TLI_SLOW_SECONDS=str(SLOW))
+    # float32 compute (NF4 weights kept): on CPUs without bf16 units a bf16 matmul is 10-25x slower
+    env = dict(os.environ, TLI_RUNS_DIR=str(runs), PORT=str(port), TLI_SLOW_SECONDS=str(SLOW),
+               TLI_DEFAULT_COMPUTE="float32")
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
     proc = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -365,6 +365,10 @@ def test_the_settings_diff_lists_only_what_acted_differently(done_run, tiny_mode
         "eval_layer", done_run.id]
     other = create_run(TLIConfig.from_dict(dict(cfg, lora_r=4)), tmp_path / "runs")
     assert list(diff_configs(done_run, other)["setting"]) == ["lora_r"]
+    subset = create_run(TLIConfig.from_dict(dict(cfg, control_subset=4)), tmp_path / "runs")
+    shown = diff_configs(done_run, subset).set_index("setting")  # an unset subset reads as what it means
+    assert cfg["control_subset"] is None and shown.loc["control_subset"].tolist() == ["all", "4"]
+    assert "null" not in diff_configs(done_run, subset, only_different=False).to_csv()
     results = results_side_by_side([done_run, other])  # the unevaluated run is on the table, marked
     assert set(results["run"]) == {done_run.id, other.id}
     assert results.set_index("run").loc[other.id, "verdict"].startswith("not evaluated")

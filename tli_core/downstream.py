@@ -140,12 +140,18 @@ def _requests_to(report):
             m.tqdm = original
 
 
-@functools.lru_cache(maxsize=1)
-def _lm_eval_tasks() -> frozenset[str]:
-    """Every task, group and tag name lm-eval knows, with the local tasks (its index takes seconds: built once)."""
+@functools.lru_cache(maxsize=2)
+def _task_manager(include_defaults: bool):
+    """lm-eval's task index with the local tasks; with its own thousands of tasks it takes ~20 s to build, so it is
+    built once per process (it holds where each task's configuration is, not the tasks' data)."""
     from lm_eval.tasks import TaskManager
 
-    return frozenset(TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=True).all_tasks)
+    return TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=include_defaults)
+
+
+def _lm_eval_tasks() -> frozenset[str]:
+    """Every task, group and tag name lm-eval knows, with the local tasks."""
+    return frozenset(_task_manager(True).all_tasks)
 
 
 def check_tasks(tasks: list[str]) -> None:
@@ -184,14 +190,13 @@ def _items_from(folder: Path | None):
 def _run_tasks(model, tokenizer, tasks, num_fewshot, limit, batch_size, seed, progress, phase):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     unknown = [t for t in tasks if t not in TASKS and not t.startswith("tli_")]
     hub = [t for t in tasks if t not in LOCAL_TASKS]
     if hub and not hub_reachable(timeout=2.0):  # fail at once, not after lm-eval's retries
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         os.environ["HF_HUB_OFFLINE"] = "1"
-    manager = TaskManager(include_path=str(LOCAL_TASKS_DIR), include_defaults=bool(hub))
+    manager = _task_manager(bool(hub))
     known = set(manager.all_tasks)
     missing = [t for t in tasks if t not in known]
     if missing:

@@ -599,6 +599,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 _RESOLVED = ("eval_layer", "adapter_blocks", "target_modules", "target_layers")  # symbolic in config.json
 
 
+_UNSET_READS = {"trained_subset": "all", "control_subset": "all"}  # what an unset setting means
+
+
+def _shown_value(key: str, value) -> str:
+    """A setting as the diff table shows it: JSON, but an unset one reads as what it means ("all") or "—", never
+    "null" or "None"."""
+    unset = _UNSET_READS.get(key, "—")
+    if value is None:
+        return unset
+    if isinstance(value, str):
+        return value.replace("null → ", f"{unset} → ")
+    return json.dumps(value)
+
+
 def _settings(run: Run) -> tuple[dict, dict, dict]:
     """A run's settings as it acted, flattened: (values to compare, values to show, symbolic settings it resolved).
     Settings its config.json lacks (written by an older version) take their default; symbolic ones ("paper", "all",
@@ -619,7 +633,7 @@ def _settings(run: Run) -> tuple[dict, dict, dict]:
         if isinstance(meta, dict) and meta.get("hash") and f"{role}_pairs" in shown:
             compared[f"{role}_pairs"] = str(meta["hash"])
             shown[f"{role}_pairs"] = f"{meta.get('name', '?')} · {str(meta['hash'])[:8]}"
-    shown = {k: v if isinstance(v, str) else json.dumps(v) for k, v in shown.items()}
+    shown = {k: _shown_value(k, v) for k, v in shown.items()}
     return compared, shown, {"model": json.dumps(run.config_dict().get("model")), "raw": raw, "done": done}
 
 

@@ -34,10 +34,16 @@ def runs_dir() -> Path:
 
 
 def default_spec() -> ModelSpec:
-    """The model the app starts on: the embedded demo in NF4, unless the environment says otherwise."""
-    return ModelSpec(model=os.environ.get("TLI_DEFAULT_MODEL", DEMO),
-                     quantization=os.environ.get("TLI_DEFAULT_QUANT", "nf4"),
-                     device=os.environ.get("TLI_DEFAULT_DEVICE", "auto"))
+    """The model the app starts on: the embedded demo in NF4 computing in bfloat16 (the paper's), unless the
+    environment says otherwise (TLI_DEFAULT_MODEL, _QUANT, _DEVICE, _COMPUTE; a bad value is the load's error,
+    shown where the model's progress would be)."""
+    try:
+        return ModelSpec(model=os.environ.get("TLI_DEFAULT_MODEL", DEMO),
+                         quantization=os.environ.get("TLI_DEFAULT_QUANT", "nf4"),
+                         device=os.environ.get("TLI_DEFAULT_DEVICE", "auto"),
+                         compute_dtype=os.environ.get("TLI_DEFAULT_COMPUTE", "bfloat16"))
+    except TLIError as exc:
+        raise TLIError(f"the server's default model (TLI_DEFAULT_MODEL, _QUANT, _DEVICE, _COMPUTE): {exc}") from None
 
 
 def autoload() -> bool:
@@ -149,7 +155,15 @@ def start_autoload() -> None:
     if autoload() and not reg["autoload"].is_set():
         reg["autoload"].set()
         if not reg["models"]:
-            start_loading(default_spec())
+            try:
+                spec = default_spec()
+            except TLIError as exc:  # shown where the load's progress would be, with a pointer to the Model page
+                job = Loading(ModelSpec())
+                job.error = exc
+                job.finished.set()
+                reg["loading"][spec_key(job.spec)] = job
+                return
+            start_loading(spec)
 
 
 def ensure_model(spec: ModelSpec, container=None) -> LoadedModel:

@@ -31,7 +31,7 @@ def plot(fig, key: str | None = None, source: str | None = None) -> None:
     if source:
         title = fig.layout.title.text or ""
         fig.update_layout(title={"text": title, "subtitle": {"text": html.escape(source)}},
-                          margin={"t": max(80, (fig.layout.margin.t or 0))})
+                          margin={"t": max(80, (fig.layout.margin.t or 0) + 24)})  # a line more for it
     config = dict(PLOT_CONFIG)
     if key:
         config["toImageButtonOptions"] = dict(PLOT_CONFIG["toImageButtonOptions"], filename=f"tli-{key}")
