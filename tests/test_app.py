@@ -520,3 +520,20 @@ def test_the_servers_default_compute_dtype_comes_from_the_environment_and_a_bad_
         assert not at.exception and any("unknown compute dtype 'bf16'" in e.value.replace("\\", "") for e in at.error)
     finally:
         st.cache_resource.clear()
+
+
+def test_a_figures_source_line_gets_room_above_its_subplot_titles():
+    """The source line ('run X · protocol · set') is drawn under the title: the top margin grows by a line from the
+    figure's own (it was cut to 80 px from Plotly's 100, and the line ran into the subplots' titles on Compare)."""
+    from plotly.subplots import make_subplots
+
+    from ui.widgets import plot
+
+    fig = make_subplots(rows=2, cols=1, subplot_titles=("cosine", "P@1"))
+    fig.update_layout(title="trained: layer curve before vs after")
+    plot(fig, source="run r · paper-code protocol · set trained")
+    assert fig.layout.margin.t >= 100 + 20 and fig.layout.title.subtitle.text.startswith("run r")
+    tall = make_subplots(rows=1, cols=1)
+    tall.update_layout(title="t", margin={"t": 110})
+    plot(tall, source="s")
+    assert tall.layout.margin.t >= 110 + 20

@@ -31,7 +31,9 @@ def plot(fig, key: str | None = None, source: str | None = None) -> None:
     if source:
         title = fig.layout.title.text or ""
         fig.update_layout(title={"text": title, "subtitle": {"text": html.escape(source)}},
-                          margin={"t": max(80, (fig.layout.margin.t or 0) + 24)})  # a line more for it
+                          # a line more than the figure's own top margin (Plotly's default: 100 px), so the
+                          # source never runs into a subplot's title
+                          margin={"t": (fig.layout.margin.t if fig.layout.margin.t is not None else 100) + 28})
     config = dict(PLOT_CONFIG)
     if key:
         config["toImageButtonOptions"] = dict(PLOT_CONFIG["toImageButtonOptions"], filename=f"tli-{key}")
