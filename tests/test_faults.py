@@ -109,6 +109,7 @@ def test_a_corrupt_run_file_is_listed_as_unreadable_and_nothing_else_breaks(done
     assert main(["runs", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert "fine" in out and (reason is None or "unreadable" in out)
+    assert "None" not in out and "nan" not in out.lower()  # what is unknown reads "—"
     row = headline(Run(runs / "broken"))
     assert (row["state"] == "unreadable") == (reason is not None)
     for job in ("evaluation", "downstream"):

@@ -37,8 +37,13 @@ def cmd_runs(args) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         cols = ["run", "name", "state", "step", "target layers", "method", "rank", "protocol", "control specific Δ",
                 "control specific p (Holm)", "control hit@1 CSLS Δ", "control raw Δ", "control shuffled Δ"]
-        print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        shown = table[cols].astype(object).where(table[cols].notna(), "—")  # unknown reads "—", never None/NaN
+        print(shown.to_string(index=False, formatters={c: _cell for c in cols}))
     return 0
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def cmd_report(args) -> int:
