@@ -211,8 +211,9 @@ _DYING = r"""
 import ctypes, fcntl, os, sys, threading, time
 fh = open(sys.argv[1], "a+"); fcntl.flock(fh, fcntl.LOCK_EX); fh.write("sweep s1, pid %d" % os.getpid()); fh.flush()
 release = sys.argv[2]
-def hold():  # the last thread: it keeps the process's files (and its lock) open until it exits
-    while not os.path.exists(release):
+def hold():  # the last thread: it keeps the process's files (and its lock) open until it exits (60 s at most)
+    end = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < end:
         time.sleep(0.02)
     os._exit(0)
 threading.Thread(target=hold).start()
@@ -238,10 +239,12 @@ def test_a_killed_process_whose_threads_are_still_exiting_is_not_gone_yet(tmp_pa
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     threading.Thread(target=proc.wait, daemon=True).start()
-    assert wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] == "Z", 10)
-    tag = process_tag(proc.pid)
-    assert tag is not None and process_alive(tag)  # the leader is a zombie, a thread still runs: not gone
-    release.touch()
+    try:
+        assert wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] == "Z", 10)
+        tag = process_tag(proc.pid)
+        assert tag is not None and process_alive(tag)  # the leader is a zombie, a thread still runs: not gone
+    finally:
+        release.touch()  # a failed assertion never leaves the process behind
     assert wait_for(lambda: not process_alive(tag), 10)
     proc.wait(10)
 
