@@ -113,15 +113,20 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+def point_dashboard(monkeypatch, runs_dir, model_dir) -> None:
+    """The dashboard on the tiny model and ``runs_dir``, through the environment variables a user would set."""
+    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(model_dir))
+    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
+    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
+    monkeypatch.setenv("TLI_RUNS_DIR", str(runs_dir))
+    monkeypatch.chdir(ROOT)
+
+
 @pytest.fixture
 def app_env(monkeypatch, tmp_path, tiny_model_dir):
     """The dashboard pointed at the tiny model and a runs directory of its own, through the environment
     variables a user would set (TLI_DEFAULT_MODEL, TLI_DEFAULT_QUANT, TLI_RUNS_DIR)."""
-    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
-    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
-    monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.chdir(ROOT)
+    point_dashboard(monkeypatch, tmp_path / "runs", tiny_model_dir)
     return tmp_path / "runs"
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import tli_core.files as files_module
-from tests.conftest import WORDS
+from tests.conftest import WORDS, point_dashboard
 from tli_core.alignment import scan
 from tli_core.cli import main
 from tli_core.config import TLIConfig
@@ -119,17 +119,13 @@ def test_a_corrupt_run_file_is_listed_as_unreadable_and_nothing_else_breaks(done
 def test_pages_work_with_a_corrupt_run_present(done, tmp_path, monkeypatch, tiny_model_dir):
     import shutil
 
-    from tests.test_app import ROOT, open_page
+    from tests.test_app import open_page
 
     runs = tmp_path / "runs"
     shutil.copytree(done.path, runs / "broken")
     (runs / "broken" / "status.json").write_text("[]")
     (runs / "broken" / "summary.json").write_text('{"groups": 5}')
-    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
-    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
-    monkeypatch.setenv("TLI_RUNS_DIR", str(runs))
-    monkeypatch.chdir(ROOT)
+    point_dashboard(monkeypatch, runs, tiny_model_dir)
     for page in (None, "pages/scan.py", "pages/train.py", "pages/compare.py", "pages/runs.py",
                  "pages/embedding_map.py", "pages/probes.py"):
         open_page(page)  # asserts no exception on the page
@@ -438,7 +434,7 @@ def test_the_train_page_reattaches_to_the_newest_run_by_creation_not_by_name(don
                                                                              tiny_model_dir):
     import shutil
 
-    from tests.test_app import ROOT, open_page
+    from tests.test_app import open_page
 
     runs = tmp_path / "runs"
     shutil.copytree(done.path, runs / "k9-older")
@@ -446,11 +442,7 @@ def test_the_train_page_reattaches_to_the_newest_run_by_creation_not_by_name(don
     st = json.loads(st_path.read_text())
     st_path.write_text(json.dumps(dict(st, created="2020-01-01T00:00:00", created_ns=1)))
     shutil.copytree(done.path, runs / "a1-newer")
-    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
-    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
-    monkeypatch.setenv("TLI_RUNS_DIR", str(runs))
-    monkeypatch.chdir(ROOT)
+    point_dashboard(monkeypatch, runs, tiny_model_dir)
     at = open_page("pages/train.py")
     assert any("a1-newer" in s.value.replace("\\", "") for s in at.subheader), [s.value for s in at.subheader]
     assert [r.id for r in list_runs(runs)] == ["k9-older", "a1-newer"]  # name order would pick k9
@@ -464,11 +456,7 @@ def test_user_text_reaches_markdown_escaped(tiny_model_dir, tmp_path, monkeypatc
     from tests.test_app import ROOT, texts
     from tli_core import workspace
 
-    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
-    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
-    monkeypatch.setenv("TLI_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.chdir(ROOT)
+    point_dashboard(monkeypatch, tmp_path / "runs", tiny_model_dir)
     payload = "![t](http://127.0.0.1:9/x.png)"
     trained = pd.DataFrame({"swahili": [payload, "<img src=x>", "maji"], "english": ["a", "b", "water"]})
     control = pd.DataFrame({"swahili": [payload, ":red[x] $y$"], "english": ["c", "d"]})  # a shared headword

@@ -17,7 +17,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import tli_core.files as files_module
-from tests.conftest import ROOT, trained_tiny_run
+from tests.conftest import ROOT, point_dashboard, trained_tiny_run
+from tests.test_app import texts
 from tli_core import workspace
 from tli_core.cli import main
 from tli_core.errors import TLIError
@@ -38,11 +39,7 @@ def runs(good, tmp_path, monkeypatch, tiny_model_dir) -> Path:
     """A runs directory holding a copy of the good run ('good'), the dashboard pointed at it."""
     runs = tmp_path / "runs"
     shutil.copytree(good.path, runs / "good")
-    monkeypatch.setenv("TLI_DEFAULT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("TLI_DEFAULT_QUANT", "fp32")
-    monkeypatch.setenv("TLI_DEFAULT_DEVICE", "cpu")
-    monkeypatch.setenv("TLI_RUNS_DIR", str(runs))
-    monkeypatch.chdir(ROOT)
+    point_dashboard(monkeypatch, runs, tiny_model_dir)
     return runs
 
 
@@ -70,9 +67,8 @@ def page(path: str | None = None, **params) -> AppTest:
 
 
 def shown(at: AppTest) -> str:
-    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success", "subheader", "title")
-             for e in getattr(at, kind)]
-    return "\n".join(str(p) for p in parts).replace("\\", "")
+    """The page's text as a user reads it (the Markdown escapes taken out)."""
+    return texts(at).replace("\\", "")
 
 
 def snapshot(folder: Path) -> dict:
